@@ -1,0 +1,5 @@
+"""Errors that are the user's to fix: the CLI prints them as one line and exits 2."""
+
+
+class LpdaskError(Exception):
+    """A problem with the input, the options or the output path, explained in one line."""

@@ -1,0 +1,1 @@
+"""Where pixels come from (sources) and where results go (sinks)."""

@@ -1,0 +1,161 @@
+"""RRDBNet (ESRGAN, Real-ESRGAN x4plus), with basicsr's parameter names, and its stage list."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from ..stages import IMAGE, Stage, chain_radius
+
+
+class ResidualDenseBlock(nn.Module):
+    """Five 3x3 convs with dense links; the residual is scaled by 0.2."""
+
+    def __init__(self, num_feat: int = 64, num_grow_ch: int = 32) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(num_feat, num_grow_ch, 3, 1, 1)
+        self.conv2 = nn.Conv2d(num_feat + num_grow_ch, num_grow_ch, 3, 1, 1)
+        self.conv3 = nn.Conv2d(num_feat + 2 * num_grow_ch, num_grow_ch, 3, 1, 1)
+        self.conv4 = nn.Conv2d(num_feat + 3 * num_grow_ch, num_grow_ch, 3, 1, 1)
+        self.conv5 = nn.Conv2d(num_feat + 4 * num_grow_ch, num_feat, 3, 1, 1)
+        self.lrelu = nn.LeakyReLU(negative_slope=0.2, inplace=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x1 = self.lrelu(self.conv1(x))
+        x2 = self.lrelu(self.conv2(torch.cat((x, x1), 1)))
+        x3 = self.lrelu(self.conv3(torch.cat((x, x1, x2), 1)))
+        x4 = self.lrelu(self.conv4(torch.cat((x, x1, x2, x3), 1)))
+        x5 = self.conv5(torch.cat((x, x1, x2, x3, x4), 1))
+        return x5 * 0.2 + x
+
+
+class RRDB(nn.Module):
+    """Three residual dense blocks inside one more scaled residual."""
+
+    def __init__(self, num_feat: int, num_grow_ch: int = 32) -> None:
+        super().__init__()
+        self.rdb1 = ResidualDenseBlock(num_feat, num_grow_ch)
+        self.rdb2 = ResidualDenseBlock(num_feat, num_grow_ch)
+        self.rdb3 = ResidualDenseBlock(num_feat, num_grow_ch)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.rdb3(self.rdb2(self.rdb1(x))) * 0.2 + x
+
+
+RDB_RADIUS = chain_radius([("conv", 3)] * 5)
+RRDB_RADIUS = 3 * RDB_RADIUS
+TAIL_RADIUS = chain_radius(
+    [("up", 2), ("conv", 3), ("up", 2), ("conv", 3), ("conv", 3), ("conv", 3)]
+)
+
+
+@dataclass(frozen=True)
+class RRDBConfig:
+    """Shape of an RRDBNet, as read from its state dict."""
+
+    num_in_ch: int = 3
+    num_out_ch: int = 3
+    scale: int = 4
+    num_feat: int = 64
+    num_block: int = 23
+    num_grow_ch: int = 32
+
+
+class RRDBNet(nn.Module):
+    """ESRGAN's generator. Parameter names follow basicsr, so its checkpoints load strictly."""
+
+    def __init__(self, config: RRDBConfig = RRDBConfig()) -> None:
+        super().__init__()
+        if config.scale != 4:
+            raise ValueError(f"RRDBNet scale {config.scale}: only x4 models are supported")
+        self.config = config
+        nf = config.num_feat
+        self.conv_first = nn.Conv2d(config.num_in_ch, nf, 3, 1, 1)
+        self.body = nn.Sequential(*(RRDB(nf, config.num_grow_ch) for _ in range(config.num_block)))
+        self.conv_body = nn.Conv2d(nf, nf, 3, 1, 1)
+        self.conv_up1 = nn.Conv2d(nf, nf, 3, 1, 1)
+        self.conv_up2 = nn.Conv2d(nf, nf, 3, 1, 1)
+        self.conv_hr = nn.Conv2d(nf, nf, 3, 1, 1)
+        self.conv_last = nn.Conv2d(nf, config.num_out_ch, 3, 1, 1)
+        self.lrelu = nn.LeakyReLU(negative_slope=0.2, inplace=True)
+
+    @property
+    def scale(self) -> int:
+        return self.config.scale
+
+    def forward(self, x: Tensor) -> Tensor:
+        feat = self.conv_first(x)
+        feat = feat + self.conv_body(self.body(feat))
+        return _upsample(self, feat)
+
+    def stages(self, blocks_per_stage: int = 1) -> list[Stage]:
+        """The network as stages: head conv, trunk groups of RRDBs, conv_body + long skip, tail."""
+        if blocks_per_stage < 1:
+            raise ValueError(f"blocks_per_stage must be at least 1, got {blocks_per_stage}")
+        nf = self.config.num_feat
+        stages = [Stage("head", self.conv_first, 1, 1, (IMAGE,), nf)]
+        blocks = list(self.body)
+        previous = "head"
+        for start in range(0, len(blocks), blocks_per_stage):
+            group = nn.Sequential(*blocks[start : start + blocks_per_stage])
+            name = f"body.{start}" if len(group) == 1 else f"body.{start}-{start + len(group) - 1}"
+            last = start + blocks_per_stage >= len(blocks)
+            if last:
+                module: nn.Module = _TrunkEnd(group, self.conv_body)
+                stages.append(Stage(name, module, RRDB_RADIUS * len(group) + 1, 1, (previous, "head"), nf))
+            else:
+                stages.append(Stage(name, group, RRDB_RADIUS * len(group), 1, (previous,), nf))
+            previous = name
+        if not blocks:
+            stages.append(Stage("body", _TrunkEnd(nn.Identity(), self.conv_body), 1, 1, ("head", "head"), nf))
+            previous = "body"
+        stages.append(Stage("tail", _Tail(self), TAIL_RADIUS, self.scale, (previous,), self.config.num_out_ch))
+        return stages
+
+
+class _TrunkEnd(nn.Module):
+    """The last RRDBs, conv_body and the long skip from conv_first's output."""
+
+    def __init__(self, blocks: nn.Module, conv_body: nn.Conv2d) -> None:
+        super().__init__()
+        self.blocks = blocks
+        self.conv_body = conv_body
+
+    def forward(self, x: Tensor, skip: Tensor) -> Tensor:
+        return skip + self.conv_body(self.blocks(x))
+
+
+class _Tail(nn.Module):
+    """Nearest x2, conv_up1, nearest x2, conv_up2, conv_hr, conv_last: RRDBNet.upsample's layers."""
+
+    def __init__(self, net: RRDBNet) -> None:
+        super().__init__()
+        self.conv_up1, self.conv_up2 = net.conv_up1, net.conv_up2
+        self.conv_hr, self.conv_last = net.conv_hr, net.conv_last
+        self.lrelu = net.lrelu
+
+    def forward(self, feat: Tensor) -> Tensor:
+        return _upsample(self, feat)
+
+
+def _upsample(m: RRDBNet | _Tail, feat: Tensor) -> Tensor:
+    feat = m.lrelu(m.conv_up1(F.interpolate(feat, scale_factor=2, mode="nearest")))
+    feat = m.lrelu(m.conv_up2(F.interpolate(feat, scale_factor=2, mode="nearest")))
+    return m.conv_last(m.lrelu(m.conv_hr(feat)))
+
+
+def config_from_state_dict(state: Mapping[str, Tensor]) -> RRDBConfig:
+    """Read feature count, block count, growth and scale from basicsr-named RRDBNet weights."""
+    first = state["conv_first.weight"]
+    num_feat, in_ch = int(first.shape[0]), int(first.shape[1])
+    blocks = {int(key.split(".")[1]) for key in state if key.startswith("body.") and ".rdb" in key}
+    num_grow_ch = int(state["body.0.rdb1.conv1.weight"].shape[0]) if blocks else 32
+    out_ch = int(state["conv_last.weight"].shape[0])
+    # Pixel-unshuffle models (x2, x1) feed 4 or 16 times the image channels to conv_first.
+    scale, unshuffled = {12: (2, 3), 48: (1, 3)}.get(in_ch, (4, in_ch))
+    in_ch = unshuffled
+    return RRDBConfig(in_ch, out_ch, scale, num_feat, len(blocks), num_grow_ch)

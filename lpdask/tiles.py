@@ -1,0 +1,17 @@
+"""Real-ESRGAN's tile mode, as a baseline: the whole network on each tile plus ``tile_pad`` pixels.
+
+The same engine runs it: one stage whose halo is ``tile_pad`` instead of the network's true
+receptive field, which is exactly what makes tiles disagree at their borders (seams).
+"""
+
+from __future__ import annotations
+
+from .models.rrdbnet import RRDBNet
+from .stages import IMAGE, Stage
+
+DEFAULT_TILE_PAD = 10
+"""Real-ESRGAN's default ``tile_pad``."""
+
+
+def tile_stages(net: RRDBNet, tile_pad: int = DEFAULT_TILE_PAD) -> list[Stage]:
+    return [Stage("tiles", net, tile_pad, net.scale, (IMAGE,), net.config.num_out_ch)]
