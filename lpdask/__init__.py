@@ -1,8 +1,35 @@
-"""lpdask: exact, seamless, out-of-core super-resolution with Dask."""
+"""lpdask: exact, seamless, out-of-core super-resolution with Dask.
 
-from .api import Summary, upscale, upscale_array
+The heavy parts (torch, dask) load on first use, so the command line answers bad input at once.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
 from .errors import LpdaskError
-from .models import RRDBConfig, RRDBNet, load_model
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "Summary": "lpdask.api",
+    "upscale": "lpdask.api",
+    "upscale_array": "lpdask.api",
+    "RRDBConfig": "lpdask.models",
+    "RRDBNet": "lpdask.models",
+    "load_model": "lpdask.models",
+}
+
+if TYPE_CHECKING:
+    from .api import Summary, upscale, upscale_array
+    from .models import RRDBConfig, RRDBNet, load_model
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'lpdask' has no attribute {name!r}")
+
+
 __all__ = ["LpdaskError", "RRDBConfig", "RRDBNet", "Summary", "load_model", "upscale", "upscale_array"]

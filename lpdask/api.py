@@ -23,13 +23,14 @@ from .errors import LpdaskError
 from .graph import Job, run_job, run_window
 from .io.omezarr import OmeZarrSink
 from .io.sources import open_source
-from .jobs import WorkFolder, default_workdir
+from .jobs import WorkFolder, check_output, default_workdir
 from .models import RRDBNet, load_model
-from .pixels import check_dtype, from_network, max_value
-from .plan import Plan, resolve_device
+from .pixels import check_dtype, from_unit, max_value
+from .device import resolve_device
+from .plan import DEFAULT_TILE_PAD, Plan
 from .progress import Bars
 from .stages import IMAGE, Stage, validate
-from .tiles import DEFAULT_TILE_PAD, tile_stages
+from .tiles import tile_stages
 
 Mode = Literal["exact", "tile"]
 
@@ -95,7 +96,7 @@ def upscale(
     start = time.perf_counter()
     plan = Plan(chunk, blocks_per_stage, threads)
     source = open_source(src)
-    output = _check_output(Path(src), Path(dst), overwrite)
+    output = check_output(Path(src), Path(dst), overwrite)
     net = model if isinstance(model, RRDBNet) else load_model(model)
     torch_device = resolve_device(device)
     stages = stages_for(net.to(torch_device), mode, plan.blocks_per_stage, tile_pad)
@@ -183,7 +184,7 @@ def _normalise(block: np.ndarray, scale: float) -> np.ndarray:
 
 
 def _denormalise(block: np.ndarray, out_dtype: np.dtype) -> np.ndarray:
-    return from_network(torch.from_numpy(block)[None], out_dtype)
+    return from_unit(block, out_dtype)
 
 
 def _run_block(stage: Stage, device: torch.device, blocks: tuple[int, int], *grown: np.ndarray,
@@ -203,18 +204,6 @@ def _total_scale(stages: Sequence[Stage]) -> int:
     for stage in stages:
         scale *= stage.scale
     return scale
-
-
-def _check_output(src: Path, dst: Path, overwrite: bool) -> Path:
-    if not dst.name.endswith(".zarr"):
-        raise LpdaskError(f"output {dst} must be a .zarr folder (OME-Zarr)")
-    if dst.exists() or dst.is_symlink():
-        if not overwrite:
-            raise LpdaskError(f"output {dst} already exists; use --overwrite to replace it")
-        resolved, source = dst.resolve(), src.resolve()
-        if resolved == source or resolved in source.parents:
-            raise LpdaskError(f"output {dst} is or holds the input; refusing to overwrite it")
-    return dst
 
 
 def _remove(path: Path) -> None:

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
 from . import __version__
-from .api import upscale
 from .errors import LpdaskError
-from .plan import Plan
-from .tiles import DEFAULT_TILE_PAD
+from .io.sources import open_source
+from .jobs import check_output
+from .plan import DEFAULT_TILE_PAD, Plan
 
 USER_ERROR = 2
 
@@ -39,6 +40,12 @@ def upscale_command(input: str, output: str, model: str | None, chunk: int, bloc
                     threads: int, device: str, workdir: str | None, overwrite: bool, mode: str,
                     tile_pad: int, quiet: bool) -> None:
     """Super-resolve INPUT (TIFF or Zarr) into OUTPUT (OME-Zarr, .zarr)."""
+    # Check what needs no torch first, so mistakes are answered before the slow imports.
+    Plan(chunk, blocks_per_stage, threads)
+    open_source(input)
+    check_output(Path(input), Path(output), overwrite)
+    from .api import upscale
+
     summary = upscale(input, output, model=model, chunk=chunk, blocks_per_stage=blocks_per_stage,
                       threads=threads, device=device, workdir=workdir, overwrite=overwrite,
                       mode=mode, tile_pad=tile_pad, progress=not quiet)  # type: ignore[arg-type]

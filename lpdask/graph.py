@@ -21,7 +21,7 @@ from .chunks import Box, Grid
 from .io.omezarr import OmeZarrSink
 from .io.sources import Source
 from .jobs import WorkFolder
-from .pixels import from_network, to_network
+from .pixels import from_unit, to_unit
 from .stages import IMAGE, Stage
 
 
@@ -50,7 +50,7 @@ class Job:
 
     def read(self, name: str, window: Box) -> Tensor:
         if name == IMAGE:
-            return to_network(self.source.read(window))
+            return torch.from_numpy(to_unit(self.source.read(window)))[None]
         ys, xs = window.slices()
         return torch.from_numpy(self.work[name][:, ys, xs])[None]
 
@@ -72,7 +72,7 @@ def run_chunk(job: Job, index: int, i: int, j: int) -> None:
     out = run_window(stage, [job.read(name, window) for name in stage.inputs], box.within(window), job.device)
     target = box.scaled(stage.scale)
     if index == len(job.stages) - 1:
-        job.sink.write(target, from_network(out, job.sink.level0.dtype))
+        job.sink.write(target, from_unit(out[0].cpu().numpy(), job.sink.level0.dtype))
     else:
         ys, xs = target.slices()
         job.work[stage.name][:, ys, xs] = out[0].cpu().numpy()

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import zarr
 
+from .errors import LpdaskError
+
 
 def default_workdir(output: str | os.PathLike[str]) -> Path:
     """``OUTPUT.work`` beside the output: activations are large (256 bytes per input pixel each for
@@ -42,3 +44,16 @@ class WorkFolder:
     def clear(self) -> None:
         self._arrays.clear()
         shutil.rmtree(self.path, ignore_errors=True)
+
+
+def check_output(src: Path, dst: Path, overwrite: bool) -> Path:
+    """Refuse an output that is not .zarr, exists (without ``overwrite``), or would hold the input."""
+    if not dst.name.endswith(".zarr"):
+        raise LpdaskError(f"output {dst} must be a .zarr folder (OME-Zarr)")
+    if dst.exists() or dst.is_symlink():
+        if not overwrite:
+            raise LpdaskError(f"output {dst} already exists; use --overwrite to replace it")
+        resolved, source = dst.resolve(), src.resolve()
+        if resolved == source or resolved in source.parents:
+            raise LpdaskError(f"output {dst} is or holds the input; refusing to overwrite it")
+    return dst

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
-from torch import Tensor
 
 from .errors import LpdaskError
 
@@ -25,15 +23,15 @@ def max_value(dtype: np.dtype) -> float:
     return float(np.iinfo(dtype).max) if np.dtype(dtype).kind == "u" else 1.0
 
 
-def to_network(pixels: np.ndarray) -> Tensor:
-    """(h, w, c) pixels to a (1, c, h, w) float32 tensor in [0, 1]."""
+def to_unit(pixels: np.ndarray) -> np.ndarray:
+    """(h, w, c) pixels to (c, h, w) float32 in [0, 1]: divide by the dtype's maximum."""
     values = pixels.astype(np.float32) / np.float32(max_value(pixels.dtype))
-    return torch.from_numpy(np.ascontiguousarray(values.transpose(2, 0, 1)))[None]
+    return np.ascontiguousarray(values.transpose(2, 0, 1))
 
 
-def from_network(output: Tensor, dtype: np.dtype) -> np.ndarray:
-    """A (1, c, h, w) network output to (c, h, w) pixels: clamp to [0, 1], scale, round half to even."""
-    values = output[0].float().cpu().clamp(0, 1).numpy()
+def from_unit(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """(c, h, w) network output to pixels: clamp to [0, 1], scale, round half to even, cast."""
+    values = np.clip(values, 0, 1)
     if np.dtype(dtype).kind == "f":
         return values.astype(dtype, copy=False)
     return (values * np.float32(max_value(dtype))).round().astype(dtype)

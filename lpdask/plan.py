@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-import torch
-
 from .errors import LpdaskError
 
 MIN_CHUNK = 16
 MAX_CHUNK = 8192
+DEFAULT_TILE_PAD = 10
+"""Real-ESRGAN's default ``tile_pad``, for tile mode."""
 
 
 @dataclass(frozen=True)
@@ -38,18 +38,3 @@ class Plan:
     @property
     def workers(self) -> int:
         return self.threads or os.cpu_count() or 1
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` picks CUDA when present; ``cuda`` without a GPU is refused."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        chosen = torch.device(device)
-    except RuntimeError:
-        raise LpdaskError(f"unknown device {device!r} (use cpu, cuda, cuda:N or auto)") from None
-    if chosen.type == "cuda" and not torch.cuda.is_available():
-        raise LpdaskError(f"device {device!r} requested but no CUDA GPU is available")
-    if chosen.type not in ("cpu", "cuda"):
-        raise LpdaskError(f"device {device!r} is not supported (use cpu, cuda, cuda:N or auto)")
-    return chosen

@@ -7,10 +7,8 @@ receptive field, which is exactly what makes tiles disagree at their borders (se
 from __future__ import annotations
 
 from .models.rrdbnet import RRDBNet
+from .plan import DEFAULT_TILE_PAD
 from .stages import IMAGE, Stage
-
-DEFAULT_TILE_PAD = 10
-"""Real-ESRGAN's default ``tile_pad``."""
 
 
 def tile_stages(net: RRDBNet, tile_pad: int = DEFAULT_TILE_PAD) -> list[Stage]:

@@ -63,7 +63,7 @@ class OmeZarrSink:
                 str(levels), shape=shape, chunks=(shape[0], min(self.chunk, shape[1]), min(self.chunk, shape[2])),
                 dtype=previous.dtype,
                 dimension_names=["c", "y", "x"], fill_value=0, overwrite=True)
-            da.to_zarr(half.rechunk(level.chunks), level, **compute)
+            da.store(half.rechunk(level.chunks), level, lock=False, **compute)
             previous, levels = level, levels + 1
         datasets = [
             {"path": str(k), "coordinateTransformations": [

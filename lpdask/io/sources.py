@@ -117,6 +117,8 @@ def _open_zarr(path: Path) -> tuple[zarr.Array, str]:
 
 
 def _layout_of_zarr(path: Path, array: zarr.Array) -> int:
+    if array.ndim != 3:
+        raise LpdaskError(f"{path}: image of shape {array.shape} is not (y, x, c) or (c, y, x)")
     names = getattr(array.metadata, "dimension_names", None) or array.attrs.get("_ARRAY_DIMENSIONS")
     lowered = [str(n).lower() for n in names or ()]
     if lowered[1:] == ["y", "x"] and len(lowered) == 3:

@@ -19,6 +19,8 @@ from .rrdbnet import RRDBNet, config_from_state_dict
 
 DEFAULT_MODEL = "RealESRGAN_x4plus"
 _NCNN_FILES = {DEFAULT_MODEL: "REALESRGAN_X4PLUS_UP4X"}
+_CONVERSION = 1
+"""Bumped whenever the conversion changes, so stale cached files are not reused."""
 
 
 def load_model(model: str | os.PathLike[str] | None = None) -> RRDBNet:
@@ -84,7 +86,7 @@ def builtin_checkpoint(name: str) -> Path:
     """Convert a packaged ncnn model to a ``.pth`` once; later calls return the cached file."""
     param, binary = ncnn_files(name)
     digest = hashlib.sha256(param.read_bytes() + binary.read_bytes()).hexdigest()[:12]
-    target = cache_dir() / f"{name}-{digest}.pth"
+    target = cache_dir() / f"{name}-{digest}-v{_CONVERSION}.pth"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         state = state_dict_from_ncnn(param, binary, RRDBNet())
@@ -103,8 +105,10 @@ def state_dict_from_ncnn(param: Path, binary: Path, net: nn.Module) -> dict[str,
     state: dict[str, Tensor] = {}
     for layer, (name, module) in zip(convs, modules):
         shape = tuple(module.weight.shape)
-        if layer.weights["weight"].size != np.prod(shape):
-            raise ValueError(f"{param}: {layer.name} has {layer.weights['weight'].size} weights, {name} {shape}")
+        kernel = int(layer.params.get("1", "1"))
+        found = (int(layer.params["0"]), layer.weights["weight"].size // (int(layer.params["0"]) * kernel**2), kernel, kernel)
+        if found != shape or layer.weights["weight"].size != np.prod(shape):
+            raise ValueError(f"{param}: {layer.name} has weights {found}, {name} needs {shape}")
         state[f"{name}.weight"] = torch.from_numpy(layer.weights["weight"].reshape(shape))
         state[f"{name}.bias"] = torch.from_numpy(layer.weights["bias"])
     return state

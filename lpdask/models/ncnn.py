@@ -28,6 +28,7 @@ def read_param(path: Path) -> list[Layer]:
     lines = path.read_text().split("\n")
     if not lines or lines[0].strip() != "7767517":
         raise ValueError(f"{path}: not an ncnn .param file (no 7767517 magic)")
+    layer_count = int(lines[1].split()[0])
     layers = []
     for line in lines[2:]:
         parts = line.split()
@@ -37,6 +38,8 @@ def read_param(path: Path) -> list[Layer]:
         blobs = parts[4 : 4 + n_in + n_out]
         params = dict(p.split("=", 1) for p in parts[4 + n_in + n_out :])
         layers.append(Layer(kind, name, blobs[:n_in], blobs[n_in:], params))
+    if len(layers) != layer_count:
+        raise ValueError(f"{path}: {len(layers)} layers, the header says {layer_count}")
     return layers
 
 

@@ -1,0 +1,137 @@
+"""The command line: bad input gets one line, exit code 2, and nothing written or changed."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+import zarr
+
+from .reference import assert_exact, smooth_image, whole_image
+
+
+def lpdask(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "LPDASK_CACHE_DIR": str(cwd / "cache")}
+    return subprocess.run([sys.executable, "-m", "lpdask", *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def tree(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` with a hash of its bytes."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def rgb_tiff(tmp_path: Path) -> Path:
+    path = tmp_path / "in.tif"
+    tifffile.imwrite(path, smooth_image(24, 20), tile=(16, 16))
+    return path
+
+
+def write_zarr(path: Path, data: np.ndarray) -> Path:
+    zarr.create_array(path, data=data)
+    return path
+
+
+def make_cases(tmp: Path) -> dict[str, tuple[list[str | Path], str]]:
+    """name -> (arguments, words the one-line message must contain)."""
+    (tmp / "notes.txt").write_text("not an image\n")
+    (tmp / "empty_dir").mkdir()
+    tifffile.imwrite(tmp / "grey.tif", np.zeros((20, 20), np.uint8))
+    tifffile.imwrite(tmp / "rgba.tif", np.zeros((20, 20, 4), np.uint8))
+    write_zarr(tmp / "int32.zarr", np.zeros((20, 20, 3), np.int32))
+    write_zarr(tmp / "float64.zarr", np.zeros((20, 20, 3), np.float64))
+    write_zarr(tmp / "five_d.zarr", np.zeros((2, 2, 20, 20, 3), np.uint8))
+    (tmp / "taken.zarr").mkdir()
+    (tmp / "taken.zarr" / "keep.txt").write_text("someone else's\n")
+    (tmp / "garbage.pth").write_bytes(os.urandom(2048))
+    torch.save({"params_ema": {"layer.weight": torch.zeros(2, 2)}}, tmp / "other_net.pth")
+    return {
+        "missing input": (["nowhere.tif", "out.zarr"], "input not found: nowhere.tif"),
+        "not an image": (["notes.txt", "out.zarr"], "neither a TIFF file nor a Zarr folder"),
+        "folder that is not zarr": (["empty_dir", "out.zarr"], "is not a Zarr array or group"),
+        "grey layout": (["grey.tif", "out.zarr"], "TIFF axes 'YX' are not supported"),
+        "four channels": (["rgba.tif", "out.zarr"], "4 channels; only RGB"),
+        "int32 pixels": (["int32.zarr", "out.zarr"], "pixel type int32 is not supported"),
+        "float64 pixels": (["float64.zarr", "out.zarr"], "pixel type float64 is not supported"),
+        "five axes": (["five_d.zarr", "out.zarr"], "is not (y, x, c) or (c, y, x)"),
+        "chunk zero": (["in.tif", "out.zarr", "--chunk", "0"], "--chunk 0 is out of range"),
+        "chunk too small": (["in.tif", "out.zarr", "--chunk", "8"], "--chunk 8 is out of range"),
+        "chunk too big": (["in.tif", "out.zarr", "--chunk", "100000"], "--chunk 100000 is out of range"),
+        "chunk not a number": (["in.tif", "out.zarr", "--chunk", "big"], "'big' is not a valid integer"),
+        "output exists": (["in.tif", "taken.zarr"], "taken.zarr already exists; use --overwrite"),
+        "output not zarr": (["in.tif", "out.png"], "must be a .zarr folder"),
+        "overwrite the input": (["int32.zarr", "int32.zarr", "--overwrite"], "pixel type int32"),
+        "missing model": (["in.tif", "out.zarr", "--model", "nope.pth"], "model file not found: nope.pth"),
+        "random bytes model": (["in.tif", "out.zarr", "--model", "garbage.pth"], "is not a readable PyTorch checkpoint"),
+        "another network": (["in.tif", "out.zarr", "--model", "other_net.pth"], "is not an RRDBNet checkpoint"),
+        "unknown device": (["in.tif", "out.zarr", "--device", "abacus"], "unknown device 'abacus'"),
+        "bad mode": (["in.tif", "out.zarr", "--mode", "fast"], "'fast' is not one of"),
+        "missing argument": (["in.tif"], "Missing argument 'OUTPUT'"),
+    }
+
+
+
+def case_names() -> list[str]:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return list(make_cases(Path(tmp)))
+
+
+@pytest.mark.parametrize("name", case_names())
+def test_bad_input(tmp_path: Path, rgb_tiff: Path, name: str) -> None:
+    args, words = make_cases(tmp_path)[name]
+    before = tree(tmp_path)
+    result = lpdask("upscale", *args, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("lpdask: error: ") and words in lines[0], lines[0]
+    assert "Traceback" not in result.stderr + result.stdout
+    after = tree(tmp_path)
+    after = {k: v for k, v in after.items() if not k.startswith("cache/")}
+    assert after == before, "something was written or changed"
+
+
+def test_cuda_without_gpu_is_refused(tmp_path: Path, rgb_tiff: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")  # CUDA-only check: CI machines have none
+    result = lpdask("upscale", rgb_tiff, "out.zarr", "--device", "cuda", cwd=tmp_path)
+    assert result.returncode == 2 and "no CUDA GPU is available" in result.stderr
+    assert not (tmp_path / "out.zarr").exists()
+
+
+def test_upscale_end_to_end(tmp_path: Path, small_net, small_checkpoint) -> None:
+    """A good run: exit 0, a summary line, the input untouched, no work folder left."""
+    image = smooth_image(40, 36, seed=2)
+    tifffile.imwrite(tmp_path / "in.tif", image, tile=(16, 16))
+    digest = hashlib.sha256((tmp_path / "in.tif").read_bytes()).hexdigest()
+    result = lpdask("upscale", "in.tif", "out.zarr", "--model", small_checkpoint, "--chunk", "16", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "wrote out.zarr (3, 160, 144)" in result.stderr and "MP/s" in result.stderr
+    assert "peak memory" in result.stderr
+    assert hashlib.sha256((tmp_path / "in.tif").read_bytes()).hexdigest() == digest
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif", "out.zarr"]
+    assert_exact(zarr.open_array(str(tmp_path / "out.zarr" / "0"))[:], whole_image(small_net, image))
+    again = lpdask("upscale", "in.tif", "out.zarr", "--model", small_checkpoint, "--chunk", "16",
+                   "--overwrite", "--mode", "tile", "-q", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+
+
+def test_workdir_option(tmp_path: Path, small_checkpoint) -> None:
+    tifffile.imwrite(tmp_path / "in.tif", smooth_image(20, 20))
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    (scratch / "other.txt").write_text("keep me")
+    result = lpdask("upscale", "in.tif", "out.zarr", "--model", small_checkpoint, "--workdir", scratch, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert [p.name for p in scratch.iterdir()] == ["other.txt"]

@@ -1,0 +1,119 @@
+"""Exactness: lpdask's chunked output equals an independent whole-image run (tolerances in
+reference.py: 8-bit within 1 level on at most 0.1% of pixels, float within 1e-4)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import dask.array as da
+import numpy as np
+import pytest
+import tifffile
+import zarr
+
+from lpdask import upscale, upscale_array
+from lpdask.api import stages_for
+from lpdask.chunks import Box
+from lpdask.graph import Job, run_job
+from lpdask.io.omezarr import OmeZarrSink
+from lpdask.io.sources import open_source
+from lpdask.jobs import WorkFolder
+
+from .reference import assert_exact, smooth_image, whole_image, whole_image_float
+
+
+def level0(path) -> np.ndarray:
+    return zarr.open_array(str(path / "0"), mode="r")[:]
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "chunk", "blocks"),
+    [(70, 90, 16, 1), (100, 75, 32, 2), (130, 97, 64, 1), (300, 260, 256, 1), (37, 41, 256, 2)],
+)
+def test_tiff_matches_whole_image(small_net, tmp_path, height, width, chunk, blocks):
+    image = smooth_image(height, width, seed=height)
+    tifffile.imwrite(tmp_path / "in.tif", image, tile=(16, 16))
+    upscale(tmp_path / "in.tif", tmp_path / "out.zarr", model=small_net, chunk=chunk, blocks_per_stage=blocks)
+    assert_exact(level0(tmp_path / "out.zarr"), whole_image(small_net, image))
+
+
+@pytest.mark.parametrize("layout", ["striped", "planar"])
+def test_striped_and_planar_tiff(small_net, tmp_path, layout):
+    image = smooth_image(45, 61, seed=7)
+    if layout == "striped":
+        tifffile.imwrite(tmp_path / "in.tif", image, rowsperstrip=5)
+    else:
+        tifffile.imwrite(tmp_path / "in.tif", np.moveaxis(image, -1, 0), photometric="rgb", planarconfig="separate")
+    upscale(tmp_path / "in.tif", tmp_path / "out.zarr", model=small_net, chunk=20)
+    assert_exact(level0(tmp_path / "out.zarr"), whole_image(small_net, image))
+
+
+@pytest.mark.parametrize(("zarr_format", "channels_first"), [(3, False), (3, True), (2, False), (2, True)])
+def test_zarr_matches_whole_image(small_net, tmp_path, zarr_format, channels_first):
+    image = smooth_image(50, 66, seed=3)
+    stored = np.moveaxis(image, -1, 0) if channels_first else image
+    array = zarr.create_array(tmp_path / "in.zarr", shape=stored.shape, chunks=(3, 17, 23) if channels_first
+                              else (17, 23, 3), dtype=stored.dtype, zarr_format=zarr_format)
+    array[:] = stored
+    upscale(tmp_path / "in.zarr", tmp_path / "out.zarr", model=small_net, chunk=24)
+    assert_exact(level0(tmp_path / "out.zarr"), whole_image(small_net, image))
+
+
+def test_float_output_within_tolerance(small_net, tmp_path):
+    image = smooth_image(40, 52, seed=5, dtype=np.float32)
+    zarr.create_array(tmp_path / "in.zarr", data=image, chunks=(16, 16, 3))
+    upscale(tmp_path / "in.zarr", tmp_path / "out.zarr", model=small_net, chunk=16)
+    result = level0(tmp_path / "out.zarr")
+    assert result.dtype == np.float32
+    assert_exact(result, whole_image_float(small_net, image))
+
+
+def test_lazy_api_matches_whole_image(small_net):
+    image = smooth_image(75, 66, seed=11)
+    result = upscale_array(da.from_array(image, chunks=(40, 40, 3)), small_net, chunk=32).compute()
+    assert result.shape == (300, 264, 3)
+    assert_exact(np.moveaxis(result, -1, 0), whole_image(small_net, image))
+
+
+def test_lazy_api_float(small_net):
+    image = smooth_image(48, 50, seed=12, dtype=np.float32)
+    result = upscale_array(da.from_array(image), small_net, chunk=16, blocks_per_stage=1).compute()
+    assert_exact(np.moveaxis(result, -1, 0), whole_image_float(small_net, image))
+
+
+def test_basicsr_whole_image_agrees(small_net, tmp_path):
+    """Cross-check against basicsr's own RRDBNet loaded with the same weights."""
+    from .basicsr_import import basicsr_rrdbnet
+
+    theirs = basicsr_rrdbnet(small_net.state_dict())
+    image = smooth_image(58, 47, seed=13)
+    tifffile.imwrite(tmp_path / "in.tif", image, tile=(16, 16))
+    upscale(tmp_path / "in.tif", tmp_path / "out.zarr", model=small_net, chunk=16)
+    assert_exact(level0(tmp_path / "out.zarr"), whole_image(theirs, image))
+
+
+def test_default_model_on_a_real_image(default_net, tmp_path):
+    """The real x4plus weights (23 RRDBs, halo 347 px) on a real photograph, chunks of 24 px."""
+    from skimage import data
+
+    image = np.ascontiguousarray(data.astronaut()[90:134, 170:206])
+    tifffile.imwrite(tmp_path / "in.tif", image)
+    upscale(tmp_path / "in.tif", tmp_path / "out.zarr", model=default_net, chunk=24, blocks_per_stage=4)
+    assert_exact(level0(tmp_path / "out.zarr"), whole_image(default_net, image))
+
+
+def test_halos_too_small_are_caught(small_net, tmp_path):
+    """The comparison above can fail: the same engine with halved halos is off by more than the
+    tolerance, near the chunk borders."""
+    image = smooth_image(64, 64, seed=17, dtype=np.float32)
+    zarr.create_array(tmp_path / "in.zarr", data=image)
+    stages = [dataclasses.replace(s, halo=s.halo // 2) for s in stages_for(small_net, "exact", 2, 0)]
+    source = open_source(tmp_path / "in.zarr")
+    sink = OmeZarrSink(tmp_path / "out.zarr", 3, 256, 256, np.dtype(np.float32), 128)
+    run_job(Job(source, stages, 32, WorkFolder(tmp_path / "work"), sink), threads=1)
+    with pytest.raises(AssertionError, match="max float difference"):
+        assert_exact(level0(tmp_path / "out.zarr"), whole_image_float(small_net, image))
+
+
+def test_window_is_clipped_at_the_border():
+    assert Box(0, 16, 16, 32).grow(5, 20, 40) == Box(0, 20, 11, 37)
