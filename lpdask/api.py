@@ -110,15 +110,15 @@ def upscale(
     job = Job(source, stages, plan.chunk, work, sink, torch_device)
     chunks = len(job.grid(0))
     bars = Bars(stages, chunks, disable=not progress)
+    workers = plan.workers(torch_device.type)
     try:
-        with _threads(plan.workers, torch_device):
-            run_job(job, plan.workers, bars)
+        with _threads(workers, torch_device):
+            run_job(job, workers, bars)
             bars.close()
-            levels = sink.finish(1 / scale, Path(src).name, scheduler="threads",
-                                 num_workers=plan.workers)
+            levels = sink.finish(1 / scale, Path(src).name, scheduler="threads", num_workers=workers)
     except BaseException:
         bars.close()
-        _remove(output)  # never leave a half-written result behind (resume comes later)
+        shutil.rmtree(output, ignore_errors=True)  # no half-written result left (resume comes later)
         raise
     finally:
         work.clear()

@@ -20,7 +20,8 @@ class Plan:
     chunk: side of a chunk in input pixels. 256 keeps one x4 tail task near 1 GiB of activations.
     blocks_per_stage: RRDBs per trunk stage. One block (halo 15) costs least compute on a CPU; the
         planner of a later release will weigh that against the activation I/O per stage.
-    threads: chunks computed at once; torch gets the cores divided among them.
+    threads: chunks computed at once (0: one per CPU core, or 1 on a GPU); torch gets the cores
+        divided among them.
     """
 
     chunk: int = 256
@@ -35,6 +36,8 @@ class Plan:
         if self.threads < 0:
             raise LpdaskError(f"--threads {self.threads} must be at least 1 (0 picks one per core)")
 
-    @property
-    def workers(self) -> int:
-        return self.threads or os.cpu_count() or 1
+    def workers(self, device_type: str) -> int:
+        """Chunks at once: as asked, else one per core on a CPU and one per GPU."""
+        if self.threads:
+            return self.threads
+        return 1 if device_type == "cuda" else os.cpu_count() or 1
