@@ -17,6 +17,7 @@ import dask
 import dask.array as da
 import numpy as np
 import torch
+from torch.nn import functional as F
 
 from .chunks import Box
 from .errors import LpdaskError
@@ -24,7 +25,8 @@ from .graph import Job, run_job, run_window
 from .io.omezarr import OmeZarrSink
 from .io.sources import open_source
 from .jobs import WorkFolder, check_output, default_workdir
-from .models import RRDBNet, load_model
+from .models import load_model
+from .models.network import Network
 from .pixels import check_dtype, from_unit, max_value
 from .device import resolve_device
 from .plan import DEFAULT_TILE_PAD, Plan
@@ -59,7 +61,7 @@ class Summary:
                 f"peak memory {self.peak_memory_bytes / 2**20:.0f} MiB")
 
 
-def stages_for(net: RRDBNet, mode: Mode, blocks_per_stage: int, tile_pad: int) -> list[Stage]:
+def stages_for(net: Network, mode: Mode, blocks_per_stage: int, tile_pad: int) -> list[Stage]:
     """The exact staged network, or Real-ESRGAN's tile mode for comparison."""
     if mode == "exact":
         stages = net.stages(blocks_per_stage)
@@ -77,7 +79,7 @@ def upscale(
     src: str | os.PathLike[str],
     dst: str | os.PathLike[str],
     *,
-    model: str | os.PathLike[str] | RRDBNet | None = None,
+    model: str | os.PathLike[str] | Network | None = None,
     chunk: int = Plan.chunk,
     blocks_per_stage: int = Plan.blocks_per_stage,
     threads: int = 0,
@@ -97,17 +99,18 @@ def upscale(
     plan = Plan(chunk, blocks_per_stage, threads)
     source = open_source(src)
     output = check_output(Path(src), Path(dst), overwrite)
-    net = model if isinstance(model, RRDBNet) else load_model(model)
+    net = model if isinstance(model, Network) else load_model(model)
     torch_device = resolve_device(device)
     stages = stages_for(net.to(torch_device), mode, plan.blocks_per_stage, tile_pad)
 
+    check_grid(plan.chunk, net)
     if output.exists():
         _remove(output)
-    scale = _total_scale(stages)
-    sink = OmeZarrSink(output, stages[-1].channels, source.height * scale, source.width * scale,
+    scale = net.scale
+    sink = OmeZarrSink(output, net.out_channels, source.height * scale, source.width * scale,
                        source.dtype, plan.chunk * scale)
     work = WorkFolder(Path(workdir or output.parent) / default_workdir(output).name)
-    job = Job(source, stages, plan.chunk, work, sink, torch_device)
+    job = Job(source, stages, plan.chunk, work, sink, torch_device, net.input_factor)
     chunks = len(job.grid(0))
     bars = Bars(stages, chunks, disable=not progress)
     workers = plan.workers(torch_device.type)
@@ -128,7 +131,7 @@ def upscale(
 
 def upscale_array(
     image: da.Array,
-    model: str | os.PathLike[str] | RRDBNet | None = None,
+    model: str | os.PathLike[str] | Network | None = None,
     *,
     chunk: int = Plan.chunk,
     blocks_per_stage: int = Plan.blocks_per_stage,
@@ -145,18 +148,25 @@ def upscale_array(
         raise LpdaskError(f"image of shape {image.shape} is not (y, x, c)")
     dtype = check_dtype(image.dtype)
     plan = Plan(chunk, blocks_per_stage)
-    net = model if isinstance(model, RRDBNet) else load_model(model)
+    net = model if isinstance(model, Network) else load_model(model)
     torch_device = resolve_device(device)
     stages = stages_for(net.to(torch_device), mode, plan.blocks_per_stage, tile_pad)
+    check_grid(plan.chunk, net)
+    d = net.input_factor
     widest = max(stage.halo for stage in stages)
     height, width = image.shape[:2]
-    rows, cols = _chunk_sizes(height, plan.chunk, widest), _chunk_sizes(width, plan.chunk, widest)
-    pixels = image.rechunk((rows, cols, -1)).transpose(2, 0, 1)
-    arrays = {IMAGE: pixels.map_blocks(_normalise, dtype=np.float32, scale=max_value(dtype))}
+    padded = (-(-height // d) * d, -(-width // d) * d)
+    if padded != (height, width):  # Real-ESRGAN's reflect padding for pixel-unshuffle models
+        image = da.pad(image, ((0, padded[0] - height), (0, padded[1] - width), (0, 0)), mode="reflect")
+    rows = _chunk_sizes(padded[0] // d, plan.chunk // d, widest)
+    cols = _chunk_sizes(padded[1] // d, plan.chunk // d, widest)
+    pixels = image.rechunk((tuple(n * d for n in rows), tuple(n * d for n in cols), -1)).transpose(2, 0, 1)
+    arrays = {IMAGE: pixels.map_blocks(_normalise, dtype=np.float32, scale=max_value(dtype), factor=d,
+                                       chunks=(pixels.shape[0] * d * d, rows, cols))}
     factor = 1
     for stage in stages:
         inputs = [arrays[name] for name in stage.inputs]
-        depth = {0: 0, 1: stage.halo, 2: stage.halo}
+        depth = {0: 0, 1: stage.halo if len(rows) > 1 else 0, 2: stage.halo if len(cols) > 1 else 0}
         grown = [da.overlap.overlap(a, depth=depth, boundary="none") for a in inputs]
         s = stage.scale
         arrays[stage.name] = da.map_blocks(
@@ -164,8 +174,8 @@ def upscale_array(
             dtype=np.float32, chunks=(stage.channels, tuple(n * factor * s for n in rows),
                                       tuple(n * factor * s for n in cols)))
         factor *= s
-    result = arrays[stages[-1].name].map_blocks(_denormalise, dtype=dtype, out_dtype=dtype)
-    return result.transpose(1, 2, 0)
+    result = arrays[stages[-1].name][:, : height * net.scale, : width * net.scale]
+    return result.map_blocks(_denormalise, dtype=dtype, out_dtype=dtype).transpose(1, 2, 0)
 
 
 def _chunk_sizes(length: int, chunk: int, halo: int) -> tuple[int, ...]:
@@ -179,8 +189,9 @@ def _chunk_sizes(length: int, chunk: int, halo: int) -> tuple[int, ...]:
     return tuple(sizes)
 
 
-def _normalise(block: np.ndarray, scale: float) -> np.ndarray:
-    return block.astype(np.float32) / np.float32(scale)
+def _normalise(block: np.ndarray, scale: float, factor: int) -> np.ndarray:
+    values = torch.from_numpy(block.astype(np.float32) / np.float32(scale))
+    return F.pixel_unshuffle(values[None], factor)[0].numpy() if factor > 1 else values.numpy()
 
 
 def _denormalise(block: np.ndarray, out_dtype: np.dtype) -> np.ndarray:
@@ -199,11 +210,11 @@ def _run_block(stage: Stage, device: torch.device, blocks: tuple[int, int], *gro
     return out[0].cpu().numpy()
 
 
-def _total_scale(stages: Sequence[Stage]) -> int:
-    scale = 1
-    for stage in stages:
-        scale *= stage.scale
-    return scale
+def check_grid(chunk: int, net: Network) -> None:
+    """Chunks of pixel-unshuffle models must hold whole unshuffle cells."""
+    if chunk % net.input_factor:
+        raise LpdaskError(f"--chunk {chunk} must be a multiple of {net.input_factor} for this "
+                          f"x{net.scale} model (it pixel-unshuffles by {net.input_factor})")
 
 
 def _remove(path: Path) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class Box:
@@ -68,3 +70,8 @@ class Grid:
         rows, cols = self.shape
         return (tuple(self.box(i, 0).shape[0] for i in range(rows)),
                 tuple(self.box(0, j).shape[1] for j in range(cols)))
+
+
+def reflect(indices: np.ndarray, length: int) -> np.ndarray:
+    """Indices past the end mirrored about the last pixel (numpy/torch ``reflect`` padding)."""
+    return np.where(indices < length, indices, 2 * (length - 1) - indices)

@@ -16,8 +16,9 @@ import numpy as np
 import torch
 from dask.callbacks import Callback
 from torch import Tensor
+from torch.nn import functional as F
 
-from .chunks import Box, Grid
+from .chunks import Box, Grid, reflect
 from .io.omezarr import OmeZarrSink
 from .io.sources import Source
 from .jobs import WorkFolder
@@ -35,6 +36,8 @@ class Job:
     work: WorkFolder
     sink: OmeZarrSink
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    input_factor: int = 1
+    """Pixel-unshuffle factor: stages work on the image grid divided by it (``chunk`` too)."""
 
     def factor(self, index: int) -> int:
         """Resolution of stage ``index``'s input relative to the image."""
@@ -45,14 +48,26 @@ class Job:
 
     def grid(self, index: int) -> Grid:
         """The chunk grid of stage ``index``'s input (its output grid is this one scaled)."""
-        f = self.factor(index)
-        return Grid(self.source.height * f, self.source.width * f, self.chunk * f)
+        f, d = self.factor(index), self.input_factor
+        return Grid(-(-self.source.height // d) * f, -(-self.source.width // d) * f, self.chunk // d * f)
 
     def read(self, name: str, window: Box) -> Tensor:
         if name == IMAGE:
-            return torch.from_numpy(to_unit(self.source.read(window)))[None]
+            return self.read_image(window)
         ys, xs = window.slices()
         return torch.from_numpy(self.work[name][:, ys, xs])[None]
+
+    def read_image(self, window: Box) -> Tensor:
+        """The image under ``window`` of the unshuffled grid, reflect-padded past the border to
+        a multiple of ``input_factor`` and pixel-unshuffled, as (1, c * d * d, h, w)."""
+        d = self.input_factor
+        if d == 1:
+            return torch.from_numpy(to_unit(self.source.read(window)))[None]
+        rows = reflect(np.arange(window.y0 * d, window.y1 * d), self.source.height)
+        cols = reflect(np.arange(window.x0 * d, window.x1 * d), self.source.width)
+        box = Box(int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1)
+        pixels = self.source.read(box)[np.ix_(rows - box.y0, cols - box.x0)]
+        return F.pixel_unshuffle(torch.from_numpy(to_unit(pixels))[None], d)
 
 
 def run_window(stage: Stage, inputs: Sequence[Tensor], inner: Box, device: torch.device) -> Tensor:
@@ -72,7 +87,10 @@ def run_chunk(job: Job, index: int, i: int, j: int) -> None:
     out = run_window(stage, [job.read(name, window) for name in stage.inputs], box.within(window), job.device)
     target = box.scaled(stage.scale)
     if index == len(job.stages) - 1:
-        job.sink.write(target, from_unit(out[0].cpu().numpy(), job.sink.level0.dtype))
+        height, width = job.sink.level0.shape[1:]  # smaller than the grid where it was padded
+        kept = Box(target.y0, min(target.y1, height), target.x0, min(target.x1, width))
+        pixels = out[0, :, : kept.shape[0], : kept.shape[1]].cpu().numpy()
+        job.sink.write(kept, from_unit(pixels, job.sink.level0.dtype))
     else:
         ys, xs = target.slices()
         job.work[stage.name][:, ys, xs] = out[0].cpu().numpy()

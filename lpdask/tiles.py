@@ -6,10 +6,23 @@ receptive field, which is exactly what makes tiles disagree at their borders (se
 
 from __future__ import annotations
 
-from .models.rrdbnet import RRDBNet
+from torch import Tensor, nn
+
+from .models.network import Network
 from .plan import DEFAULT_TILE_PAD
 from .stages import IMAGE, Stage
 
 
-def tile_stages(net: RRDBNet, tile_pad: int = DEFAULT_TILE_PAD) -> list[Stage]:
-    return [Stage("tiles", net, tile_pad, net.scale, (IMAGE,), net.config.num_out_ch)]
+class _WholeNetwork(nn.Module):
+    def __init__(self, net: Network) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net.forward_unshuffled(x)
+
+
+def tile_stages(net: Network, tile_pad: int = DEFAULT_TILE_PAD) -> list[Stage]:
+    """One stage: the whole network with ``tile_pad`` of context (on the unshuffled grid)."""
+    scale = net.scale * net.input_factor
+    return [Stage("tiles", _WholeNetwork(net), tile_pad, scale, (IMAGE,), net.out_channels)]

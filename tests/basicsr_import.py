@@ -17,6 +17,8 @@ def basicsr_rrdbnet(state: dict[str, torch.Tensor]) -> torch.nn.Module:
     num_feat = state["conv_first.weight"].shape[0]
     num_block = len({k.split(".")[1] for k in state if k.startswith("body.")})
     num_grow_ch = state["body.0.rdb1.conv1.weight"].shape[0]
-    net = RRDBNet(3, 3, scale=4, num_feat=num_feat, num_block=num_block, num_grow_ch=num_grow_ch)
+    scale = {12: 2, 48: 1}.get(state["conv_first.weight"].shape[1], 4)
+    net = RRDBNet(3, 3, scale=scale, num_feat=num_feat, num_block=num_block, num_grow_ch=num_grow_ch)
+    net.scale = scale
     net.load_state_dict(state, strict=True)
     return net.eval()

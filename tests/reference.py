@@ -15,8 +15,16 @@ def whole_image_float(net: torch.nn.Module, image: np.ndarray) -> np.ndarray:
     """(h, w, 3) pixels -> (3, H, W) float32 network output, clamped to [0, 1]."""
     scale = 1.0 if image.dtype.kind == "f" else float(np.iinfo(image.dtype).max)
     x = torch.from_numpy(np.transpose(image.astype(np.float32) / scale, (2, 0, 1)).copy()).unsqueeze(0)
+    # x2 / x1 RRDBNets (pixel-unshuffle): reflect-pad right and bottom to a multiple of 2 / 4.
+    net_scale = getattr(net, "scale", 4)
+    mod = {2: 2, 1: 4}.get(net_scale, 1)
+    height, width = x.shape[2:]
+    pad_h, pad_w = (-height) % mod, (-width) % mod
+    if pad_h or pad_w:
+        x = torch.nn.functional.pad(x, (0, pad_w, 0, pad_h), "reflect")
     with torch.no_grad():
         out = net(x)
+    out = out[:, :, : height * net_scale, : width * net_scale]
     return out.data.squeeze().float().cpu().clamp_(0, 1).numpy()
 
 

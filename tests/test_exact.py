@@ -9,6 +9,7 @@ import dask.array as da
 import numpy as np
 import pytest
 import tifffile
+import torch
 import zarr
 
 from lpdask import upscale, upscale_array
@@ -90,6 +91,28 @@ def test_basicsr_whole_image_agrees(small_net, tmp_path):
     tifffile.imwrite(tmp_path / "in.tif", image, tile=(16, 16))
     upscale(tmp_path / "in.tif", tmp_path / "out.zarr", model=small_net, chunk=16)
     assert_exact(level0(tmp_path / "out.zarr"), whole_image(theirs, image))
+
+
+@pytest.mark.parametrize(("scale", "height", "width", "chunk"), [(2, 45, 37, 16), (1, 30, 43, 20), (2, 64, 64, 32)])
+def test_pixel_unshuffle_models_match_real_esrgan(tmp_path, scale, height, width, chunk):
+    """x2 / x1 RRDBNets on odd sizes: Real-ESRGAN reflect-pads to the unshuffle grid and crops after;
+    compared with basicsr's RRDBNet on the same weights, and the lazy API too."""
+    from lpdask import RRDBConfig, RRDBNet
+
+    from .basicsr_import import basicsr_rrdbnet
+    from .reference import lively
+
+    torch.manual_seed(scale)
+    net = lively(RRDBNet(RRDBConfig(scale=scale, num_feat=12, num_block=2, num_grow_ch=6)), seed=scale)
+    theirs = basicsr_rrdbnet(net.state_dict())
+    image = smooth_image(height, width, seed=scale + height)
+    tifffile.imwrite(tmp_path / "in.tif", image)
+    upscale(tmp_path / "in.tif", tmp_path / "out.zarr", model=net, chunk=chunk)
+    expected = whole_image(theirs, image)
+    assert expected.shape == (3, height * scale, width * scale)
+    assert_exact(level0(tmp_path / "out.zarr"), expected)
+    lazy = upscale_array(da.from_array(image, chunks=(24, 24, 3)), net, chunk=64).compute()
+    assert_exact(np.moveaxis(lazy, -1, 0), expected)
 
 
 def test_default_model_on_a_real_image(default_net, tmp_path):

@@ -33,12 +33,12 @@ def test_missing_key_is_refused(tmp_path):
         load_model(tmp_path / "m.pth")
 
 
-def test_scale_two_is_refused_for_now(tmp_path):
-    state = RRDBNet(RRDBConfig(num_feat=8, num_block=1, num_grow_ch=4)).state_dict()
-    state["conv_first.weight"] = torch.zeros(8, 12, 3, 3)
-    torch.save(state, tmp_path / "m.pth")
-    with pytest.raises(LpdaskError, match="x2 .* not supported yet"):
-        load_model(tmp_path / "m.pth")
+def test_scale_is_read_from_the_weights(tmp_path):
+    for scale in (4, 2, 1):
+        state = RRDBNet(RRDBConfig(scale=scale, num_feat=8, num_block=1, num_grow_ch=4)).state_dict()
+        torch.save(state, tmp_path / "m.pth")
+        net = load_model(tmp_path / "m.pth")
+        assert (net.scale, net.input_factor) == (scale, 4 // scale)
 
 
 def test_at_most_three_activations_on_disk(small_net, tmp_path, monkeypatch):

@@ -55,10 +55,7 @@ def network_from_state_dict(state: Mapping[str, Tensor], origin: str = "state di
     if "conv_first.weight" not in state or "conv_last.weight" not in state:
         sample = ", ".join(list(state)[:3])
         raise LpdaskError(f"{origin} is not an RRDBNet checkpoint (keys begin {sample})")
-    config = config_from_state_dict(state)
-    if config.scale != 4:
-        raise LpdaskError(f"{origin}: RRDBNet x{config.scale} (pixel-unshuffle) is not supported yet; x4 only")
-    net = RRDBNet(config)
+    net = RRDBNet(config_from_state_dict(state))
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -66,15 +66,19 @@ class RRDBConfig:
 
 
 class RRDBNet(nn.Module):
-    """ESRGAN's generator. Parameter names follow basicsr, so its checkpoints load strictly."""
+    """ESRGAN's generator. Parameter names follow basicsr, so its checkpoints load strictly.
+
+    x2 and x1 models first pixel-unshuffle the image by 2 or 4 (``input_factor``) and then run the
+    x4 network on that smaller grid, as basicsr's RealESRGAN_x2plus does.
+    """
 
     def __init__(self, config: RRDBConfig = RRDBConfig()) -> None:
         super().__init__()
-        if config.scale != 4:
-            raise ValueError(f"RRDBNet scale {config.scale}: only x4 models are supported")
+        if config.scale not in (1, 2, 4):
+            raise ValueError(f"RRDBNet scale {config.scale}: only x4, x2 and x1 exist")
         self.config = config
         nf = config.num_feat
-        self.conv_first = nn.Conv2d(config.num_in_ch, nf, 3, 1, 1)
+        self.conv_first = nn.Conv2d(config.num_in_ch * self.input_factor**2, nf, 3, 1, 1)
         self.body = nn.Sequential(*(RRDB(nf, config.num_grow_ch) for _ in range(config.num_block)))
         self.conv_body = nn.Conv2d(nf, nf, 3, 1, 1)
         self.conv_up1 = nn.Conv2d(nf, nf, 3, 1, 1)
@@ -85,15 +89,39 @@ class RRDBNet(nn.Module):
 
     @property
     def scale(self) -> int:
+        """Output pixels per image pixel."""
         return self.config.scale
 
+    @property
+    def input_factor(self) -> int:
+        """The pixel-unshuffle factor applied to the image before conv_first (1 for x4 models)."""
+        return 4 // self.config.scale
+
+    @property
+    def in_channels(self) -> int:
+        return self.config.num_in_ch
+
+    @property
+    def out_channels(self) -> int:
+        return self.config.num_out_ch
+
     def forward(self, x: Tensor) -> Tensor:
+        """Whole-image inference; x2/x1 models need sides divisible by ``input_factor``."""
+        if self.input_factor > 1:
+            x = F.pixel_unshuffle(x, self.input_factor)
+        return self.forward_unshuffled(x)
+
+    def forward_unshuffled(self, x: Tensor) -> Tensor:
+        """The network after the pixel-unshuffle: x4 on the unshuffled grid."""
         feat = self.conv_first(x)
         feat = feat + self.conv_body(self.body(feat))
         return _upsample(self, feat)
 
     def stages(self, blocks_per_stage: int = 1) -> list[Stage]:
-        """The network as stages: head conv, trunk groups of RRDBs, conv_body + long skip, tail."""
+        """The network as stages: head conv, trunk groups of RRDBs, conv_body + long skip, tail.
+
+        Stages work on the unshuffled grid: the engine unshuffles the image as it reads it.
+        """
         if blocks_per_stage < 1:
             raise ValueError(f"blocks_per_stage must be at least 1, got {blocks_per_stage}")
         nf = self.config.num_feat
@@ -113,7 +141,7 @@ class RRDBNet(nn.Module):
         if not blocks:
             stages.append(Stage("body", _TrunkEnd(nn.Identity(), self.conv_body), 1, 1, ("head", "head"), nf))
             previous = "body"
-        stages.append(Stage("tail", _Tail(self), TAIL_RADIUS, self.scale, (previous,), self.config.num_out_ch))
+        stages.append(Stage("tail", _Tail(self), TAIL_RADIUS, 4, (previous,), self.config.num_out_ch))
         return stages
 
 
