@@ -28,7 +28,7 @@ from .jobs import WorkFolder, check_output, default_workdir
 from .models import load_model
 from .models.network import Network
 from .pixels import check_dtype, from_unit, max_value
-from .device import resolve_device
+from .device import resolve_device, resolve_precision
 from .plan import DEFAULT_TILE_PAD, Plan
 from .progress import Bars
 from .stages import IMAGE, Stage, validate
@@ -84,6 +84,7 @@ def upscale(
     blocks_per_stage: int = Plan.blocks_per_stage,
     threads: int = 0,
     device: str = "auto",
+    precision: str = "fp32",
     workdir: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
     mode: Mode = "exact",
@@ -92,8 +93,9 @@ def upscale(
 ) -> Summary:
     """Super-resolve the image at ``src`` into an OME-Zarr at ``dst``, chunk by chunk.
 
-    ``model`` is a checkpoint path or a loaded network (default: Real-ESRGAN x4plus). Intermediate
-    activations go to ``workdir`` (default: beside ``dst``), in a folder removed at the end.
+    ``model`` is a checkpoint path, a model name or a loaded network (default: Real-ESRGAN x4plus).
+    ``precision`` fp16 / bf16 need CUDA. Intermediate activations go to ``workdir`` (default:
+    beside ``dst``), in a folder removed at the end.
     """
     start = time.perf_counter()
     plan = Plan(chunk, blocks_per_stage, threads)
@@ -101,7 +103,8 @@ def upscale(
     output = check_output(Path(src), Path(dst), overwrite)
     net = model if isinstance(model, Network) else load_model(model)
     torch_device = resolve_device(device)
-    stages = stages_for(net.to(torch_device), mode, plan.blocks_per_stage, tile_pad)
+    compute = resolve_precision(precision, torch_device)
+    stages = stages_for(net.to(torch_device, compute), mode, plan.blocks_per_stage, tile_pad)
 
     check_grid(plan.chunk, net)
     if output.exists():
@@ -110,7 +113,7 @@ def upscale(
     sink = OmeZarrSink(output, net.out_channels, source.height * scale, source.width * scale,
                        source.dtype, plan.chunk * scale)
     work = WorkFolder(Path(workdir or output.parent) / default_workdir(output).name)
-    job = Job(source, stages, plan.chunk, work, sink, torch_device, net.input_factor)
+    job = Job(source, stages, plan.chunk, work, sink, torch_device, net.input_factor, compute)
     chunks = len(job.grid(0))
     bars = Bars(stages, chunks, disable=not progress)
     workers = plan.workers(torch_device.type)
@@ -136,6 +139,7 @@ def upscale_array(
     chunk: int = Plan.chunk,
     blocks_per_stage: int = Plan.blocks_per_stage,
     device: str = "cpu",
+    precision: str = "fp32",
     mode: Mode = "exact",
     tile_pad: int = DEFAULT_TILE_PAD,
 ) -> da.Array:
@@ -150,7 +154,8 @@ def upscale_array(
     plan = Plan(chunk, blocks_per_stage)
     net = model if isinstance(model, Network) else load_model(model)
     torch_device = resolve_device(device)
-    stages = stages_for(net.to(torch_device), mode, plan.blocks_per_stage, tile_pad)
+    compute = resolve_precision(precision, torch_device)
+    stages = stages_for(net.to(torch_device, compute), mode, plan.blocks_per_stage, tile_pad)
     check_grid(plan.chunk, net)
     d = net.input_factor
     widest = max(stage.halo for stage in stages)
@@ -170,7 +175,7 @@ def upscale_array(
         grown = [da.overlap.overlap(a, depth=depth, boundary="none") for a in inputs]
         s = stage.scale
         arrays[stage.name] = da.map_blocks(
-            partial(_run_block, stage, torch_device, (len(rows), len(cols))), *grown,
+            partial(_run_block, stage, torch_device, compute, (len(rows), len(cols))), *grown,
             dtype=np.float32, chunks=(stage.channels, tuple(n * factor * s for n in rows),
                                       tuple(n * factor * s for n in cols)))
         factor *= s
@@ -198,7 +203,8 @@ def _denormalise(block: np.ndarray, out_dtype: np.dtype) -> np.ndarray:
     return from_unit(block, out_dtype)
 
 
-def _run_block(stage: Stage, device: torch.device, blocks: tuple[int, int], *grown: np.ndarray,
+def _run_block(stage: Stage, device: torch.device, precision: torch.dtype, blocks: tuple[int, int],
+               *grown: np.ndarray,
                block_id: tuple[int, int, int]) -> np.ndarray:
     _, i, j = block_id
     halo = stage.halo
@@ -206,7 +212,8 @@ def _run_block(stage: Stage, device: torch.device, blocks: tuple[int, int], *gro
     bottom, right = (halo if i < blocks[0] - 1 else 0), (halo if j < blocks[1] - 1 else 0)
     h, w = grown[0].shape[1:]
     inner = Box(top, h - bottom, left, w - right)
-    out = run_window(stage, [torch.from_numpy(np.ascontiguousarray(g))[None] for g in grown], inner, device)
+    out = run_window(stage, [torch.from_numpy(np.ascontiguousarray(g))[None] for g in grown], inner, device,
+                     precision)
     return out[0].cpu().numpy()
 
 

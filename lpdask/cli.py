@@ -30,6 +30,8 @@ def cli() -> None:
 @click.option("--blocks-per-stage", type=int, default=Plan.blocks_per_stage, show_default=True, help="RRDB blocks per stage.")
 @click.option("--threads", type=int, default=0, show_default=True, help="Chunks at once (0: one per CPU core).")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
+              help="Compute precision; fp16 and bf16 need CUDA.")
 @click.option("--workdir", metavar="DIR", help="Folder for intermediate activations [default: beside OUTPUT].")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 @click.option("--mode", type=click.Choice(["exact", "tile"]), default="exact", show_default=True,
@@ -37,7 +39,7 @@ def cli() -> None:
 @click.option("--tile-pad", type=int, default=DEFAULT_TILE_PAD, show_default=True, help="Context pixels per tile in tile mode.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def upscale_command(input: str, output: str, model: str | None, chunk: int, blocks_per_stage: int,
-                    threads: int, device: str, workdir: str | None, overwrite: bool, mode: str,
+                    threads: int, device: str, precision: str, workdir: str | None, overwrite: bool, mode: str,
                     tile_pad: int, quiet: bool) -> None:
     """Super-resolve INPUT (TIFF or Zarr) into OUTPUT (OME-Zarr, .zarr)."""
     # Check what needs no torch first, so mistakes are answered before the slow imports.
@@ -47,7 +49,7 @@ def upscale_command(input: str, output: str, model: str | None, chunk: int, bloc
     from .api import upscale
 
     summary = upscale(input, output, model=model, chunk=chunk, blocks_per_stage=blocks_per_stage,
-                      threads=threads, device=device, workdir=workdir, overwrite=overwrite,
+                      threads=threads, device=device, precision=precision, workdir=workdir, overwrite=overwrite,
                       mode=mode, tile_pad=tile_pad, progress=not quiet)  # type: ignore[arg-type]
     click.echo(str(summary), err=True)
 

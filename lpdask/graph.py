@@ -38,6 +38,8 @@ class Job:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     input_factor: int = 1
     """Pixel-unshuffle factor: stages work on the image grid divided by it (``chunk`` too)."""
+    precision: torch.dtype = torch.float32
+    """What the stages compute in; stored activations are float32 whatever it is."""
 
     def factor(self, index: int) -> int:
         """Resolution of stage ``index``'s input relative to the image."""
@@ -70,12 +72,13 @@ class Job:
         return F.pixel_unshuffle(torch.from_numpy(to_unit(pixels))[None], d)
 
 
-def run_window(stage: Stage, inputs: Sequence[Tensor], inner: Box, device: torch.device) -> Tensor:
+def run_window(stage: Stage, inputs: Sequence[Tensor], inner: Box, device: torch.device,
+               precision: torch.dtype = torch.float32) -> Tensor:
     """Run ``stage`` on window tensors and keep ``inner`` (the chunk, in window coordinates)."""
     with torch.inference_mode():
-        out = stage.module(*(t.to(device) for t in inputs))
+        out = stage.module(*(t.to(device, precision) for t in inputs))
     s = stage.scale
-    return out[:, :, inner.y0 * s : inner.y1 * s, inner.x0 * s : inner.x1 * s]
+    return out[:, :, inner.y0 * s : inner.y1 * s, inner.x0 * s : inner.x1 * s].float()
 
 
 def run_chunk(job: Job, index: int, i: int, j: int) -> None:
@@ -84,7 +87,8 @@ def run_chunk(job: Job, index: int, i: int, j: int) -> None:
     grid = job.grid(index)
     box = grid.box(i, j)
     window = box.grow(stage.halo, grid.height, grid.width)
-    out = run_window(stage, [job.read(name, window) for name in stage.inputs], box.within(window), job.device)
+    inputs = [job.read(name, window) for name in stage.inputs]
+    out = run_window(stage, inputs, box.within(window), job.device, job.precision)
     target = box.scaled(stage.scale)
     if index == len(job.stages) - 1:
         height, width = job.sink.level0.shape[1:]  # smaller than the grid where it was padded

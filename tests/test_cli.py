@@ -135,3 +135,11 @@ def test_workdir_option(tmp_path: Path, small_checkpoint) -> None:
     result = lpdask("upscale", "in.tif", "out.zarr", "--model", small_checkpoint, "--workdir", scratch, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert [p.name for p in scratch.iterdir()] == ["other.txt"]
+
+
+def test_half_precision_needs_cuda(tmp_path: Path, rgb_tiff: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")  # CUDA-only check: CI machines have none
+    result = lpdask("upscale", rgb_tiff, "out.zarr", "--device", "cpu", "--precision", "fp16", cwd=tmp_path)
+    assert result.returncode == 2 and "--precision fp16 needs a CUDA device" in result.stderr
+    assert not (tmp_path / "out.zarr").exists()

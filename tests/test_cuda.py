@@ -1,0 +1,42 @@
+"""On a CUDA GPU: the same exactness, and the half-precision error stays small. CPU-only machines
+(CI included) have no GPU, so these are skipped there; run them on a GPU machine."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+import zarr
+
+from lpdask import upscale
+
+from .reference import assert_exact, smooth_image, whole_image
+
+pytestmark = [pytest.mark.cuda,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+
+def test_cuda_fp32_matches_cpu_whole_image(small_net, tmp_path):
+    image = smooth_image(90, 70, seed=21)
+    tifffile.imwrite(tmp_path / "in.tif", image)
+    reference = whole_image(small_net.cpu(), image)
+    upscale(tmp_path / "in.tif", tmp_path / "out.zarr", model=small_net, chunk=32, device="cuda")
+    small_net.cpu()
+    assert_exact(zarr.open_array(str(tmp_path / "out.zarr" / "0"))[:], reference)
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_half_precision_error_is_bounded(default_net, tmp_path, precision):
+    """Real x4plus weights: half precision against fp32 whole-image output (bounds from the
+    measured figures in the README's precision table, with margin)."""
+    from skimage import data
+
+    image = np.ascontiguousarray(data.astronaut()[100:228, 150:278])
+    tifffile.imwrite(tmp_path / "in.tif", image)
+    reference = whole_image(default_net.cpu().float(), image).astype(int)
+    upscale(tmp_path / "in.tif", tmp_path / "out.zarr", model=default_net, chunk=64, device="cuda",
+            precision=precision)
+    default_net.cpu().float()
+    diff = np.abs(zarr.open_array(str(tmp_path / "out.zarr" / "0"))[:].astype(int) - reference)
+    assert diff.mean() < (0.5 if precision == "fp16" else 2.0), diff.mean()
