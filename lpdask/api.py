@@ -6,14 +6,12 @@ import os
 import resource
 import shutil
 import time
-from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Iterator, Literal
 
-import dask
 import dask.array as da
 import numpy as np
 import torch

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import pickle
-import zipfile
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from torch import Tensor, nn
 
 from ..errors import LpdaskError
 from . import ncnn
+from .layouts import describe_keys, looks_like, to_basicsr_rrdbnet
 from .rrdbnet import RRDBNet, config_from_state_dict
 
 DEFAULT_MODEL = "RealESRGAN_x4plus"
@@ -35,32 +35,133 @@ def load_model(model: str | os.PathLike[str] | None = None) -> RRDBNet:
 
 
 def read_state_dict(path: Path) -> dict[str, Tensor]:
-    """The tensors of a ``.pth`` checkpoint: ``params_ema``, ``params`` or a bare state dict."""
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as exc:
-        raise LpdaskError(f"{path} is not a readable PyTorch checkpoint ({_first_line(exc)})") from None
-    if isinstance(loaded, Mapping):
-        for key in ("params_ema", "params"):
-            if isinstance(loaded.get(key), Mapping):
-                loaded = loaded[key]
-                break
-    if not isinstance(loaded, Mapping) or not all(isinstance(v, Tensor) for v in loaded.values()):
-        raise LpdaskError(f"{path} holds no state dict of tensors")
-    return dict(loaded)
+    """The tensors of a checkpoint, never running pickled code.
+
+    Reads ``.pth``/``.pt``/``.ckpt`` with ``torch.load(weights_only=True)`` and ``.safetensors``
+    with safetensors; unwraps ``params_ema``, ``params``, ``state_dict``, ``model``, ``netG``...
+    and strips key prefixes such as ``module.`` that every key shares.
+    """
+    with open(path, "rb") as file:
+        head = file.read(16)
+    if not head:
+        raise LpdaskError(f"{path} is empty, not a checkpoint")
+    if path.suffix.lower() == ".safetensors" or _is_safetensors(head, path.stat().st_size):
+        loaded: object = _load_safetensors(path)
+    else:
+        loaded = _load_torch(path, head)
+    loaded = _unwrap(loaded)
+    if not isinstance(loaded, Mapping) or not loaded:
+        raise LpdaskError(f"{path} holds no state dict of tensors: found {_found(loaded)}")
+    if not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in loaded.items()):
+        raise LpdaskError(f"{path} holds no state dict of tensors: {describe_keys(loaded)}")
+    return _strip_prefixes(dict(loaded))
 
 
 def network_from_state_dict(state: Mapping[str, Tensor], origin: str = "state dict") -> RRDBNet:
-    """Build the network these weights belong to and load them with strict key matching."""
-    if "conv_first.weight" not in state or "conv_last.weight" not in state:
-        sample = ", ".join(list(state)[:3])
-        raise LpdaskError(f"{origin} is not an RRDBNet checkpoint (keys begin {sample})")
-    net = RRDBNet(config_from_state_dict(state))
+    """Build the network these weights belong to, in any RRDBNet layout, and load them strictly."""
     try:
-        net.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
+        basicsr = to_basicsr_rrdbnet(state)
+    except LpdaskError as exc:
+        raise LpdaskError(f"{origin}: {exc}") from None
+    if basicsr is None:
+        guess = looks_like(state)
+        hint = f" (looks like {guess})" if guess else ""
+        raise LpdaskError(f"{origin} is not an RRDBNet checkpoint: {describe_keys(state)}{hint}")
+    try:
+        net = RRDBNet(config_from_state_dict(basicsr))
+    except (KeyError, IndexError, ValueError) as exc:
         raise LpdaskError(f"{origin}: weights do not match RRDBNet ({_first_line(exc)})") from None
+    problem = _mismatch(net.state_dict(), basicsr)
+    if problem:
+        raise LpdaskError(f"{origin}: weights do not match RRDBNet ({problem})")
+    net.load_state_dict(basicsr, strict=True)
     return net.eval().requires_grad_(False)
+
+
+_WRAPPERS = ("params_ema", "params-ema", "params", "state_dict", "model_state_dict", "model", "netG", "net_g", "net")
+"""Keys under which training code saves the generator's state dict, most wanted first."""
+_PREFIXES = ("module.", "netG.", "net_g.", "_orig_mod.")
+"""Prefixes left by DataParallel, wrappers and torch.compile."""
+
+
+def _load_torch(path: Path, head: bytes) -> object:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch.load on arbitrary bytes raises many kinds: all mean "unreadable"
+        if not head.startswith((b"PK\x03\x04", b"\x80")):
+            raise LpdaskError(f"{path} is not a PyTorch or safetensors checkpoint: {_sample(head)}") from None
+        reason = _first_line(exc)
+        found = re.search(r"WeightsUnpickler error: ([^\n]*)", str(exc))
+        if found:
+            reason = f"it holds pickled objects, not only tensors: {found.group(1).strip()}"
+        raise LpdaskError(f"{path} is not a readable weights-only PyTorch checkpoint ({reason})") from None
+
+
+def _load_safetensors(path: Path) -> dict[str, Tensor]:
+    try:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+    except ImportError:
+        raise LpdaskError(f"{path}: reading .safetensors needs the safetensors package") from None
+    try:
+        return load_file(path, device="cpu")
+    except (SafetensorError, OSError) as exc:
+        raise LpdaskError(f"{path} is not a readable safetensors file ({_first_line(exc)})") from None
+
+
+def _is_safetensors(head: bytes, size: int) -> bool:
+    """A safetensors file: an 8-byte little-endian header length, then a JSON header."""
+    return len(head) > 8 and head[8:9] == b"{" and 2 <= int.from_bytes(head[:8], "little") <= size - 8
+
+
+def _unwrap(loaded: object) -> object:
+    for _ in range(3):
+        if not isinstance(loaded, Mapping):
+            break
+        inner = next((loaded[k] for k in _WRAPPERS if isinstance(loaded.get(k), Mapping)), None)
+        if inner is None:
+            break
+        loaded = inner
+    return loaded
+
+
+def _strip_prefixes(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in _PREFIXES:
+            if all(key.startswith(prefix) for key in state):
+                state = {key[len(prefix) :]: value for key, value in state.items()}
+                stripped = True
+    return state
+
+
+def _mismatch(expected: Mapping[str, Tensor], given: Mapping[str, Tensor]) -> str:
+    """Why strict loading would fail, on one line; empty if it would not."""
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    shapes = [k for k in expected if k in given and given[k].shape != expected[k].shape]
+    parts = [
+        f"{what} {', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''}"
+        for what, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes))
+        if keys
+    ]
+    return "; ".join(parts)
+
+
+def _found(obj: object) -> str:
+    if isinstance(obj, Tensor):
+        return f"one tensor of shape {tuple(obj.shape)}"
+    if isinstance(obj, Mapping):
+        return "an empty dict" if not obj else describe_keys(obj)
+    return f"a {type(obj).__name__}"
+
+
+def _sample(head: bytes) -> str:
+    text = head.decode("utf-8", "replace")
+    if text.isprintable() or all(c.isprintable() or c.isspace() for c in text):
+        return f"it begins with text {text.strip()[:16]!r}"
+    return f"it begins with bytes {head[:8].hex(' ')}"
 
 
 def cache_dir() -> Path:
