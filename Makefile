@@ -7,12 +7,12 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: demo test bench clean
 
-$(VENV)/.base:
-	python3 -m venv $(VENV)
+$(VENV)/.base: pyproject.toml requirements/constraints.txt
+	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q -c requirements/constraints.txt -e '.[demo]'
 	touch $@
 
-$(VENV)/.test: $(VENV)/.base
+$(VENV)/.test: $(VENV)/.base pyproject.toml
 	$(PIP) install -q -c requirements/constraints.txt -e '.[test]'
 	touch $@
 

@@ -18,12 +18,14 @@ _LAZY = {
     "upscale_array": "lpdask.api",
     "RRDBConfig": "lpdask.models",
     "RRDBNet": "lpdask.models",
+    "SRVGGConfig": "lpdask.models",
+    "SRVGGNetCompact": "lpdask.models",
     "load_model": "lpdask.models",
 }
 
 if TYPE_CHECKING:
     from .api import Summary, upscale, upscale_array
-    from .models import RRDBConfig, RRDBNet, load_model
+    from .models import RRDBConfig, RRDBNet, SRVGGConfig, SRVGGNetCompact, load_model
 
 
 def __getattr__(name: str) -> Any:
@@ -32,4 +34,5 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'lpdask' has no attribute {name!r}")
 
 
-__all__ = ["LpdaskError", "RRDBConfig", "RRDBNet", "Summary", "load_model", "upscale", "upscale_array"]
+__all__ = ["LpdaskError", "RRDBConfig", "RRDBNet", "SRVGGConfig", "SRVGGNetCompact", "Summary", "load_model",
+           "upscale", "upscale_array"]

@@ -25,9 +25,10 @@ def cli() -> None:
 @cli.command(name="upscale")
 @click.argument("input", type=click.Path(dir_okay=True, path_type=str))
 @click.argument("output", type=click.Path(path_type=str))
-@click.option("--model", "model", metavar="PATH", help="Real-ESRGAN/ESRGAN .pth checkpoint [default: built-in RealESRGAN_x4plus].")
+@click.option("--model", "model", metavar="NAME|PATH",
+              help="A model name (see `lpdask models`) or a Real-ESRGAN/ESRGAN checkpoint [default: RealESRGAN_x4plus].")
 @click.option("--chunk", type=int, default=Plan.chunk, show_default=True, help="Chunk side in input pixels.")
-@click.option("--blocks-per-stage", type=int, default=Plan.blocks_per_stage, show_default=True, help="RRDB blocks per stage.")
+@click.option("--blocks-per-stage", type=int, default=Plan.blocks_per_stage, show_default=True, help="RRDB blocks per stage (Compact nets: 15 convs per block).")
 @click.option("--threads", type=int, default=0, show_default=True, help="Chunks at once (0: one per CPU core).")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
@@ -52,6 +53,17 @@ def upscale_command(input: str, output: str, model: str | None, chunk: int, bloc
                       threads=threads, device=device, precision=precision, workdir=workdir, overwrite=overwrite,
                       mode=mode, tile_pad=tile_pad, progress=not quiet)  # type: ignore[arg-type]
     click.echo(str(summary), err=True)
+
+
+@cli.command(name="models")
+@click.option("--blocks-per-stage", type=int, default=Plan.blocks_per_stage, show_default=True,
+              help="Stage grouping to show the halos for.")
+def models_command(blocks_per_stage: int) -> None:
+    """List the models --model takes by name: architecture, scale, size, halo per stage, weights."""
+    Plan(blocks_per_stage=blocks_per_stage)
+    from .models.names import table
+
+    click.echo(table(blocks_per_stage))
 
 
 def main(argv: list[str] | None = None) -> int:

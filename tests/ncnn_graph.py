@@ -26,6 +26,8 @@ KNOWN_PARAMS = {
     "Eltwise": {"0", "-23301"},
     "BinaryOp": {"0"},
     "Interp": {"0", "1", "2"},
+    "PReLU": {"0"},
+    "PixelShuffle": {"0"},  # mode (key 1) absent: PyTorch's channel order
 }
 
 
@@ -87,6 +89,8 @@ def load(param: Path, binary: Path) -> list[Op]:
             op.data["weight"] = take("<f2" if tag == TAG_FP16 else "<f4", int(op.get("6", 0)))
             if op.get("5", 0) == 1:
                 op.data["bias"] = take("<f4", int(op.get("0", 0)))
+        elif op.kind == "PReLU":  # raw float32 slopes, no tag
+            op.data["slope"] = take("<f4", int(op.get("0", 1)))
     if pos != len(blob):
         raise ValueError(f"{binary}: read {pos} of {len(blob)} bytes")
     return ops
@@ -121,6 +125,10 @@ def run(ops: list[Op], x: Tensor) -> Tensor:
             outs = [sum(c * t for c, t in zip(coeffs, ins, strict=True))]
         elif op.kind == "BinaryOp" and op.get("0", 0) == 0:
             outs = [ins[0] + ins[1]]
+        elif op.kind == "PReLU":
+            outs = [torch.where(ins[0] >= 0, ins[0], ins[0] * op.data["slope"].reshape(-1, 1, 1))]
+        elif op.kind == "PixelShuffle":
+            outs = [F.pixel_shuffle(ins[0], int(op.get("0", 1)))]
         elif op.kind == "Interp" and op.get("0", 0) == 1:
             outs = [F.interpolate(ins[0], scale_factor=(op.get("1", 1), op.get("2", 1)), mode="nearest")]
         else:

@@ -71,7 +71,7 @@ def make_cases(tmp: Path) -> dict[str, tuple[list[str | Path], str]]:
         "output not zarr": (["in.tif", "out.png"], "must be a .zarr folder"),
         "overwrite the input": (["int32.zarr", "int32.zarr", "--overwrite"], "pixel type int32"),
         "missing model": (["in.tif", "out.zarr", "--model", "nope.pth"], "model file not found: nope.pth"),
-        "random bytes model": (["in.tif", "out.zarr", "--model", "garbage.pth"], "is not a readable PyTorch checkpoint"),
+        "random bytes model": (["in.tif", "out.zarr", "--model", "garbage.pth"], "is not a PyTorch or safetensors checkpoint"),
         "another network": (["in.tif", "out.zarr", "--model", "other_net.pth"], "is not an RRDBNet checkpoint"),
         "unknown device": (["in.tif", "out.zarr", "--device", "abacus"], "unknown device 'abacus'"),
         "bad mode": (["in.tif", "out.zarr", "--mode", "fast"], "'fast' is not one of"),

