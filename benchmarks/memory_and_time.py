@@ -62,6 +62,19 @@ def _current_rss_bytes() -> int:
         return -1
 
 
+def _usage() -> tuple[float, float, int]:
+    u = resource.getrusage(resource.RUSAGE_SELF)
+    return u.ru_utime, u.ru_stime, u.ru_minflt
+
+
+def _usage_since(before: tuple[float, float, int]) -> dict:
+    """CPU seconds (user, system) and minor page faults spent on the work: less sensitive than wall
+    time to other processes on a shared machine."""
+    after = _usage()
+    return {"user_seconds": after[0] - before[0], "system_seconds": after[1] - before[1],
+            "cpu_seconds": after[0] + after[1] - before[0] - before[1], "minor_faults": after[2] - before[2]}
+
+
 def _emit(result: dict) -> None:
     sys.stdout.write(MARK + json.dumps(result) + "\n")
     sys.stdout.flush()
@@ -76,6 +89,7 @@ def child_whole(args: argparse.Namespace) -> None:
     from lpdask import load_model
 
     after_import = _current_rss_bytes()
+    usage = _usage()
     start = time.perf_counter()
     net = load_model(args.model).eval()
     image = tifffile.imread(args.src)  # (h, w, 3) uint8
@@ -88,9 +102,10 @@ def child_whole(args: argparse.Namespace) -> None:
     # as Real-ESRGAN's enhance(): clamp to [0, 1], scale, round half to even, cast
     out = (y[0].clamp(0, 1).numpy() * top).round().astype(image.dtype)
     work_seconds = time.perf_counter() - start
+    cpu = _usage_since(usage)
     result = {
         "kind": "whole", "work_seconds": work_seconds, "net_seconds": net_seconds,
-        "peak_rss_bytes": _maxrss_bytes(), "rss_after_import_bytes": after_import,
+        "peak_rss_bytes": _maxrss_bytes(), "rss_after_import_bytes": after_import, **cpu,
         "torch_threads": torch.get_num_threads(), "output_shape": list(out.shape),
         "checksum": float(np.asarray(out, dtype=np.float64).mean()),
     }
@@ -196,14 +211,16 @@ def child_lpdask(args: argparse.Namespace) -> None:
 
     log = _StageLog() if args.stage_times else None
     after_import = _current_rss_bytes()
+    usage = _usage()
     start = time.perf_counter()
     summary = lpdask.upscale(args.src, args.dst, model=args.model, chunk=args.chunk,
                              blocks_per_stage=args.blocks_per_stage, threads=args.threads,
                              overwrite=True, progress=False)
     work_seconds = time.perf_counter() - start
+    cpu = _usage_since(usage)
     result = {
         "kind": "lpdask", "work_seconds": work_seconds, "summary_seconds": summary.seconds,
-        "peak_rss_bytes": _maxrss_bytes(), "summary_peak_memory_bytes": summary.peak_memory_bytes,
+        "peak_rss_bytes": _maxrss_bytes(), "summary_peak_memory_bytes": summary.peak_memory_bytes, **cpu,
         "rss_after_import_bytes": after_import, "chunks": summary.chunks, "stages": summary.stages,
         "levels": summary.levels, "output_shape": list(summary.output_shape),
         "torch_threads_default": torch.get_num_threads(),
@@ -343,12 +360,16 @@ def measure_time(args, tmp: Path, model: Path, src: Path) -> dict:
 
 
 def measure_sweep(args, tmp: Path, model: Path, src: Path) -> dict:
-    settings = [(t, c, b) for t in args.sweep_threads for c in args.sweep_chunks for b in args.sweep_bps]
+    settings = args.sweep_settings or [
+        (t, c, b) for t in args.sweep_threads for c in args.sweep_chunks for b in args.sweep_bps]
     sequence: list[tuple[str, tuple | None]] = []
-    for n, setting in enumerate(settings):
-        if n % args.whole_every == 0:
-            sequence.append(("whole", None))
-        sequence.append(("lpdask", setting))
+    for round_ in range(args.sweep_rounds):
+        # later rounds visit the settings in reverse, so drift over time does not favour one of them
+        ordered = settings if round_ % 2 == 0 else settings[::-1]
+        for n, setting in enumerate(ordered):
+            if n % args.whole_every == 0:
+                sequence.append(("whole", None))
+            sequence.append(("lpdask", setting))
     sequence.append(("whole", None))
     runs = []
     for n, (kind, setting) in enumerate(sequence):
@@ -364,10 +385,11 @@ def measure_sweep(args, tmp: Path, model: Path, src: Path) -> dict:
         r["order"] = n
         runs.append(r)
         say(f"         work {r['work_seconds']:7.1f} s, process {r['process_seconds']:7.1f} s, "
-            f"peak RSS {mib(r['peak_rss_bytes'])}")
+            f"cpu {r['cpu_seconds']:7.1f} s (sys {r['system_seconds']:.1f}), peak RSS {mib(r['peak_rss_bytes'])}")
     wholes = [r for r in runs if r["kind"] == "whole"]
     all_whole = statistics.mean(r["work_seconds"] for r in wholes)
     all_whole_proc = statistics.mean(r["process_seconds"] for r in wholes)
+    all_whole_cpu = statistics.mean(r["cpu_seconds"] for r in wholes)
     rows = []
     for r in runs:
         if r["kind"] != "lpdask":
@@ -382,9 +404,20 @@ def measure_sweep(args, tmp: Path, model: Path, src: Path) -> dict:
                      "work_ratio_near": r["work_seconds"] / near,
                      "process_ratio_near": r["process_seconds"] / near_proc,
                      "work_ratio_all": r["work_seconds"] / all_whole,
-                     "process_ratio_all": r["process_seconds"] / all_whole_proc})
-    return {"size": args.time_size, "runs": runs, "rows": rows,
-            "whole_work_seconds": [w["work_seconds"] for w in wholes]}
+                     "process_ratio_all": r["process_seconds"] / all_whole_proc,
+                     "cpu_seconds": r["cpu_seconds"], "cpu_ratio_all": r["cpu_seconds"] / all_whole_cpu})
+    summary = []
+    for setting in settings:
+        mine = [r for r in rows if (r["threads"], r["chunk"], r["blocks_per_stage"]) == tuple(setting)]
+        summary.append({"threads": setting[0], "chunk": setting[1], "blocks_per_stage": setting[2],
+                        "runs": len(mine),
+                        "median_work_ratio_near": statistics.median(r["work_ratio_near"] for r in mine),
+                        "median_cpu_ratio_all": statistics.median(r["cpu_ratio_all"] for r in mine),
+                        "median_work_seconds": statistics.median(r["work_seconds"] for r in mine),
+                        "max_peak_rss_bytes": max(r["peak_rss_bytes"] for r in mine)})
+    return {"size": args.time_size, "runs": runs, "rows": rows, "settings": summary,
+            "whole_work_seconds": [w["work_seconds"] for w in wholes],
+            "whole_cpu_seconds": [w["cpu_seconds"] for w in wholes]}
 
 
 def print_tables(report: dict) -> None:
@@ -433,13 +466,28 @@ def print_tables(report: dict) -> None:
         say(f"Sweep ({sw['size']}x{sw['size']}; ratio vs the mean of the whole-image runs either side, "
             f"and vs all {len(sw['whole_work_seconds'])} whole-image runs):")
         say(f"  {'threads':>7} {'chunk':>5} {'b/stage':>7} {'work s':>7} {'ratio':>6} {'ratio(all)':>10} "
-            f"{'proc ratio':>10} {'peak RSS':>10}")
+            f"{'proc ratio':>10} {'cpu s':>7} {'cpu ratio':>9} {'peak RSS':>10}")
         for r in sorted(sw["rows"], key=lambda r: r["work_ratio_near"]):
             say(f"  {r['threads']:>7} {r['chunk']:>5} {r['blocks_per_stage']:>7} {r['work_seconds']:7.1f} "
                 f"{r['work_ratio_near']:6.3f} {r['work_ratio_all']:10.3f} {r['process_ratio_near']:10.3f} "
-                f"{mib(r['peak_rss_bytes']):>10}")
+                f"{r['cpu_seconds']:7.1f} {r['cpu_ratio_all']:9.3f} {mib(r['peak_rss_bytes']):>10}")
         say("  whole-image work seconds: " + ", ".join(f"{s:.1f}" for s in sw["whole_work_seconds"]))
+        say("  whole-image cpu seconds:  " + ", ".join(f"{s:.1f}" for s in sw["whole_cpu_seconds"]))
+        if any(s["runs"] > 1 for s in sw["settings"]):
+            say("  per setting (medians over rounds):")
+            for s in sorted(sw["settings"], key=lambda s: s["median_work_ratio_near"]):
+                say(f"  {s['threads']:>7} {s['chunk']:>5} {s['blocks_per_stage']:>7} runs {s['runs']}: "
+                    f"ratio {s['median_work_ratio_near']:.3f}, cpu ratio {s['median_cpu_ratio_all']:.3f}, "
+                    f"{s['median_work_seconds']:.1f} s, peak RSS {mib(s['max_peak_rss_bytes'])}")
     say("=" * 78)
+
+
+def _setting(text: str) -> tuple[int, int, int]:
+    try:
+        threads, chunk, bps = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not THREADS,CHUNK,BLOCKS_PER_STAGE") from None
+    return threads, chunk, bps
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -459,6 +507,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sweep-threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--sweep-chunks", type=int, nargs="+", help="default 256 384 512 (--quick 64 96)")
     p.add_argument("--sweep-bps", type=int, nargs="+", default=[1, 2], help="blocks per stage to try")
+    p.add_argument("--sweep-settings", type=_setting, nargs="+", metavar="THREADS,CHUNK,BPS",
+                   help="explicit settings instead of the threads x chunks x bps grid")
+    p.add_argument("--sweep-rounds", type=int, default=1,
+                   help="run the sweep's settings this many times (alternating order)")
     p.add_argument("--whole-every", type=int, default=2,
                    help="in the sweep, a whole-image run before every N lpdask runs (and one at the end)")
     p.add_argument("--stage-times", action="store_true",
@@ -480,8 +532,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.chunk = 64 if args.quick else 256
     if args.sweep_chunks is None:
         args.sweep_chunks = [64, 96] if args.quick else [256, 384, 512]
-    if args.repeat < 1 or args.whole_every < 1:
-        p.error("--repeat and --whole-every must be at least 1")
+    if args.repeat < 1 or args.whole_every < 1 or args.sweep_rounds < 1:
+        p.error("--repeat, --whole-every and --sweep-rounds must be at least 1")
     return args
 
 
