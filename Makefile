@@ -23,7 +23,7 @@ test: $(VENV)/.test
 	$(PY) -m pytest -q
 
 bench: $(VENV)/.base
-	$(PY) benchmarks/memory_and_time.py
+	$(PY) benchmarks/memory_and_time.py --repeat 2
 
 clean:
 	rm -rf demo-output .pytest_cache
