@@ -5,6 +5,9 @@ Usage:
     .venv/bin/python benchmarks/memory_and_time.py --quick    # small smoke run (about a minute)
     .venv/bin/python benchmarks/memory_and_time.py --sweep    # also threads x chunk x blocks-per-stage
     .venv/bin/python benchmarks/memory_and_time.py --repeat 2 --skip-memory
+    .venv/bin/python benchmarks/memory_and_time.py --skip-memory --skip-time --sweep \
+        --sweep-settings 2,256,1 1,256,1 2,384,1 --sweep-rounds 2     # chosen settings, twice
+    .venv/bin/python benchmarks/memory_and_time.py --thp   # torch on transparent huge pages (both sides)
 
 What it measures:
 1. Memory: lpdask ``upscale`` on two images, the second 4x the area of the first, each in a fresh
@@ -16,13 +19,16 @@ What it measures:
    whole <= 1.3x.
 3. ``--sweep``: lpdask settings (threads, chunk, blocks per stage) on the time image, interleaved
    with whole-image runs; each ratio is taken against the mean of the whole-image runs next to it.
+   Every child also reports its CPU seconds (user, system) and minor page faults during the work:
+   on a shared machine wall time swings by 2x between identical runs, CPU seconds much less.
 4. ``--stage-times``: the lpdask children also log where each stage's time goes (read / compute /
    write per chunk task, wall time per stage, pyramid), and one whole-image child times the same
    stages run one after the other on the whole image.
 
 The model is a random-weight RRDBNet x4 (2 RRDB, 64 features, growth 32, seed fixed), saved once as
-a ``.pth`` state dict and passed to every child by path. Results: a table on stdout and JSON in
-``benchmarks/results/memory_and_time.json``.
+a ``.pth`` state dict and passed to every child by path. ``--quick`` (chunk 64 on 192 px) only checks
+that everything runs: halos are large next to a 64 px chunk, so its ratios say nothing about targets.
+Results: a table on stdout and JSON in ``benchmarks/results/memory_and_time.json`` (``--output``).
 """
 
 from __future__ import annotations
@@ -445,6 +451,12 @@ def print_tables(report: dict) -> None:
             say(f"  {k + 1:>2} {w['work_seconds']:10.1f} {w['net_seconds']:7.1f} {l['work_seconds']:11.1f} "
                 f"{p['work_ratio']:6.3f} {w['process_seconds']:10.1f} {l['process_seconds']:11.1f} "
                 f"{p['process_ratio']:6.3f} {mib(w['peak_rss_bytes']):>10} {mib(l['peak_rss_bytes']):>10}")
+        say("  CPU during the work (user + system seconds, minor page faults):")
+        for k, p in enumerate(tm["pairs"]):
+            w, l = p["whole"], p["lpdask"]
+            say(f"  {k + 1:>2} whole {w['user_seconds']:6.1f} + {w['system_seconds']:5.1f} s, "
+                f"{w['minor_faults'] / 1e6:5.2f} M faults; lpdask {l['user_seconds']:6.1f} + "
+                f"{l['system_seconds']:5.1f} s, {l['minor_faults'] / 1e6:5.2f} M faults")
         say(f"  median ratio: work {tm['median_work_ratio']:.3f}, process {tm['median_process_ratio']:.3f} "
             f"(target <= 1.3: {'PASS' if tm['pass'] else 'FAIL'})")
         first = tm["pairs"][0]
@@ -515,6 +527,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="in the sweep, a whole-image run before every N lpdask runs (and one at the end)")
     p.add_argument("--stage-times", action="store_true",
                    help="log per-stage read/compute/store times in the lpdask children")
+    p.add_argument("--thp", action="store_true",
+                   help="set THP_MEM_ALLOC_ENABLE=1 for every child (torch puts tensors of 2 MiB and "
+                        "more on transparent huge pages: far fewer page faults on Linux)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir", help="folder for images, weights and outputs (default: a temp folder)")
     p.add_argument("--output", default=str(RESULTS), help="JSON results file")
@@ -559,6 +574,8 @@ def main(argv: list[str] | None = None) -> int:
         child_lpdask(args)
         return 0
 
+    if args.thp:
+        os.environ["THP_MEM_ALLOC_ENABLE"] = "1"  # children inherit it; torch reads it at startup
     import torch
 
     report: dict = {
@@ -567,6 +584,7 @@ def main(argv: list[str] | None = None) -> int:
                     "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
                     "platform": platform.platform()},
         "lpdask_commit": _git_commit(),
+        "env": {k: os.environ.get(k) for k in ("THP_MEM_ALLOC_ENABLE", "OMP_NUM_THREADS", "MKL_NUM_THREADS")},
         "model": {"arch": "RRDBNet x4", "num_block": 2, "num_feat": 64, "num_grow_ch": 32,
                   "weights": "random", "seed": args.seed},
         "args": {k: v for k, v in vars(args).items() if k not in ("child", "src", "dst", "model")},
