@@ -140,3 +140,12 @@ def test_halos_too_small_are_caught(small_net, tmp_path):
 
 def test_window_is_clipped_at_the_border():
     assert Box(0, 16, 16, 32).grow(5, 20, 40) == Box(0, 20, 11, 37)
+
+
+def test_uint16_normalised_by_65535(small_net, tmp_path):
+    image = smooth_image(37, 45, seed=23, dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "in.tif", image, tile=(16, 16))
+    upscale(tmp_path / "in.tif", tmp_path / "out.zarr", model=small_net, chunk=16)
+    result = level0(tmp_path / "out.zarr")
+    assert result.dtype == np.uint16 and int(result.max()) > 255
+    assert_exact(result, whole_image(small_net, image))
