@@ -6,8 +6,9 @@ import os
 import resource
 import shutil
 import time
+import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Iterator, Literal
@@ -15,21 +16,25 @@ from typing import Iterator, Literal
 import dask.array as da
 import numpy as np
 import torch
+import zarr
 from torch.nn import functional as F
 
+from .channels import AlphaMode, ChannelMode, Pass, passes, photometric_of
 from .chunks import Box
-from .errors import LpdaskError
+from .errors import LpdaskError, MetadataWarning
+from .export import TIFF_SUFFIXES, wants_ome
 from .graph import Job, run_job, run_window
 from .io.omezarr import OmeZarrSink
+from .io.metadata import ImageMetadata
 from .io.sources import open_source
 from .jobs import WorkFolder, check_output, default_workdir
 from .models import load_model
 from .models.network import Network
-from .pixels import check_dtype, from_unit, max_value
+from .pixels import ValueRange, check_dtype, check_value_range, from_unit, to_unit
 from .device import resolve_device, resolve_precision
 from .plan import DEFAULT_TILE_PAD, Plan
 from .progress import Bars
-from .stages import IMAGE, Stage, validate
+from .stages import IMAGE, Stage, resize_stages, validate
 from .tiles import tile_stages
 
 Mode = Literal["exact", "tile"]
@@ -47,6 +52,8 @@ class Summary:
     stages: int
     levels: int
     peak_memory_bytes: int
+    runs: int = 1
+    """Planes times channel passes (each a run of every stage)."""
 
     @property
     def megapixels_per_second(self) -> float:
@@ -55,7 +62,7 @@ class Summary:
     def __str__(self) -> str:
         return (f"wrote {self.output} {self.output_shape} in {self.seconds:.1f} s: "
                 f"{self.input_megapixels:.3f} input megapixels, {self.megapixels_per_second:.4f} MP/s, "
-                f"{self.stages} stages x {self.chunks} chunks, {self.levels} pyramid levels, "
+                f"{self.runs} run{'s' if self.runs > 1 else ''} x {self.stages} stages x {self.chunks} chunks, {self.levels} pyramid levels, "
                 f"peak memory {self.peak_memory_bytes / 2**20:.0f} MiB")
 
 
@@ -87,47 +94,99 @@ def upscale(
     overwrite: bool = False,
     mode: Mode = "exact",
     tile_pad: int = DEFAULT_TILE_PAD,
+    series: int = 0,
+    level: int = 0,
+    channels: ChannelMode = "auto",
+    alpha: AlphaMode = "network",
+    value_range: ValueRange | None = None,
     progress: bool = False,
 ) -> Summary:
-    """Super-resolve the image at ``src`` into an OME-Zarr at ``dst``, chunk by chunk.
+    """Super-resolve the image at ``src`` into ``dst``: an OME-Zarr (``.zarr``) or a tiled, pyramidal
+    (OME-/Geo)TIFF (``.tif``, ``.ome.tif``), chunk by chunk.
 
     ``model`` is a checkpoint path, a model name or a loaded network (default: Real-ESRGAN x4plus).
+    ``series`` / ``level`` pick the input image; ``channels`` how channels go through the network
+    (auto: RGB, RGBA, or each channel as a grey image, as the input says); ``alpha`` how an alpha
+    channel is upscaled; ``value_range`` maps a float image's (low, high) to [0, 1].
     ``precision`` fp16 / bf16 need CUDA. Intermediate activations go to ``workdir`` (default:
-    beside ``dst``), in a folder removed at the end.
+    beside ``dst``), in a folder removed at the end. Metadata that cannot be carried is named in a
+    :class:`~lpdask.errors.MetadataWarning`.
     """
     start = time.perf_counter()
     plan = Plan(chunk, blocks_per_stage, threads)
-    source = open_source(src)
+    source = open_source(src, series, level)
+    value_range = check_value_range(value_range, source.dtype)
+    photometric = photometric_of(source.channels, channels, source.photometric)
+    runs = passes(source.channels, photometric, alpha)
     output = check_output(Path(src), Path(dst), overwrite)
     net = model if isinstance(model, Network) else load_model(model)
     torch_device = resolve_device(device)
     compute = resolve_precision(precision, torch_device)
-    stages = stages_for(net.to(torch_device, compute), mode, plan.blocks_per_stage, tile_pad)
-
+    network_stages = stages_for(net.to(torch_device, compute), mode, plan.blocks_per_stage, tile_pad)
     check_grid(plan.chunk, net)
-    if output.exists():
-        _remove(output)
     scale = net.scale
-    sink = OmeZarrSink(output, net.out_channels, source.height * scale, source.width * scale,
-                       source.dtype, plan.chunk * scale)
+    meta = replace(source.meta, photometric=photometric).rescaled(scale)
+    as_tiff = output.suffix in TIFF_SUFFIXES
+    _warn_dropped(meta, as_tiff)
+
+    if output.exists() or output.is_symlink():
+        _remove(output)
     work = WorkFolder(Path(workdir or output.parent) / default_workdir(output).name)
-    job = Job(source, stages, plan.chunk, work, sink, torch_device, net.input_factor, compute)
-    chunks = len(job.grid(0))
-    bars = Bars(stages, chunks, disable=not progress)
+    result = work.path / "result.zarr" if as_tiff else output
+    if as_tiff:
+        work.clear()
+    shape = tuple(source.channels if a == "c" else source.height * scale if a == "y"
+                  else source.width * scale if a == "x" else source.shape[source.axes.index(a)]
+                  for a in source.output_axes)
+    sink = OmeZarrSink(result, source.output_axes, shape, source.dtype, plan.chunk * scale,
+                       source.channels if photometric != "minisblack" else 1)
+    jobs = [Job(source, network_stages if p.uses_network else resize_stages(p.kind, scale), plan.chunk, work,
+                sink, torch_device, net.input_factor if p.uses_network else 1, compute, plane, p, value_range)
+            for plane in source.planes() for p in runs]
+    chunks = len(jobs[0].grid(0))
+    bars = Bars([job.stages for job in jobs], chunks, disable=not progress)
     workers = plan.workers(torch_device.type)
+    partial_tiff = output.with_name(output.name + ".partial")
     try:
         with _threads(workers, torch_device):
-            run_job(job, workers, bars)
+            for k, job in enumerate(jobs):
+                bars.start(k, _label(job, len(jobs)))
+                run_job(job, workers, bars)
             bars.close()
-            levels = sink.finish(1 / scale, Path(src).name, scheduler="threads", num_workers=workers)
+            levels = sink.finish(meta, Path(src).name, scheduler="threads", num_workers=workers)
+            if as_tiff:
+                from .io.tiff import write_tiff
+
+                group = zarr.open_group(str(result), mode="r")
+                write_tiff(partial_tiff, [group[str(k)] for k in range(levels)], meta,
+                           ome=wants_ome(output, source.ome, meta))
+                os.replace(partial_tiff, output)
     except BaseException:
         bars.close()
-        shutil.rmtree(output, ignore_errors=True)  # no half-written result left (resume comes later)
+        _remove(partial_tiff)
+        _remove(output)  # no half-written result left (resume comes later)
         raise
     finally:
         work.clear()
-    return Summary(output, time.perf_counter() - start, source.height * source.width / 1e6,
-                   tuple(sink.level0.shape), chunks, len(stages), levels, _peak_rss())
+    return Summary(output, time.perf_counter() - start, source.height * source.width * source.plane_count / 1e6,
+                   shape, chunks, len(network_stages), levels, _peak_rss(), len(jobs))
+
+
+def _warn_dropped(meta: ImageMetadata, as_tiff: bool) -> None:
+    if meta.dropped:
+        warnings.warn(f"input metadata not carried to the output: {', '.join(meta.dropped)}", MetadataWarning,
+                      stacklevel=3)
+    if meta.geotiff and not as_tiff:
+        warnings.warn("GeoTIFF georeferencing has no OME-Zarr equivalent: kept under the group's "
+                      "lpdask.geotiff attribute, which GIS tools do not read; write a .tif output "
+                      "(or `lpdask export`) for a GeoTIFF", MetadataWarning, stacklevel=3)
+
+
+def _label(job: Job, runs: int) -> str:
+    if runs == 1:
+        return ""
+    plane = " ".join(f"{a}={i}" for a, i in job.plane.items())
+    return f"{plane} {job.pass_.describe()}".strip()
 
 
 def upscale_array(
@@ -140,32 +199,56 @@ def upscale_array(
     precision: str = "fp32",
     mode: Mode = "exact",
     tile_pad: int = DEFAULT_TILE_PAD,
+    channels: ChannelMode = "auto",
+    alpha: AlphaMode = "network",
+    value_range: ValueRange | None = None,
 ) -> da.Array:
     """Lazy: a (y, x, c) dask array in, its (y*s, x*s, c) super-resolution out, same dtype.
 
-    Stages pass activations through dask's memory (halos by ``dask.array.overlap`` with
-    ``boundary='none'``, so halos stop at the image border) instead of a Zarr work folder.
+    ``channels="auto"`` runs 3 channels as RGB, 4 as RGBA, others each as a grey image. Stages pass
+    activations through dask's memory (halos by ``dask.array.overlap`` with ``boundary='none'``,
+    so halos stop at the image border) instead of a Zarr work folder.
     """
     if image.ndim != 3:
         raise LpdaskError(f"image of shape {image.shape} is not (y, x, c)")
     dtype = check_dtype(image.dtype)
+    value_range = check_value_range(value_range, dtype)
+    hint = {3: "rgb", 4: "rgba"}.get(image.shape[2], "minisblack")
+    runs = passes(image.shape[2], photometric_of(image.shape[2], channels, hint), alpha)  # type: ignore[arg-type]
     plan = Plan(chunk, blocks_per_stage)
     net = model if isinstance(model, Network) else load_model(model)
     torch_device = resolve_device(device)
     compute = resolve_precision(precision, torch_device)
-    stages = stages_for(net.to(torch_device, compute), mode, plan.blocks_per_stage, tile_pad)
+    network_stages = stages_for(net.to(torch_device, compute), mode, plan.blocks_per_stage, tile_pad)
     check_grid(plan.chunk, net)
-    d = net.input_factor
+    pixels = image.transpose(2, 0, 1)
+    outputs = []
+    for run in runs:
+        stages = network_stages if run.uses_network else resize_stages(run.kind, net.scale)
+        factor = net.input_factor if run.uses_network else 1
+        values = _lazy_run(pixels, run, stages, factor, plan.chunk, torch_device, compute, value_range)
+        outputs.append(values.map_blocks(_denormalise, run, dtype, value_range, dtype=dtype,
+                                         chunks=(len(run.channels), *values.chunks[1:])))
+    result = outputs[0] if len(outputs) == 1 else da.concatenate(outputs, axis=0)
+    return result.transpose(1, 2, 0)
+
+
+def _lazy_run(pixels: da.Array, run: Pass, stages: list[Stage], d: int, chunk: int, device: torch.device,
+              compute: torch.dtype, value_range: ValueRange | None) -> da.Array:
+    """One channel pass as a lazy graph: (c, y, x) pixels -> (3 or 1, y*s, x*s) float32 output."""
+    pixels = pixels[list(run.channels)]
+    run = Pass(run.kind, tuple(range(len(run.channels))))
+    height, width = pixels.shape[1:]
     widest = max(stage.halo for stage in stages)
-    height, width = image.shape[:2]
     padded = (-(-height // d) * d, -(-width // d) * d)
     if padded != (height, width):  # Real-ESRGAN's reflect padding for pixel-unshuffle models
-        image = da.pad(image, ((0, padded[0] - height), (0, padded[1] - width), (0, 0)), mode="reflect")
-    rows = _chunk_sizes(padded[0] // d, plan.chunk // d, widest)
-    cols = _chunk_sizes(padded[1] // d, plan.chunk // d, widest)
-    pixels = image.rechunk((tuple(n * d for n in rows), tuple(n * d for n in cols), -1)).transpose(2, 0, 1)
-    arrays = {IMAGE: pixels.map_blocks(_normalise, dtype=np.float32, scale=max_value(dtype), factor=d,
-                                       chunks=(pixels.shape[0] * d * d, rows, cols))}
+        pixels = da.pad(pixels, ((0, 0), (0, padded[0] - height), (0, padded[1] - width)), mode="reflect")
+    rows = _chunk_sizes(padded[0] // d, chunk // d, widest)
+    cols = _chunk_sizes(padded[1] // d, chunk // d, widest)
+    pixels = pixels.rechunk((-1, tuple(n * d for n in rows), tuple(n * d for n in cols)))
+    width_in = 3 if run.kind == "grey" else len(run.channels)
+    arrays = {IMAGE: pixels.map_blocks(_normalise, run, value_range, d, dtype=np.float32,
+                                       chunks=(width_in * d * d, rows, cols))}
     factor = 1
     for stage in stages:
         inputs = [arrays[name] for name in stage.inputs]
@@ -173,12 +256,11 @@ def upscale_array(
         grown = [da.overlap.overlap(a, depth=depth, boundary="none") for a in inputs]
         s = stage.scale
         arrays[stage.name] = da.map_blocks(
-            partial(_run_block, stage, torch_device, compute, (len(rows), len(cols))), *grown,
+            partial(_run_block, stage, device, compute, (len(rows), len(cols))), *grown,
             dtype=np.float32, chunks=(stage.channels, tuple(n * factor * s for n in rows),
                                       tuple(n * factor * s for n in cols)))
         factor *= s
-    result = arrays[stages[-1].name][:, : height * net.scale, : width * net.scale]
-    return result.map_blocks(_denormalise, dtype=dtype, out_dtype=dtype).transpose(1, 2, 0)
+    return arrays[stages[-1].name][:, : height * factor // d, : width * factor // d]
 
 
 def _chunk_sizes(length: int, chunk: int, halo: int) -> tuple[int, ...]:
@@ -192,13 +274,13 @@ def _chunk_sizes(length: int, chunk: int, halo: int) -> tuple[int, ...]:
     return tuple(sizes)
 
 
-def _normalise(block: np.ndarray, scale: float, factor: int) -> np.ndarray:
-    values = torch.from_numpy(block.astype(np.float32) / np.float32(scale))
+def _normalise(block: np.ndarray, run: Pass, value_range: ValueRange | None, factor: int) -> np.ndarray:
+    values = torch.from_numpy(run.to_network(to_unit(block.transpose(1, 2, 0), value_range)))
     return F.pixel_unshuffle(values[None], factor)[0].numpy() if factor > 1 else values.numpy()
 
 
-def _denormalise(block: np.ndarray, out_dtype: np.dtype) -> np.ndarray:
-    return from_unit(block, out_dtype)
+def _denormalise(block: np.ndarray, run: Pass, out_dtype: np.dtype, value_range: ValueRange | None) -> np.ndarray:
+    return from_unit(run.from_network(block), out_dtype, value_range)
 
 
 def _run_block(stage: Stage, device: torch.device, precision: torch.dtype, blocks: tuple[int, int],

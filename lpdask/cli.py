@@ -3,17 +3,41 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 
 import click
 
 from . import __version__
 from .errors import LpdaskError
+from .channels import ALPHA_MODES, CHANNEL_MODES, photometric_of
+from .errors import MetadataWarning
 from .io.sources import open_source
 from .jobs import check_output
+from .pixels import check_value_range
 from .plan import DEFAULT_TILE_PAD, Plan
 
 USER_ERROR = 2
+
+
+def _value_range(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[float, float] | None:
+    if value is None:
+        return None
+    try:
+        low, high = (float(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not LOW,HIGH (two numbers)") from None
+    return low, high
+
+
+def _show_warning(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> None:
+    if issubclass(category, MetadataWarning):
+        click.echo(f"lpdask: warning: {message}", err=True)
+    else:
+        _default_showwarning(message, category, *args, **kwargs)  # type: ignore[arg-type]
+
+
+_default_showwarning = warnings.showwarning
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -38,21 +62,47 @@ def cli() -> None:
 @click.option("--mode", type=click.Choice(["exact", "tile"]), default="exact", show_default=True,
               help="exact: staged, seamless. tile: Real-ESRGAN's tile/tile_pad stitching (seams), for comparison.")
 @click.option("--tile-pad", type=int, default=DEFAULT_TILE_PAD, show_default=True, help="Context pixels per tile in tile mode.")
+@click.option("--series", type=int, default=0, show_default=True, help="TIFF series (OME-Zarr: bioformats2raw series).")
+@click.option("--level", type=int, default=0, show_default=True, help="Pyramid level of the input (0: full resolution).")
+@click.option("--channels", type=click.Choice(CHANNEL_MODES), default="auto", show_default=True,
+              help="auto: RGB / RGBA where the input says so, else each channel as a grey image. "
+                   "separate: always each channel as a grey image.")
+@click.option("--alpha", type=click.Choice(ALPHA_MODES), default="network", show_default=True,
+              help="How an alpha channel is upscaled: through the network as a grey image, or resized.")
+@click.option("--value-range", metavar="LOW,HIGH", callback=_value_range,
+              help="For float32 images not in [0, 1]: the values that mean black and white.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def upscale_command(input: str, output: str, model: str | None, chunk: int, blocks_per_stage: int,
                     threads: int, device: str, precision: str, workdir: str | None, overwrite: bool, mode: str,
-                    tile_pad: int, quiet: bool) -> None:
-    """Super-resolve INPUT (TIFF or Zarr) into OUTPUT (OME-Zarr, .zarr)."""
+                    tile_pad: int, series: int, level: int, channels: str, alpha: str,
+                    value_range: tuple[float, float] | None, quiet: bool) -> None:
+    """Super-resolve INPUT (TIFF, OME-TIFF, GeoTIFF, Zarr, OME-Zarr) into OUTPUT: an OME-Zarr
+    (.zarr) or a tiled pyramidal TIFF (.tif, .ome.tif)."""
     # Check what needs no torch first, so mistakes are answered before the slow imports.
     Plan(chunk, blocks_per_stage, threads)
-    open_source(input)
+    source = open_source(input, series, level)
+    check_value_range(value_range, source.dtype)
+    photometric_of(source.channels, channels, source.photometric)  # type: ignore[arg-type]
     check_output(Path(input), Path(output), overwrite)
     from .api import upscale
 
     summary = upscale(input, output, model=model, chunk=chunk, blocks_per_stage=blocks_per_stage,
                       threads=threads, device=device, precision=precision, workdir=workdir, overwrite=overwrite,
-                      mode=mode, tile_pad=tile_pad, progress=not quiet)  # type: ignore[arg-type]
+                      mode=mode, tile_pad=tile_pad, series=series, level=level, channels=channels,  # type: ignore[arg-type]
+                      alpha=alpha, value_range=value_range, progress=not quiet)  # type: ignore[arg-type]
     click.echo(str(summary), err=True)
+
+
+@cli.command(name="export")
+@click.argument("input", type=click.Path(dir_okay=True, path_type=str))
+@click.argument("output", type=click.Path(path_type=str))
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+def export_command(input: str, output: str, overwrite: bool) -> None:
+    """Convert an OME-Zarr result (INPUT.zarr) into a tiled pyramidal TIFF (.tif or .ome.tif),
+    carrying its metadata (physical sizes, channels, GeoTIFF tags)."""
+    from .export import export
+
+    click.echo(f"wrote {export(input, output, overwrite=overwrite)}", err=True)
 
 
 @cli.command(name="models")
@@ -68,6 +118,7 @@ def models_command(blocks_per_stage: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user mistakes become one line on stderr and exit code 2."""
+    warnings.showwarning = _show_warning
     try:
         cli.main(args=argv, prog_name="lpdask", standalone_mode=False)
     except LpdaskError as exc:

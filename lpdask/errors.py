@@ -3,3 +3,7 @@
 
 class LpdaskError(Exception):
     """A problem with the input, the options or the output path, explained in one line."""
+
+
+class MetadataWarning(UserWarning):
+    """Input metadata that the output cannot carry, named so nothing is dropped silently."""

@@ -18,11 +18,12 @@ from dask.callbacks import Callback
 from torch import Tensor
 from torch.nn import functional as F
 
+from .channels import Pass
 from .chunks import Box, Grid, reflect
 from .io.omezarr import OmeZarrSink
 from .io.sources import Source
 from .jobs import WorkFolder
-from .pixels import from_unit, to_unit
+from .pixels import ValueRange, from_unit, to_unit
 from .stages import IMAGE, Stage
 
 
@@ -40,6 +41,11 @@ class Job:
     """Pixel-unshuffle factor: stages work on the image grid divided by it (``chunk`` too)."""
     precision: torch.dtype = torch.float32
     """What the stages compute in; stored activations are float32 whatever it is."""
+    plane: dict[str, int] = field(default_factory=dict)
+    """Which t / z plane of the source this job runs on."""
+    pass_: Pass = Pass("rgb", (0, 1, 2))
+    """Which channels, and how they go through the network."""
+    value_range: ValueRange | None = None
 
     def factor(self, index: int) -> int:
         """Resolution of stage ``index``'s input relative to the image."""
@@ -64,12 +70,22 @@ class Job:
         a multiple of ``input_factor`` and pixel-unshuffled, as (1, c * d * d, h, w)."""
         d = self.input_factor
         if d == 1:
-            return torch.from_numpy(to_unit(self.source.read(window)))[None]
+            return torch.from_numpy(self._unit(self.source.read(window, self.plane), window))[None]
         rows = reflect(np.arange(window.y0 * d, window.y1 * d), self.source.height)
         cols = reflect(np.arange(window.x0 * d, window.x1 * d), self.source.width)
         box = Box(int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1)
-        pixels = self.source.read(box)[np.ix_(rows - box.y0, cols - box.x0)]
-        return F.pixel_unshuffle(torch.from_numpy(to_unit(pixels))[None], d)
+        pixels = self.source.read(box, self.plane)[np.ix_(rows - box.y0, cols - box.x0)]
+        return F.pixel_unshuffle(torch.from_numpy(self._unit(pixels, box))[None], d)
+
+    def _unit(self, pixels: np.ndarray, box: Box) -> np.ndarray:
+        plane = "".join(f" {a}={i}" for a, i in self.plane.items())
+        where = f"in rows {box.y0}:{box.y1} columns {box.x0}:{box.x1}{plane} "
+        return np.ascontiguousarray(self.pass_.to_network(to_unit(pixels, self.value_range, where)))
+
+    def write_result(self, box: Box, values: np.ndarray) -> None:
+        """Network output (3 or 1, h, w) of ``box`` to the pass's channels of the sink."""
+        pixels = from_unit(self.pass_.from_network(values), self.sink.level0.dtype, self.value_range)
+        self.sink.write(box, pixels, self.plane, self.pass_.channels)
 
 
 def run_window(stage: Stage, inputs: Sequence[Tensor], inner: Box, device: torch.device,
@@ -91,10 +107,9 @@ def run_chunk(job: Job, index: int, i: int, j: int) -> None:
     out = run_window(stage, inputs, box.within(window), job.device, job.precision)
     target = box.scaled(stage.scale)
     if index == len(job.stages) - 1:
-        height, width = job.sink.level0.shape[1:]  # smaller than the grid where it was padded
+        height, width = job.sink.level0.shape[-2:]  # smaller than the grid where it was padded
         kept = Box(target.y0, min(target.y1, height), target.x0, min(target.x1, width))
-        pixels = out[0, :, : kept.shape[0], : kept.shape[1]].cpu().numpy()
-        job.sink.write(kept, from_unit(pixels, job.sink.level0.dtype))
+        job.write_result(kept, out[0, :, : kept.shape[0], : kept.shape[1]].cpu().numpy())
     else:
         ys, xs = target.slices()
         job.work[stage.name][:, ys, xs] = out[0].cpu().numpy()

@@ -47,9 +47,10 @@ class WorkFolder:
 
 
 def check_output(src: Path, dst: Path, overwrite: bool) -> Path:
-    """Refuse an output that is not .zarr, exists (without ``overwrite``), or would hold the input."""
-    if not dst.name.endswith(".zarr"):
-        raise LpdaskError(f"output {dst} must be a .zarr folder (OME-Zarr)")
+    """Refuse an output that is not .zarr / .tif / .tiff, exists (without ``overwrite``), or would hold
+    the input."""
+    if not dst.name.lower().endswith((".zarr", ".tif", ".tiff")):
+        raise LpdaskError(f"output {dst} must be a .zarr folder (OME-Zarr) or a .tif / .ome.tif file")
     if dst.exists() or dst.is_symlink():
         if not overwrite:
             raise LpdaskError(f"output {dst} already exists; use --overwrite to replace it")

@@ -10,24 +10,32 @@ from .stages import Stage
 
 
 class Bars:
-    """One bar for the job (weighted by each stage's estimated cost) and one per stage."""
+    """One bar for the job (every run's stages weighted by their estimated cost) and one per stage.
 
-    def __init__(self, stages: Sequence[Stage], chunks: int, disable: bool = False) -> None:
-        self.weights = [_cost(stage) for stage in stages]
-        self.stages = stages
-        self.job = tqdm(total=sum(self.weights) * chunks, desc="job", unit="work",
+    A job is one or more runs (a plane and channel pass each), each a list of stages.
+    """
+
+    def __init__(self, runs: Sequence[Sequence[Stage]], chunks: int, disable: bool = False) -> None:
+        self.runs = [[_cost(stage) for stage in stages] for stages in runs]
+        self.job = tqdm(total=sum(sum(w) for w in self.runs) * chunks, desc="job", unit="work",
                         disable=disable, position=0, bar_format=
                         "{desc:<22}{percentage:3.0f}%|{bar}| {elapsed}<{remaining}")
         self.disable = disable
         self.stage: tqdm | None = None
+        self.run, self.label = 0, ""
+
+    def start(self, run: int, label: str = "") -> None:
+        """Begin run number ``run``; ``label`` names its plane and channels."""
+        self.run, self.label = run, label
 
     def __call__(self, index: int, stage: Stage, chunks: int) -> Callable[[], None]:
         if self.stage is not None:
             self.stage.close()
-        label = f"stage {index + 1}/{len(self.stages)} {stage.name}"
+        weights = self.runs[self.run]
+        label = f"{self.label + ' ' if self.label else ''}stage {index + 1}/{len(weights)} {stage.name}"
         self.stage = tqdm(total=chunks, desc=f"{label:<22}", unit="chunk", leave=False,
                           disable=self.disable, position=1)
-        step = self.weights[index]
+        step = weights[index]
 
         def tick() -> None:
             assert self.stage is not None

@@ -12,7 +12,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from torch import nn
+from torch import Tensor, nn
+from torch.nn import functional as F
 
 IMAGE = "image"
 """Name of the network input (the normalised image) among a stage's inputs."""
@@ -71,3 +72,20 @@ def validate(stages: Sequence[Stage]) -> None:
         if stage.halo < 0 or stage.scale < 1:
             raise ValueError(f"stage {stage.name!r} has halo {stage.halo} and scale {stage.scale}")
         seen.add(stage.name)
+
+
+class _Resize(nn.Module):
+    def __init__(self, mode: str, scale: int) -> None:
+        super().__init__()
+        self.mode, self.scale = mode, scale
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.mode == "nearest":
+            return F.interpolate(x, scale_factor=self.scale, mode="nearest")
+        return F.interpolate(x, scale_factor=self.scale, mode="bilinear", align_corners=False)
+
+
+def resize_stages(mode: str, scale: int, channels: int = 1) -> list[Stage]:
+    """Resizing without the network (``--alpha nearest|bilinear``), as one stage. Bilinear with
+    half-pixel centres (OpenCV's INTER_LINEAR) reads one pixel around; nearest none."""
+    return [Stage(f"resize-{mode}", _Resize(mode, scale), 1 if mode == "bilinear" else 0, scale, (IMAGE,), channels)]

@@ -83,3 +83,38 @@ def smooth_image(height: int, width: int, seed: int = 0, dtype: type = np.uint8)
     if np.dtype(dtype).kind == "f":
         return image.astype(dtype)
     return np.round(image * np.iinfo(dtype).max).astype(dtype)
+
+
+def whole_image_any(net: torch.nn.Module, image: np.ndarray, photometric: str = "auto",
+                    alpha: str = "network") -> np.ndarray:
+    """(h, w, c) pixels of any channel count -> (c, H, W) pixels, as Real-ESRGAN's ``enhance`` treats
+    them: 3 channels RGB; grey copied to RGB and back by 0.299 R + 0.587 G + 0.114 B on the clamped
+    float output; alpha as a grey image or resized (cv2 INTER_LINEAR = half-pixel bilinear)."""
+    channels = image.shape[2]
+    if photometric == "auto":
+        photometric = {3: "rgb", 4: "rgba"}.get(channels, "separate")
+    scale = 1.0 if image.dtype.kind == "f" else float(np.iinfo(image.dtype).max)
+    net_scale = getattr(net, "scale", 4)
+
+    def grey(plane: np.ndarray) -> np.ndarray:
+        out = whole_image_float(net, np.repeat(plane[..., None], 3, axis=2))
+        return 0.299 * out[0] + 0.587 * out[1] + 0.114 * out[2]
+
+    def resized(plane: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(plane.astype(np.float32) / scale)[None, None]
+        if alpha == "nearest":
+            return torch.nn.functional.interpolate(x, scale_factor=net_scale, mode="nearest")[0, 0].numpy()
+        return torch.nn.functional.interpolate(x, scale_factor=net_scale, mode="bilinear",
+                                               align_corners=False)[0, 0].numpy()
+
+    if photometric == "rgb":
+        planes = list(whole_image_float(net, image))
+    elif photometric == "rgba":
+        planes = list(whole_image_float(net, image[..., :3]))
+        planes.append(grey(image[..., 3]) if alpha == "network" else resized(image[..., 3]))
+    else:
+        planes = [grey(image[..., c]) for c in range(channels)]
+    out = np.clip(np.stack(planes), 0, 1)
+    if image.dtype.kind == "f":
+        return out.astype(image.dtype)
+    return (out * scale).round().astype(image.dtype)

@@ -50,25 +50,37 @@ def make_cases(tmp: Path) -> dict[str, tuple[list[str | Path], str]]:
     write_zarr(tmp / "int32.zarr", np.zeros((20, 20, 3), np.int32))
     write_zarr(tmp / "float64.zarr", np.zeros((20, 20, 3), np.float64))
     write_zarr(tmp / "five_d.zarr", np.zeros((2, 2, 20, 20, 3), np.uint8))
+    write_zarr(tmp / "complex.zarr", np.zeros((20, 20, 3), np.complex64))
+    write_zarr(tmp / "float.zarr", np.full((20, 20, 3), 2.5, np.float32))
+    zarr.create_array(tmp / "lambda.zarr", data=np.zeros((2, 20, 20), np.uint8), dimension_names=["lambda", "y", "x"])
     (tmp / "taken.zarr").mkdir()
     (tmp / "taken.zarr" / "keep.txt").write_text("someone else's\n")
-    (tmp / "garbage.pth").write_bytes(os.urandom(2048))
+    (tmp / "garbage.pth").write_bytes(np.random.default_rng(0).bytes(2048))
     torch.save({"params_ema": {"layer.weight": torch.zeros(2, 2)}}, tmp / "other_net.pth")
     return {
         "missing input": (["nowhere.tif", "out.zarr"], "input not found: nowhere.tif"),
         "not an image": (["notes.txt", "out.zarr"], "neither a TIFF file nor a Zarr folder"),
         "folder that is not zarr": (["empty_dir", "out.zarr"], "is not a Zarr array or group"),
-        "grey layout": (["grey.tif", "out.zarr"], "TIFF axes 'YX' are not supported"),
-        "four channels": (["rgba.tif", "out.zarr"], "4 channels; only RGB"),
         "int32 pixels": (["int32.zarr", "out.zarr"], "pixel type int32 is not supported"),
         "float64 pixels": (["float64.zarr", "out.zarr"], "pixel type float64 is not supported"),
-        "five axes": (["five_d.zarr", "out.zarr"], "is not (y, x, c) or (c, y, x)"),
+        "complex pixels": (["complex.zarr", "out.zarr"], "pixel type complex64 is not supported"),
+        "float outside [0, 1]": (["float.zarr", "out.zarr", "-q"], "float32 values 2.5 in rows 0:20 columns 0:20 outside [0, 1]"),
+        "five unnamed axes": (["five_d.zarr", "out.zarr"], "cannot tell the axes of shape (2, 2, 20, 20, 3)"),
+        "unknown axis": (["lambda.zarr", "out.zarr"], "axes ['lambda', 'y', 'x'] are not supported"),
+        "missing series": (["in.tif", "out.zarr", "--series", "3"], "--series 3 does not exist (the file has 1)"),
+        "missing level": (["in.tif", "out.zarr", "--level", "2"], "--level 2 does not exist"),
+        "rgb of four channels": (["rgba.tif", "out.zarr", "--channels", "rgb"], "--channels rgb needs 3 channels"),
+        "rgba of one channel": (["grey.tif", "out.zarr", "--channels", "rgba"], "--channels rgba needs 4 channels"),
+        "bad alpha": (["rgba.tif", "out.zarr", "--alpha", "cubic"], "'cubic' is not one of"),
+        "value range of integers": (["in.tif", "out.zarr", "--value-range", "0,10"], "--value-range is for float32 images"),
+        "value range reversed": (["float.zarr", "out.zarr", "--value-range", "5,1"], "needs finite LOW < HIGH"),
+        "value range not numbers": (["float.zarr", "out.zarr", "--value-range", "a,b"], "'a,b' is not LOW,HIGH"),
         "chunk zero": (["in.tif", "out.zarr", "--chunk", "0"], "--chunk 0 is out of range"),
         "chunk too small": (["in.tif", "out.zarr", "--chunk", "8"], "--chunk 8 is out of range"),
         "chunk too big": (["in.tif", "out.zarr", "--chunk", "100000"], "--chunk 100000 is out of range"),
         "chunk not a number": (["in.tif", "out.zarr", "--chunk", "big"], "'big' is not a valid integer"),
         "output exists": (["in.tif", "taken.zarr"], "taken.zarr already exists; use --overwrite"),
-        "output not zarr": (["in.tif", "out.png"], "must be a .zarr folder"),
+        "output not zarr": (["in.tif", "out.png"], "must be a .zarr folder (OME-Zarr) or a .tif"),
         "overwrite the input": (["int32.zarr", "int32.zarr", "--overwrite"], "pixel type int32"),
         "missing model": (["in.tif", "out.zarr", "--model", "nope.pth"], "model file not found: nope.pth"),
         "random bytes model": (["in.tif", "out.zarr", "--model", "garbage.pth"], "is not a PyTorch or safetensors checkpoint"),

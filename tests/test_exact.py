@@ -132,7 +132,7 @@ def test_halos_too_small_are_caught(small_net, tmp_path):
     zarr.create_array(tmp_path / "in.zarr", data=image)
     stages = [dataclasses.replace(s, halo=s.halo // 2) for s in stages_for(small_net, "exact", 2, 0)]
     source = open_source(tmp_path / "in.zarr")
-    sink = OmeZarrSink(tmp_path / "out.zarr", 3, 256, 256, np.dtype(np.float32), 128)
+    sink = OmeZarrSink(tmp_path / "out.zarr", "cyx", (3, 256, 256), np.dtype(np.float32), 128)
     run_job(Job(source, stages, 32, WorkFolder(tmp_path / "work"), sink), threads=1)
     with pytest.raises(AssertionError, match="max float difference"):
         assert_exact(level0(tmp_path / "out.zarr"), whole_image_float(small_net, image))

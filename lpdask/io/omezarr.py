@@ -15,83 +15,73 @@ import numpy as np
 import zarr
 
 from ..chunks import Box
+from .metadata import ImageMetadata
 
-NGFF_VERSION = "0.5"
 STATUS_KEY = "lpdask"
+THUMBNAIL = 256
+"""The pyramid stops at the first level whose height and width are both at most this."""
 
 
 class OmeZarrSink:
-    """An OME-Zarr image group being written: level ``0`` has axes (c, y, x)."""
+    """An OME-Zarr image group being written; level ``0`` has the axes ``axes`` (NGFF order,
+    ending in y, x), chunked one plane and ``channel_chunk`` channels deep."""
 
-    def __init__(self, path: str | os.PathLike[str], channels: int, height: int, width: int,
-                 dtype: np.dtype, chunk: int) -> None:
+    def __init__(self, path: str | os.PathLike[str], axes: str, shape: tuple[int, ...], dtype: np.dtype,
+                 chunk: int, channel_chunk: int | None = None) -> None:
         self.path = Path(path)
+        self.axes = axes
         self.chunk = chunk
         group = zarr.open_group(str(self.path), mode="w-", zarr_format=3)
         group.attrs[STATUS_KEY] = {"complete": False}
+        channels = shape[axes.index("c")]
+        chunks = tuple(chunk if a in "yx" else (channel_chunk or channels) if a == "c" else 1 for a in axes)
         self.level0 = group.create_array(
-            "0", shape=(channels, height, width), chunks=(channels, chunk, chunk), dtype=dtype,
-            dimension_names=["c", "y", "x"], fill_value=0)
+            "0", shape=shape, chunks=chunks, dtype=dtype, dimension_names=list(axes), fill_value=0)
 
-    @classmethod
-    def reopen(cls, path: str | os.PathLike[str]) -> OmeZarrSink:
-        sink = cls.__new__(cls)
-        sink.path = Path(path)
-        sink.level0 = zarr.open_array(str(sink.path / "0"), mode="r+")
-        sink.chunk = sink.level0.chunks[-1]
-        return sink
-
-    def write(self, box: Box, pixels: np.ndarray) -> None:
-        """Store (c, h, w) pixels at ``box`` of level 0."""
+    def write(self, box: Box, pixels: np.ndarray, plane: dict[str, int] | None = None,
+              channels: tuple[int, ...] | None = None) -> None:
+        """Store (k, h, w) pixels at ``box`` of ``plane``, into channels ``channels`` (default all)."""
+        plane = plane or {}
         ys, xs = box.slices()
-        self.level0[:, ys, xs] = pixels
+        first = channels[0] if channels else 0
+        c = slice(first, first + len(channels)) if channels else slice(None)
+        index = tuple(ys if a == "y" else xs if a == "x" else c if a == "c" else plane.get(a, 0) for a in self.axes)
+        self.level0[index] = pixels
 
-    def finish(self, pixel_size: float, name: str, min_size: int = 256, **compute: Any) -> int:
-        """Write pyramid levels (2x2 means) from the stored level 0, then the NGFF metadata.
+    def finish(self, meta: ImageMetadata, name: str, **compute: Any) -> int:
+        """Write pyramid levels (2x2 means) from the stored level 0, then the NGFF metadata
+        (``meta`` describes level 0: the input's metadata rescaled). Returns the level count."""
+        from .ngff import ngff_attributes
 
-        ``pixel_size`` is level 0's pixel size in input pixels (1 / scale). Returns the level count.
-        """
         group = zarr.open_group(str(self.path), mode="r+")
         previous = self.level0
         levels = 1
-        while max(previous.shape[1:]) > min_size:
+        while max(previous.shape[-2:]) > THUMBNAIL:
             source = da.from_zarr(previous)
             half = source.map_blocks(_half, dtype=source.dtype, chunks=(
-                source.chunks[0], *(tuple(math.ceil(n / 2) for n in c) for c in source.chunks[1:])))
+                *source.chunks[:-2], *(tuple(math.ceil(n / 2) for n in c) for c in source.chunks[-2:])))
             shape = half.shape
-            level = group.create_array(
-                str(levels), shape=shape, chunks=(shape[0], min(self.chunk, shape[1]), min(self.chunk, shape[2])),
-                dtype=previous.dtype,
-                dimension_names=["c", "y", "x"], fill_value=0, overwrite=True)
+            chunks = (*previous.chunks[:-2], min(self.chunk, shape[-2]), min(self.chunk, shape[-1]))
+            level = group.create_array(str(levels), shape=shape, chunks=chunks, dtype=previous.dtype,
+                                       dimension_names=list(self.axes), fill_value=0, overwrite=True)
             da.store(half.rechunk(level.chunks), level, lock=False, **compute)
             previous, levels = level, levels + 1
-        datasets = [
-            {"path": str(k), "coordinateTransformations": [
-                {"type": "scale", "scale": [1.0, pixel_size * 2**k, pixel_size * 2**k]}]}
-            for k in range(levels)
-        ]
-        group.attrs["ome"] = {
-            "version": NGFF_VERSION,
-            "multiscales": [{
-                "name": name,
-                "axes": [{"name": "c", "type": "channel"},
-                         {"name": "y", "type": "space"},
-                         {"name": "x", "type": "space"}],
-                "datasets": datasets,
-            }],
-        }
-        group.attrs[STATUS_KEY] = {"complete": True}
+        attributes = ngff_attributes(meta, levels, name, previous.dtype)
+        own = attributes.pop(STATUS_KEY, {})
+        group.attrs.update(attributes)
+        group.attrs[STATUS_KEY] = {**own, "complete": True}
         return levels
 
 
 def _half(block: np.ndarray) -> np.ndarray:
-    """2x2 mean of (c, h, w) pixels; an odd last row or column is averaged with itself."""
+    """2x2 mean over the last two axes (y, x); an odd last row or column is averaged with itself."""
     values = block.astype(np.float32)
-    if values.shape[1] % 2:
-        values = np.concatenate([values, values[:, -1:]], axis=1)
-    if values.shape[2] % 2:
-        values = np.concatenate([values, values[:, :, -1:]], axis=2)
-    mean = (values[:, 0::2, 0::2] + values[:, 1::2, 0::2] + values[:, 0::2, 1::2] + values[:, 1::2, 1::2]) / 4
+    if values.shape[-2] % 2:
+        values = np.concatenate([values, values[..., -1:, :]], axis=-2)
+    if values.shape[-1] % 2:
+        values = np.concatenate([values, values[..., -1:]], axis=-1)
+    mean = (values[..., 0::2, 0::2] + values[..., 1::2, 0::2] + values[..., 0::2, 1::2]
+            + values[..., 1::2, 1::2]) / 4
     if block.dtype.kind == "f":
         return mean.astype(block.dtype)
     return mean.round().astype(block.dtype)

@@ -1,10 +1,17 @@
-"""Open TIFF and Zarr inputs lazily and read windows of them; nothing reads a whole image."""
+"""Open TIFF and Zarr inputs lazily and read windows of them; nothing reads a whole image.
+
+An input is a stack of **planes** (one per t and z position) of (y, x, c) pixels. Axes come from
+the file's metadata where it has some (tifffile's series axes, OME-NGFF axes, Zarr dimension
+names), else from the shape: (y, x), (y, x, c) with c <= 4, or (c, y, x).
+"""
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +22,11 @@ import zarr
 from ..chunks import Box
 from ..errors import LpdaskError
 from ..pixels import check_dtype
+from .metadata import NGFF_ORDER, ImageMetadata, Photometric
 
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+_TIFF_AXES = {"Y": "y", "X": "x", "S": "c", "C": "c", "Z": "z", "T": "t"}
+PLANE_AXES = ("t", "z")
 
 
 @dataclass(frozen=True)
@@ -25,52 +35,136 @@ class Source:
 
     path: str
     kind: str  # "tiff" or "zarr"
-    array_path: str  # zarr: the array inside a group ("" for a bare array)
-    height: int
-    width: int
-    channels: int
+    array_path: str  # zarr: the array inside the store ("" for a bare array)
+    axes: str  # the stored array's axes, each one of t, c, z, y, x
+    shape: tuple[int, ...]
     dtype: np.dtype
-    channel_axis: int  # 0 for (c, y, x), 2 for (y, x, c)
+    photometric: Photometric = "minisblack"
+    """What the input says its channels are (TIFF photometric and extra samples, lpdask's own
+    attributes; a plain 3- or 4-channel array counts as RGB / RGBA)."""
+    series: int = 0
+    level: int = 0
+    ome: bool = False
+    meta: ImageMetadata = field(default_factory=ImageMetadata, compare=False, hash=False)
 
-    def read(self, box: Box) -> np.ndarray:
-        """The pixels of ``box`` as (h, w, c)."""
+    @property
+    def height(self) -> int:
+        return self.shape[self.axes.index("y")]
+
+    @property
+    def width(self) -> int:
+        return self.shape[self.axes.index("x")]
+
+    @property
+    def channels(self) -> int:
+        return self.shape[self.axes.index("c")] if "c" in self.axes else 1
+
+    @property
+    def plane_axes(self) -> str:
+        """The t and z axes present, in output (NGFF) order."""
+        return "".join(a for a in NGFF_ORDER if a in PLANE_AXES and a in self.axes)
+
+    @property
+    def output_axes(self) -> str:
+        """The output's axes in NGFF order: t and z where present, always c, y, x."""
+        return "".join(a for a in NGFF_ORDER if a in self.axes or a in "cyx")
+
+    def planes(self) -> Iterator[dict[str, int]]:
+        """Every plane's position, e.g. {"t": 0, "z": 3}; one empty position for a 2-D image."""
+        names = self.plane_axes
+        sizes = [range(self.shape[self.axes.index(a)]) for a in names]
+        for position in itertools.product(*sizes):
+            yield dict(zip(names, position))
+
+    @property
+    def plane_count(self) -> int:
+        count = 1
+        for a in self.plane_axes:
+            count *= self.shape[self.axes.index(a)]
+        return count
+
+    def read(self, box: Box, plane: dict[str, int] | None = None) -> np.ndarray:
+        """The pixels of ``box`` in ``plane`` as (h, w, c)."""
         array = _opened(self)
+        plane = plane or {}
         ys, xs = box.slices()
-        if self.channel_axis == 0:
-            return np.moveaxis(np.asarray(array[:, ys, xs]), 0, -1)
-        return np.asarray(array[ys, xs, :])
+        index = tuple(ys if a == "y" else xs if a == "x" else slice(None) if a == "c" else plane.get(a, 0)
+                      for a in self.axes)
+        kept = [a for a in self.axes if a in "cyx"]
+        pixels = np.asarray(array[index])
+        if "c" not in kept:
+            return pixels.transpose([kept.index("y"), kept.index("x")])[..., None]
+        return pixels.transpose([kept.index("y"), kept.index("x"), kept.index("c")])
 
 
-def open_source(path: str | os.PathLike[str]) -> Source:
-    """Describe the image at ``path`` (TIFF file, Zarr array or OME-Zarr group); check it is usable."""
+def open_source(path: str | os.PathLike[str], series: int = 0, level: int = 0) -> Source:
+    """Describe the image at ``path`` (TIFF file, Zarr array or OME-Zarr group); check it is usable.
+
+    ``series`` and ``level`` pick a TIFF series and pyramid level (OME-Zarr: a bioformats2raw
+    series and a multiscale level); the default is the full-resolution image of the first series.
+    """
     p = Path(path)
     if not p.exists():
         raise LpdaskError(f"input not found: {p}")
+    if series < 0 or level < 0:
+        raise LpdaskError(f"--series {series} and --level {level} must be at least 0")
     if p.is_dir():
-        array, array_path = _open_zarr(p)
-        kind = "zarr"
-    else:
-        _check_tiff(p)
-        with tifffile.TiffFile(p) as tif:
-            series = tif.series[0]
-            axes, shape, dtype = series.axes, series.shape, series.dtype
-        return _describe(str(p), "tiff", "", _layout_from_axes(p, axes), shape, dtype)
-    return _describe(str(p), kind, array_path, _layout_of_zarr(p, array), array.shape, array.dtype)
+        return _zarr_source(p, series, level)
+    return _tiff_source(p, series, level)
 
 
-def _describe(path: str, kind: str, array_path: str, channel_axis: int, shape: tuple[int, ...],
-              dtype: np.dtype) -> Source:
-    if len(shape) != 3:
-        raise LpdaskError(f"{path}: image of shape {shape} is not (y, x, c) or (c, y, x)")
-    channels = shape[channel_axis]
-    height, width = [n for axis, n in enumerate(shape) if axis != channel_axis]
-    if channels != 3:
-        raise LpdaskError(f"{path}: {channels} channels; only RGB (3 channels) is supported")
+def _tiff_source(path: Path, series: int, level: int) -> Source:
+    _check_tiff(path)
+    from .tiffmeta import tiff_metadata
+
+    with tifffile.TiffFile(path) as tif:
+        if series >= len(tif.series):
+            raise LpdaskError(f"{path}: --series {series} does not exist (the file has {len(tif.series)})")
+        chosen = tif.series[series]
+        if level >= len(chosen.levels):
+            raise LpdaskError(f"{path}: --level {level} does not exist (series {series} has "
+                              f"{len(chosen.levels)} level{'s' if len(chosen.levels) > 1 else ''})")
+        image = chosen.levels[level]
+        axes = _tiff_axes(path, image.axes)
+        page = image.keyframe
+        hint = _tiff_photometric(page)
+        source = _checked(Source(str(path), "tiff", "", axes, tuple(image.shape), image.dtype, hint, series,
+                                 level, bool(tif.is_ome)))
+        meta = tiff_metadata(tif, series, level, source.output_axes, source.channels, hint)
+    return replace(source, meta=meta)
+
+
+def _tiff_axes(path: Path, axes: str) -> str:
+    unknown = sorted(set(axes) - set(_TIFF_AXES))
+    if unknown or ("S" in axes and "C" in axes):
+        what = f"axis {', '.join(unknown)}" if unknown else "both samples (S) and channels (C)"
+        raise LpdaskError(f"{path}: TIFF axes {axes!r} are not supported ({what}); "
+                          "lpdask reads T, C or S, Z, Y, X")
+    return "".join(_TIFF_AXES[a] for a in axes)
+
+
+def _tiff_photometric(page: Any) -> Photometric:
+    rgb = page.photometric in (tifffile.PHOTOMETRIC.RGB, tifffile.PHOTOMETRIC.YCBCR)
+    if rgb and page.samplesperpixel == 3:
+        return "rgb"
+    alpha = tuple(page.extrasamples) in ((tifffile.EXTRASAMPLE.ASSOCALPHA,), (tifffile.EXTRASAMPLE.UNASSALPHA,))
+    if rgb and page.samplesperpixel == 4 and alpha:
+        return "rgba"
+    return "minisblack"
+
+
+def _checked(source: Source) -> Source:
+    """Refuse what lpdask cannot run: odd axes, too small, an unsupported pixel type."""
+    path, axes, shape = source.path, source.axes, source.shape
+    if len(set(axes)) != len(axes) or not {"y", "x"} <= set(axes):
+        raise LpdaskError(f"{path}: axes {axes!r} of shape {shape} need one y and one x axis")
+    if min(source.height, source.width) < 1 or source.channels < 1:
+        raise LpdaskError(f"{path}: empty image of shape {shape}")
     try:
-        dtype = check_dtype(dtype)
+        check_dtype(source.dtype)
     except LpdaskError as exc:
         raise LpdaskError(f"{path}: {exc}") from None
-    return Source(path, kind, array_path, int(height), int(width), int(channels), dtype, channel_axis)
+    return replace(source, dtype=np.dtype(source.dtype))
 
 
 def _check_tiff(path: Path) -> None:
@@ -89,65 +183,104 @@ def _check_tiff(path: Path) -> None:
         raise LpdaskError(f"{path}: unreadable TIFF ({exc})") from None
 
 
-def _layout_from_axes(path: Path, axes: str) -> int:
-    if axes in ("YXS", "YXC"):
-        return 2
-    if axes in ("SYX", "CYX"):
-        return 0
-    raise LpdaskError(f"{path}: TIFF axes {axes!r} are not supported (need YXS or SYX)")
+def _zarr_source(path: Path, series: int, level: int) -> Source:
+    from .ngff import zarr_metadata
 
-
-def _open_zarr(path: Path) -> tuple[zarr.Array, str]:
     try:
         node = zarr.open(str(path), mode="r")
     except Exception as exc:  # zarr raises several types for a folder that is not a store
         raise LpdaskError(f"{path} is not a Zarr array or group ({type(exc).__name__})") from None
+    prefix = ""
+    if isinstance(node, zarr.Group) and "bioformats2raw.layout" in _ome(node.attrs):
+        prefix = f"{series}/"
+        if str(series) not in node:
+            raise LpdaskError(f"{path}: --series {series} does not exist in this bioformats2raw layout")
+        node = node[str(series)]
+    elif series:
+        raise LpdaskError(f"{path}: --series {series} does not exist (a Zarr input holds one series)")
+    attrs: dict[str, Any] | None = None
     if isinstance(node, zarr.Array):
-        return node, ""
-    ome = node.attrs.get("ome", node.attrs)
-    multiscales = ome.get("multiscales") if isinstance(ome, dict) else None
-    if multiscales:
-        array_path = multiscales[0]["datasets"][0]["path"]
+        if level:
+            raise LpdaskError(f"{path}: --level {level} does not exist (a bare Zarr array has one level)")
+        array, array_path, names = node, "", _dimension_names(node)
     else:
-        arrays = sorted(name for name, _ in node.arrays())
-        if len(arrays) != 1:
-            raise LpdaskError(f"{path}: Zarr group with arrays {arrays}; point at one array")
-        array_path = arrays[0]
-    return node[array_path], array_path
+        attrs = dict(node.attrs)
+        multiscales = _ome(attrs).get("multiscales")
+        if multiscales:
+            datasets = multiscales[0]["datasets"]
+            if level >= len(datasets):
+                raise LpdaskError(f"{path}: --level {level} does not exist (the pyramid has {len(datasets)})")
+            array_path = datasets[level]["path"]
+            names = [a["name"] if isinstance(a, dict) else a for a in multiscales[0].get("axes", [])] or None
+        else:
+            arrays = sorted(name for name, _ in node.arrays())
+            if len(arrays) != 1:
+                raise LpdaskError(f"{path}: Zarr group with arrays {arrays}; point at one array")
+            array_path, names = arrays[0], None
+        array = node[array_path]
+        names = names or _dimension_names(array)
+    axes = _zarr_axes(path, array.shape, names)
+    hint = _zarr_photometric(attrs, axes, array.shape)
+    source = _checked(Source(str(path), "zarr", prefix + array_path, axes, tuple(array.shape), array.dtype, hint,
+                             series, level, bool(attrs and _ome(attrs).get("multiscales"))))
+    meta = zarr_metadata(attrs, array, array_path, source.output_axes, hint)
+    return replace(source, meta=meta)
 
 
-def _layout_of_zarr(path: Path, array: zarr.Array) -> int:
-    if array.ndim != 3:
-        raise LpdaskError(f"{path}: image of shape {array.shape} is not (y, x, c) or (c, y, x)")
+def _ome(attrs: Any) -> dict[str, Any]:
+    """NGFF 0.5 keeps its metadata under "ome"; 0.4 at the top of the attributes."""
+    ome = attrs.get("ome", attrs) if hasattr(attrs, "get") else {}
+    return ome if isinstance(ome, dict) else {}
+
+
+def _dimension_names(array: zarr.Array) -> list[str] | None:
     names = getattr(array.metadata, "dimension_names", None) or array.attrs.get("_ARRAY_DIMENSIONS")
-    lowered = [str(n).lower() for n in names or ()]
-    if lowered[1:] == ["y", "x"] and len(lowered) == 3:
-        return 0
-    if lowered[:2] == ["y", "x"] and len(lowered) == 3:
-        return 2
-    shape = array.shape
-    if len(shape) == 3:
-        if shape[-1] <= 4:
-            return 2
-        if shape[0] <= 4:
-            return 0
-    raise LpdaskError(f"{path}: cannot tell the channel axis of shape {shape}; use (y, x, c) or (c, y, x)")
+    return list(names) if names and all(names) else None
+
+
+def _zarr_axes(path: Path, shape: tuple[int, ...], names: list[str] | None) -> str:
+    if names:
+        lowered = "".join(str(n).lower()[:1] if str(n).lower() in ("t", "c", "z", "y", "x", "time", "channel")
+                          else "?" for n in names)
+        if len(lowered) != len(shape) or "?" in lowered:
+            raise LpdaskError(f"{path}: axes {list(names)} are not supported; lpdask reads t, c, z, y, x")
+        return lowered
+    if len(shape) == 2:
+        return "yx"
+    if len(shape) == 3 and shape[-1] <= 4:
+        return "yxc"
+    if len(shape) == 3 and shape[0] <= 4:
+        return "cyx"
+    raise LpdaskError(f"{path}: cannot tell the axes of shape {shape}; name them (Zarr dimension_names or "
+                      "OME-NGFF axes) or use (y, x), (y, x, c) or (c, y, x)")
+
+
+def _zarr_photometric(attrs: dict[str, Any] | None, axes: str, shape: tuple[int, ...]) -> Photometric:
+    own = (attrs or {}).get("lpdask", {})
+    if isinstance(own, dict) and own.get("photometric") in ("rgb", "rgba", "minisblack"):
+        return own["photometric"]
+    if attrs and _ome(attrs).get("multiscales"):
+        return "minisblack"  # OME: microscopy channels unless it says otherwise
+    channels = shape[axes.index("c")] if "c" in axes else 1
+    return {3: "rgb", 4: "rgba"}.get(channels, "minisblack")  # type: ignore[return-value]
 
 
 _lock = threading.Lock()
-_open: dict[Source, tuple[Any, Any]] = {}
+_open: dict[tuple[str, str, str, int, int], tuple[Any, Any]] = {}
 
 
 def _opened(source: Source) -> Any:
     """The source's array, opened once per process and kept open."""
+    key = (source.path, source.kind, source.array_path, source.series, source.level)
     with _lock:
-        entry = _open.get(source)
+        entry = _open.get(key)
         if entry is None:
             if source.kind == "tiff":
                 tif = tifffile.TiffFile(source.path)  # stays open: the store reads through it
-                entry = (zarr.open(tif.series[0].aszarr(level=0), mode="r"), tif)
+                store = tif.series[source.series].aszarr(level=source.level)
+                entry = (zarr.open(store, mode="r"), tif)
             else:
                 node = zarr.open(source.path, mode="r")
                 entry = (node[source.array_path] if source.array_path else node, None)
-            _open[source] = entry
+            _open[key] = entry
         return entry[0]

@@ -1,0 +1,88 @@
+"""How an image's channels go through an RGB network, as Real-ESRGAN's whole-image inference does it.
+
+An image is run as one or more **passes**, each a 3-channel image for the network:
+RGB as itself; a grey channel copied to R, G and B and brought back by ITU-R 601 luma; alpha as
+a grey image (or resized without the network). Microscopy and multi-band images run each channel
+as its own grey pass, so channel order and count are kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from .errors import LpdaskError
+from .io.metadata import Photometric
+
+ChannelMode = Literal["auto", "rgb", "rgba", "separate"]
+AlphaMode = Literal["network", "nearest", "bilinear"]
+CHANNEL_MODES = ("auto", "rgb", "rgba", "separate")
+ALPHA_MODES = ("network", "nearest", "bilinear")
+
+LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+
+
+@dataclass(frozen=True)
+class Pass:
+    """One run over the image: input channels ``channels`` in, the same output channels out.
+
+    ``kind`` is "rgb" (3 channels through the network), "grey" (1 channel through the network as
+    RGB, back by luma) or "nearest" / "bilinear" (1 channel resized, no network).
+    """
+
+    kind: str
+    channels: tuple[int, ...]
+
+    @property
+    def uses_network(self) -> bool:
+        return self.kind in ("rgb", "grey")
+
+    def to_network(self, pixels: np.ndarray) -> np.ndarray:
+        """(c, h, w) values of all channels -> this pass's network input (3 or 1, h, w)."""
+        picked = pixels[list(self.channels)]
+        if self.kind == "grey":
+            return np.repeat(picked, 3, axis=0)
+        return picked
+
+    def from_network(self, values: np.ndarray) -> np.ndarray:
+        """(3 or 1, h, w) output values -> (len(channels), h, w), clamped to [0, 1]."""
+        values = np.clip(values, 0, 1)
+        if self.kind == "grey":
+            return np.tensordot(LUMA, values, axes=1)[None].astype(np.float32)
+        return values
+
+    def describe(self) -> str:
+        names = ",".join(str(c) for c in self.channels)
+        return {"rgb": f"RGB {names}", "grey": f"grey {names}"}.get(self.kind, f"{self.kind} resize {names}")
+
+
+def photometric_of(channels: int, mode: ChannelMode, hint: Photometric) -> Photometric:
+    """Resolve ``--channels``: "auto" follows what the input says (``hint``) and the count."""
+    if mode == "auto":
+        if hint == "rgb" and channels == 3:
+            return "rgb"
+        if hint == "rgba" and channels == 4:
+            return "rgba"
+        return "minisblack"
+    if mode == "rgb" and channels != 3:
+        raise LpdaskError(f"--channels rgb needs 3 channels, the input has {channels}")
+    if mode == "rgba" and channels != 4:
+        raise LpdaskError(f"--channels rgba needs 4 channels, the input has {channels}")
+    if mode == "separate":
+        return "minisblack"
+    if mode not in CHANNEL_MODES:
+        raise LpdaskError(f"unknown --channels {mode!r} (use {', '.join(CHANNEL_MODES)})")
+    return mode  # type: ignore[return-value]
+
+
+def passes(channels: int, photometric: Photometric, alpha: AlphaMode = "network") -> list[Pass]:
+    """The passes that make up one plane of the image."""
+    if alpha not in ALPHA_MODES:
+        raise LpdaskError(f"unknown --alpha {alpha!r} (use {', '.join(ALPHA_MODES)})")
+    if photometric == "rgb":
+        return [Pass("rgb", (0, 1, 2))]
+    if photometric == "rgba":
+        return [Pass("rgb", (0, 1, 2)), Pass("grey" if alpha == "network" else alpha, (3,))]
+    return [Pass("grey", (c,)) for c in range(channels)]
