@@ -155,3 +155,33 @@ def test_half_precision_needs_cuda(tmp_path: Path, rgb_tiff: Path) -> None:
     result = lpdask("upscale", rgb_tiff, "out.zarr", "--device", "cpu", "--precision", "fp16", cwd=tmp_path)
     assert result.returncode == 2 and "--precision fp16 needs a CUDA device" in result.stderr
     assert not (tmp_path / "out.zarr").exists()
+
+
+def test_export_bad_input(tmp_path: Path) -> None:
+    """`lpdask export`: one line, exit 2, nothing written, for each mistake."""
+    unfinished = zarr.open_group(str(tmp_path / "unfinished.zarr"), mode="w")
+    unfinished.attrs["lpdask"] = {"complete": False}
+    zarr.create_array(tmp_path / "bare.zarr", data=np.zeros((3, 8, 8), np.uint8))
+    (tmp_path / "taken.tif").write_bytes(b"keep")
+    cases = {
+        ("missing.zarr", "out.tif"): "is not an OME-Zarr folder",
+        ("unfinished.zarr", "out.tif"): "is an unfinished lpdask result",
+        ("bare.zarr", "out.tif"): "is not a Zarr group",
+        ("unfinished.zarr", "out.png"): "must be a .tif, .tiff or .ome.tif file",
+        ("unfinished.zarr", "taken.tif"): "taken.tif already exists; use --overwrite",
+    }
+    before = tree(tmp_path)
+    for args, words in cases.items():
+        result = lpdask("export", *args, cwd=tmp_path)
+        assert result.returncode == 2, (args, result.stderr)
+        assert result.stderr.count("\n") == 1 and words in result.stderr, result.stderr
+    assert tree(tmp_path) == before
+
+
+def test_dropped_metadata_is_one_warning_line(tmp_path: Path, small_checkpoint) -> None:
+    tifffile.imwrite(tmp_path / "in.tif", smooth_image(20, 20), photometric="rgb", iccprofile=b"\0" * 64)
+    result = lpdask("upscale", "in.tif", "out.zarr", "--model", small_checkpoint, "-q", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    warning = [line for line in result.stderr.splitlines() if "warning" in line]
+    assert len(warning) == 1 and warning[0].startswith("lpdask: warning: input metadata not carried") \
+        and "ICC" in warning[0], result.stderr

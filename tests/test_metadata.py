@@ -44,7 +44,7 @@ OME_XML = """<?xml version="1.0" encoding="UTF-8"?>
   <Pixels ID="Pixels:1" DimensionOrder="XYCZT" Type="uint8" SizeX="16" SizeY="12" SizeC="2" SizeZ="1"
    SizeT="1" PhysicalSizeX="2.5" PhysicalSizeXUnit="Å" PhysicalSizeY="3.5" PhysicalSizeYUnit="Å">
    <Channel ID="Channel:1:0" SamplesPerPixel="1" Name="488" Color="65535" EmissionWavelength="520"/>
-   <Channel ID="Channel:1:1" SamplesPerPixel="1" Name="561"/>
+   <Channel ID="Channel:1:1" SamplesPerPixel="1" Name="2,5"/>
    <TiffData IFD="1" PlaneCount="2"/>
   </Pixels>
  </Image>
@@ -65,7 +65,7 @@ def test_hand_written_ome_xml_picks_the_series_image(tmp_path):
     second = read_tiff(path, "cyx", 2, series=1)
     assert sizes(second) == {"c": (None, 1.0), "y": ("angstrom", 3.5), "x": ("angstrom", 2.5)}
     # 65535 = 0x0000FFFF: R=00, G=00, B=FF, A=FF; a numeric name stays the text it was
-    assert second.channels == (Channel("488", "0000FF"), Channel("561", None))
+    assert second.channels == (Channel("488", "0000FF"), Channel("2,5", None))
     assert {"OME Instrument", "OME StructuredAnnotations", "OME AcquisitionDate",
             "OME Channel EmissionWavelength", "other image series: first"} <= set(second.dropped)
     assert "OME Channel EmissionWavelength" not in first.dropped
@@ -99,6 +99,13 @@ def test_ome_rgb_channel_gives_blank_channels(tmp_path):
     meta = read_tiff(path, "cyx", 3, photometric="rgb")
     assert meta.channels == (Channel(), Channel(), Channel()) and meta.photometric == "rgb"
     assert sizes(meta)["x"] == ("micrometer", 2.0)
+
+
+def test_ome_without_physical_sizes_falls_back_to_resolution_tags(tmp_path):
+    path = tmp_path / "plain.ome.tif"
+    tifffile.imwrite(path, np.zeros((8, 8), np.uint8), resolution=(1e4 / 0.8, 1e4 / 0.8), resolutionunit=3,
+                     metadata={"axes": "YX"})
+    assert sizes(read_tiff(path, "cyx", 1))["x"] == ("micrometer", 0.8)
 
 
 def test_imagej_hyperstack(tmp_path):
@@ -219,7 +226,7 @@ def test_ngff_04_by_hand(tmp_path):
             "coordinateTransformations": [{"type": "scale", "scale": [1, 2, 2]}],
         }],
         "omero": {"channels": [{"label": "DAPI", "color": "0000ff", "window": {"start": 5, "end": 90}},
-                               {"label": "GFP", "color": "#00FF00"}]},
+                               {"label": "GFP", "color": "#00ff00ff"}]},
         "plate": {"name": "p"},
     })
     meta = zarr_metadata(dict(group.attrs), array, "1", "cyx", "minisblack")

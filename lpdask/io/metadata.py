@@ -143,6 +143,8 @@ class ImageMetadata:
 
     def rescaled(self, scale: int) -> ImageMetadata:
         """The metadata of this image upscaled ``scale`` times in y and x."""
-        axes = tuple(replace(a, scale=a.scale / scale) if a.name in SPATIAL else a for a in self.axes)
+        # NGFF places pixel centres: output pixel 0's centre lies (s - 1) / 2s input pixels before input pixel 0's.
+        axes = tuple(replace(a, scale=a.scale / scale, translation=a.translation - a.scale * (scale - 1) / (2 * scale))
+                     if a.name in SPATIAL else a for a in self.axes)
         geotiff = self.geotiff.rescaled(scale) if self.geotiff else None
         return replace(self, axes=axes, geotiff=geotiff)

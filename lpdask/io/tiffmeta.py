@@ -99,6 +99,8 @@ def tiff_metadata(tif: tifffile.TiffFile, series: int, level: int, axes: str, ch
     page = base.keyframe
     if tif.is_ome and tif.ome_metadata:
         found = _from_ome(tif.ome_metadata, series, len(tif.series), chosen.name)
+        if "x" not in found.sizes and "y" not in found.sizes:
+            found.sizes.update(_from_tags(page).sizes)
     elif tif.is_imagej and tif.imagej_metadata is not None:
         found = _from_imagej(tif.imagej_metadata, page, channels)
     else:
@@ -128,7 +130,10 @@ def _fitted(found: list[Channel], count: int) -> tuple[Channel, ...]:
 
 
 def _from_ome(xml: str, series: int, series_count: int, series_name: str) -> _Found:
-    tree = tifffile.xml2dict(xml, prefix=("@", ""), sep="").get("OME", {})
+    try:
+        tree = tifffile.xml2dict(xml, prefix=("@", ""), sep="").get("OME", {})
+    except (SyntaxError, ValueError):  # ElementTree.ParseError is a SyntaxError
+        return _Found(dropped=["OME-XML (unreadable)"])
     images = _listed(tree.get("Image"))
     found = _Found(dropped=[f"OME {key}" for key, value in tree.items()
                             if not key.startswith("@") and key != "Image" and value is not None])
