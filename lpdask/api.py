@@ -21,17 +21,17 @@ from torch.nn import functional as F
 
 from .channels import AlphaMode, ChannelMode, Pass, passes, photometric_of
 from .chunks import Box
+from .device import resolve_device, resolve_precision
 from .errors import LpdaskError, MetadataWarning
 from .export import TIFF_SUFFIXES, wants_ome
 from .graph import Job, run_job, run_window
-from .io.omezarr import OmeZarrSink
 from .io.metadata import ImageMetadata
+from .io.omezarr import OmeZarrSink
 from .io.sources import open_source
 from .jobs import WorkFolder, check_output, default_workdir
 from .models import load_model
 from .models.network import Network
 from .pixels import ValueRange, check_dtype, check_value_range, from_unit, to_unit
-from .device import resolve_device, resolve_precision
 from .plan import DEFAULT_TILE_PAD, Plan
 from .progress import Bars
 from .stages import IMAGE, Stage, resize_stages, validate

@@ -9,9 +9,8 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .errors import LpdaskError
 from .channels import ALPHA_MODES, CHANNEL_MODES, photometric_of
-from .errors import MetadataWarning
+from .errors import LpdaskError, MetadataWarning
 from .io.sources import open_source
 from .jobs import check_output
 from .pixels import check_value_range

@@ -70,17 +70,24 @@ class Job:
         a multiple of ``input_factor`` and pixel-unshuffled, as (1, c * d * d, h, w)."""
         d = self.input_factor
         if d == 1:
-            return torch.from_numpy(self._unit(self.source.read(window, self.plane), window))[None]
+            return torch.from_numpy(self._unit(self._pixels(window), window))[None]
         rows = reflect(np.arange(window.y0 * d, window.y1 * d), self.source.height)
         cols = reflect(np.arange(window.x0 * d, window.x1 * d), self.source.width)
         box = Box(int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1)
-        pixels = self.source.read(box, self.plane)[np.ix_(rows - box.y0, cols - box.x0)]
+        pixels = self._pixels(box)[np.ix_(rows - box.y0, cols - box.x0)]
         return F.pixel_unshuffle(torch.from_numpy(self._unit(pixels, box))[None], d)
+
+    def _pixels(self, box: Box) -> np.ndarray:
+        """The pass's channels only (a 20-channel image is read once per channel, not 20 times)."""
+        first, last = min(self.pass_.channels), max(self.pass_.channels)
+        return self.source.read(box, self.plane, slice(first, last + 1))
 
     def _unit(self, pixels: np.ndarray, box: Box) -> np.ndarray:
         plane = "".join(f" {a}={i}" for a, i in self.plane.items())
         where = f"in rows {box.y0}:{box.y1} columns {box.x0}:{box.x1}{plane} "
-        return np.ascontiguousarray(self.pass_.to_network(to_unit(pixels, self.value_range, where)))
+        first = min(self.pass_.channels)
+        local = Pass(self.pass_.kind, tuple(c - first for c in self.pass_.channels))
+        return np.ascontiguousarray(local.to_network(to_unit(pixels, self.value_range, where)))
 
     def write_result(self, box: Box, values: np.ndarray) -> None:
         """Network output (3 or 1, h, w) of ``box`` to the pass's channels of the sink."""

@@ -69,3 +69,21 @@ def test_ome_zarr_input_level(small_net, tmp_path, version):
     upscale(tmp_path / "in.zarr", tmp_path / "out.zarr", model=small_net, chunk=16, level=1)
     assert_exact(level0(tmp_path / "out.zarr"), whole_image_any(small_net, np.moveaxis(chosen, 0, -1), "separate"))
 
+
+
+def test_bioformats2raw_series(small_net, tmp_path):
+    """A bioformats2raw layout (what `bioformats2raw` makes of a multi-series file): --series picks
+    the image group."""
+    from ome_zarr.format import FormatV05
+    from ome_zarr.writer import write_image
+
+    root = zarr.open_group(str(tmp_path / "in.zarr"), mode="w", zarr_format=3)
+    root.attrs["ome"] = {"version": "0.5", "bioformats2raw.layout": 3}
+    images = [smooth_image(24, 28, seed=40 + k) for k in range(2)]
+    for k, image in enumerate(images):
+        write_image(np.moveaxis(image, -1, 0), root.create_group(str(k)), axes="cyx", fmt=FormatV05(),
+                    scale_factors=[])
+    upscale(tmp_path / "in.zarr", tmp_path / "out.zarr", model=small_net, chunk=16, series=1, channels="rgb")
+    assert_exact(level0(tmp_path / "out.zarr"), whole_image(small_net, images[1]))
+    with pytest.raises(LpdaskError, match="--series 2 does not exist"):
+        open_source(tmp_path / "in.zarr", series=2)

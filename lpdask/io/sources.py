@@ -83,12 +83,12 @@ class Source:
             count *= self.shape[self.axes.index(a)]
         return count
 
-    def read(self, box: Box, plane: dict[str, int] | None = None) -> np.ndarray:
-        """The pixels of ``box`` in ``plane`` as (h, w, c)."""
+    def read(self, box: Box, plane: dict[str, int] | None = None, channels: slice = slice(None)) -> np.ndarray:
+        """The pixels of ``box`` in ``plane`` as (h, w, c), channels ``channels`` only."""
         array = _opened(self)
         plane = plane or {}
         ys, xs = box.slices()
-        index = tuple(ys if a == "y" else xs if a == "x" else slice(None) if a == "c" else plane.get(a, 0)
+        index = tuple(ys if a == "y" else xs if a == "x" else channels if a == "c" else plane.get(a, 0)
                       for a in self.axes)
         kept = [a for a in self.axes if a in "cyx"]
         pixels = np.asarray(array[index])
