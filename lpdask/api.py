@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import math
 import os
 import resource
 import shutil
@@ -11,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Callable, Iterator, Literal
 
 import dask.array as da
 import numpy as np
@@ -19,6 +21,7 @@ import torch
 import zarr
 from torch.nn import functional as F
 
+from . import __version__
 from .channels import AlphaMode, ChannelMode, Pass, passes, photometric_of
 from .chunks import Box
 from .device import resolve_device, resolve_precision
@@ -27,13 +30,14 @@ from .export import TIFF_SUFFIXES, wants_ome
 from .graph import Job, run_job, run_window
 from .io.metadata import ImageMetadata
 from .io.omezarr import OmeZarrSink
-from .io.sources import open_source
-from .jobs import WorkFolder, check_output, default_workdir
+from .io.sources import Source, open_source
+from .jobs import SOFTWARE_PREFIX, WorkFolder, check_output, default_workdir, digest, output_state
 from .models import load_model
 from .models.network import Network
 from .pixels import ValueRange, check_dtype, check_value_range, from_unit, to_unit
 from .plan import DEFAULT_TILE_PAD, Plan
 from .progress import Bars
+from .schedulers import Cluster, Threads
 from .stages import IMAGE, Stage, resize_stages, validate
 from .tiles import tile_stages
 
@@ -54,16 +58,23 @@ class Summary:
     peak_memory_bytes: int
     runs: int = 1
     """Planes times channel passes (each a run of every stage)."""
+    computed_chunks: int = 0
+    """Chunk tasks computed by this call (fewer than runs x stages x chunks when it resumed)."""
+    resumed: bool = False
+    already_complete: bool = False
 
     @property
     def megapixels_per_second(self) -> float:
         return self.input_megapixels / self.seconds if self.seconds else float("inf")
 
     def __str__(self) -> str:
+        if self.already_complete:
+            return f"{self.output} is already complete for this input, model and options; nothing to do"
+        resumed = f" (resumed: {self.computed_chunks} chunk tasks recomputed)" if self.resumed else ""
         return (f"wrote {self.output} {self.output_shape} in {self.seconds:.1f} s: "
                 f"{self.input_megapixels:.3f} input megapixels, {self.megapixels_per_second:.4f} MP/s, "
                 f"{self.runs} run{'s' if self.runs > 1 else ''} x {self.stages} stages x {self.chunks} chunks, {self.levels} pyramid levels, "
-                f"peak memory {self.peak_memory_bytes / 2**20:.0f} MiB")
+                f"peak memory {self.peak_memory_bytes / 2**20:.0f} MiB{resumed}")
 
 
 def stages_for(net: Network, mode: Mode, blocks_per_stage: int, tile_pad: int) -> list[Stage]:
@@ -99,7 +110,11 @@ def upscale(
     channels: ChannelMode = "auto",
     alpha: AlphaMode = "network",
     value_range: ValueRange | None = None,
+    workers: int = 0,
+    scheduler: str | None = None,
+    resources: dict[str, float] | None = None,
     progress: bool = False,
+    on_cluster: Callable[[str], None] | None = None,
 ) -> Summary:
     """Super-resolve the image at ``src`` into ``dst``: an OME-Zarr (``.zarr``) or a tiled, pyramidal
     (OME-/Geo)TIFF (``.tif``, ``.ome.tif``), chunk by chunk.
@@ -108,12 +123,21 @@ def upscale(
     ``series`` / ``level`` pick the input image; ``channels`` how channels go through the network
     (auto: RGB, RGBA, or each channel as a grey image, as the input says); ``alpha`` how an alpha
     channel is upscaled; ``value_range`` maps a float image's (low, high) to [0, 1].
-    ``precision`` fp16 / bf16 need CUDA. Intermediate activations go to ``workdir`` (default:
-    beside ``dst``), in a folder removed at the end. Metadata that cannot be carried is named in a
-    :class:`~lpdask.errors.MetadataWarning`.
+    ``precision`` fp16 / bf16 need CUDA. Chunks run on threads of this process, or on a local
+    dask.distributed cluster of ``workers`` processes, or on the cluster at ``scheduler`` (tasks ask
+    for ``resources``, e.g. {"GPU": 1}); ``on_cluster`` gets its dashboard link.
+
+    Intermediate activations go to ``workdir`` (default: beside ``dst``), in a folder removed once
+    the result is complete. A job that dies leaves it and its partial output: the same call again
+    resumes, recomputing only unfinished chunks; on a finished job it does nothing. Metadata that
+    cannot be carried is named in a :class:`~lpdask.errors.MetadataWarning`.
     """
     start = time.perf_counter()
     plan = Plan(chunk, blocks_per_stage, threads)
+    if workers < 0:
+        raise LpdaskError(f"--workers {workers} must be at least 1 (0: threads in this process)")
+    if workers and scheduler:
+        raise LpdaskError("--workers starts a local cluster and --scheduler joins one: give only one")
     source = open_source(src, series, level)
     value_range = check_value_range(value_range, source.dtype)
     photometric = photometric_of(source.channels, channels, source.photometric)
@@ -126,50 +150,136 @@ def upscale(
     check_grid(plan.chunk, net)
     scale = net.scale
     meta = replace(source.meta, photometric=photometric).rescaled(scale)
-    as_tiff = output.suffix in TIFF_SUFFIXES
-    _warn_dropped(meta, as_tiff)
-
-    if output.exists() or output.is_symlink():
-        _remove(output)
+    as_tiff = output.suffix.lower() in TIFF_SUFFIXES
     work = WorkFolder(Path(workdir or output.parent) / default_workdir(output).name)
-    result = work.path / "result.zarr" if as_tiff else output
-    if as_tiff:
-        work.clear()
+    identity = digest({
+        "input": _fingerprint(source), "model": _model_digest(net), "scale": scale, "mode": mode,
+        "tile_pad": tile_pad if mode == "tile" else None, "chunk": plan.chunk, "blocks_per_stage": plan.blocks_per_stage,
+        "channels": photometric, "alpha": alpha, "value_range": value_range, "precision": precision,
+        "device": torch_device.type, "output": "tiff" if as_tiff else "zarr", "version": __version__})
+    state = output_state(output, work, identity["digest"], overwrite)
     shape = tuple(source.channels if a == "c" else source.height * scale if a == "y"
                   else source.width * scale if a == "x" else source.shape[source.axes.index(a)]
                   for a in source.output_axes)
+    if state == "complete":
+        return Summary(output, time.perf_counter() - start, _megapixels(source), shape, 0, len(network_stages), 0,
+                       _peak_rss(), 0, already_complete=True)
+    _warn_dropped(meta, as_tiff)
+    if state == "new":
+        _remove(output)
+        work.clear()
+    resumed = work.start(identity) and state == "resume"
+    result = work.path / "result.zarr" if as_tiff else output
+    if not resumed:
+        _remove(result)
+        check_disk(work.path, output, _work_bytes(network_stages, source, net.input_factor, plan.chunk, as_tiff, shape),
+                   math.prod(shape) * source.dtype.itemsize * 4 // 3)
     sink = OmeZarrSink(result, source.output_axes, shape, source.dtype, plan.chunk * scale,
-                       source.channels if photometric != "minisblack" else 1)
+                       source.channels if photometric != "minisblack" else 1, identity["digest"], resume=resumed)
+    runner = _scheduler(plan, torch_device, workers, scheduler, resources)
+    if isinstance(runner, Cluster) and on_cluster:
+        on_cluster(runner.dashboard_link)
+    torch_threads = max(1, (os.cpu_count() or 1) // runner.workers) if isinstance(runner, Threads) else 0
     jobs = [Job(source, network_stages if p.uses_network else resize_stages(p.kind, scale), plan.chunk, work,
-                sink, torch_device, net.input_factor if p.uses_network else 1, compute, plane, p, value_range)
-            for plane in source.planes() for p in runs]
+                sink, torch_device, net.input_factor if p.uses_network else 1, compute, plane, p, value_range, k,
+                torch_threads)
+            for k, (plane, p) in enumerate((plane, p) for plane in source.planes() for p in runs)]
     chunks = len(jobs[0].grid(0))
     bars = Bars([job.stages for job in jobs], chunks, disable=not progress)
-    workers = plan.workers(torch_device.type)
     partial_tiff = output.with_name(output.name + ".partial")
+    computed = 0
     try:
-        with _threads(workers, torch_device):
-            for k, job in enumerate(jobs):
-                bars.start(k, _label(job, len(jobs)))
-                run_job(job, workers, bars)
+        with _threads(torch_threads or None):
+            for job in jobs:
+                bars.start(job.run, _label(job, len(jobs)))
+                computed += run_job(job, runner, bars)
             bars.close()
-            levels = sink.finish(meta, Path(src).name, scheduler="threads", num_workers=workers)
+            levels = sink.finish(meta, Path(src).name, scheduler="threads", num_workers=plan.workers("cpu"))
             if as_tiff:
                 from .io.tiff import write_tiff
 
                 group = zarr.open_group(str(result), mode="r")
                 write_tiff(partial_tiff, [group[str(k)] for k in range(levels)], meta,
-                           ome=wants_ome(output, source.ome, meta))
+                           ome=wants_ome(output, source.ome, meta), software=SOFTWARE_PREFIX + identity["digest"])
                 os.replace(partial_tiff, output)
+    except LpdaskError:
+        bars.close()  # a user mistake found while running (e.g. float values out of range): nothing to keep
+        _remove(partial_tiff)
+        _remove(output)
+        work.clear()
+        raise
     except BaseException:
         bars.close()
         _remove(partial_tiff)
-        _remove(output)  # no half-written result left (resume comes later)
-        raise
+        raise  # the work folder and the unfinished output stay: the same command again resumes
     finally:
-        work.clear()
-    return Summary(output, time.perf_counter() - start, source.height * source.width * source.plane_count / 1e6,
-                   shape, chunks, len(network_stages), levels, _peak_rss(), len(jobs))
+        if isinstance(runner, Cluster):
+            runner.close()
+    work.clear()
+    return Summary(output, time.perf_counter() - start, _megapixels(source), shape, chunks, len(network_stages), levels,
+                   _peak_rss(), len(jobs), computed, resumed)
+
+
+def _scheduler(plan: Plan, device: torch.device, workers: int, address: str | None,
+               resources: dict[str, float] | None) -> Threads | Cluster:
+    if address:
+        return Cluster.connect(address, resources)
+    if workers:
+        return Cluster.local(workers, resources)
+    return Threads(plan.workers(device.type))
+
+
+def _megapixels(source: Source) -> float:
+    return source.height * source.width * source.plane_count / 1e6
+
+
+def _fingerprint(source: Source) -> dict[str, object]:
+    """What identifies the input: where it is, which image, its shape, and when it last changed
+    (file size and modification time; for Zarr, of the array's metadata document)."""
+    path = Path(source.path)
+    stamp = path
+    if path.is_dir():
+        folder = path / source.array_path
+        stamp = next((f for f in (folder / "zarr.json", folder / ".zarray") if f.exists()), folder)
+    stat = stamp.stat()
+    return {"path": str(path.resolve()), "array": source.array_path, "series": source.series, "level": source.level,
+            "shape": list(source.shape), "dtype": str(source.dtype), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def _model_digest(net: Network) -> str:
+    """A hash of the network's class and weights."""
+    h = hashlib.sha256(type(net).__qualname__.encode())
+    for name, tensor in net.state_dict().items():
+        h.update(name.encode())
+        h.update(str(tuple(tensor.shape)).encode())
+        h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()[:32]
+
+
+def _work_bytes(stages: list[Stage], source: Source, d: int, chunk: int, as_tiff: bool,
+                shape: tuple[int, ...]) -> int:
+    """Disk the work folder needs at most: the three largest activations (no more are ever kept
+    at once), plus the result before it becomes a TIFF."""
+    height, width = -(-source.height // d), -(-source.width // d)
+    sizes, factor = [], 1
+    for stage in stages[:-1]:
+        factor *= stage.scale
+        sizes.append(stage.channels * height * factor * width * factor * 4)
+    need = sum(sorted(sizes)[-3:])
+    if as_tiff:
+        need += math.prod(shape) * source.dtype.itemsize * 4 // 3
+    return need
+
+
+def check_disk(work: Path, output: Path, work_bytes: int, output_bytes: int) -> None:
+    """Refuse up front a job whose work folder (or output) will not fit on its disk."""
+    for what, folder, need in (("work folder", work, work_bytes), ("output", output, output_bytes)):
+        existing = next(p for p in (folder, *folder.parents) if p.exists())
+        free = shutil.disk_usage(existing).free
+        if need > free:
+            raise LpdaskError(f"not enough disk for the {what}: it needs about {need / 1e9:.1f} GB and "
+                              f"{existing} has {free / 1e9:.1f} GB free; use --workdir on a larger disk or a "
+                              "smaller input")
 
 
 def _warn_dropped(meta: ImageMetadata, as_tiff: bool) -> None:
@@ -312,11 +422,12 @@ def _remove(path: Path) -> None:
 
 
 @contextmanager
-def _threads(workers: int, device: torch.device) -> Iterator[None]:
-    """Give torch the cores divided among the chunks running at once, and restore it after."""
+def _threads(count: int | None) -> Iterator[None]:
+    """Give torch ``count`` threads (the cores divided among the chunks running at once) and
+    restore it after."""
     before = torch.get_num_threads()
-    if device.type == "cpu":
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+    if count:
+        torch.set_num_threads(count)
     try:
         yield
     finally:

@@ -15,6 +15,7 @@ from .io.sources import open_source
 from .jobs import check_output
 from .pixels import check_value_range
 from .plan import DEFAULT_TILE_PAD, Plan
+from .schedulers import parse_resources
 
 USER_ERROR = 2
 
@@ -70,25 +71,37 @@ def cli() -> None:
               help="How an alpha channel is upscaled: through the network as a grey image, or resized.")
 @click.option("--value-range", metavar="LOW,HIGH", callback=_value_range,
               help="For float32 images not in [0, 1]: the values that mean black and white.")
+@click.option("--workers", type=int, default=0, show_default=True,
+              help="Start a local dask.distributed cluster of N worker processes (0: threads in this process).")
+@click.option("--scheduler", metavar="ADDRESS", help="Run on an existing Dask cluster, e.g. tcp://host:8786.")
+@click.option("--resources", metavar="NAME=N,...", help="Worker resources each chunk task needs, e.g. GPU=1.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def upscale_command(input: str, output: str, model: str | None, chunk: int, blocks_per_stage: int,
                     threads: int, device: str, precision: str, workdir: str | None, overwrite: bool, mode: str,
                     tile_pad: int, series: int, level: int, channels: str, alpha: str,
-                    value_range: tuple[float, float] | None, quiet: bool) -> None:
+                    value_range: tuple[float, float] | None, workers: int, scheduler: str | None,
+                    resources: str | None, quiet: bool) -> None:
     """Super-resolve INPUT (TIFF, OME-TIFF, GeoTIFF, Zarr, OME-Zarr) into OUTPUT: an OME-Zarr
-    (.zarr) or a tiled pyramidal TIFF (.tif, .ome.tif)."""
+    (.zarr) or a tiled pyramidal TIFF (.tif, .ome.tif).
+
+    A job that stops (crash, kill, lost worker) resumes when the same command is run again."""
     # Check what needs no torch first, so mistakes are answered before the slow imports.
     Plan(chunk, blocks_per_stage, threads)
     source = open_source(input, series, level)
     check_value_range(value_range, source.dtype)
     photometric_of(source.channels, channels, source.photometric)  # type: ignore[arg-type]
     check_output(Path(input), Path(output), overwrite)
+    needs = parse_resources(resources)
+    if workers < 0:
+        raise LpdaskError(f"--workers {workers} must be at least 1 (0: threads in this process)")
     from .api import upscale
 
     summary = upscale(input, output, model=model, chunk=chunk, blocks_per_stage=blocks_per_stage,
                       threads=threads, device=device, precision=precision, workdir=workdir, overwrite=overwrite,
                       mode=mode, tile_pad=tile_pad, series=series, level=level, channels=channels,  # type: ignore[arg-type]
-                      alpha=alpha, value_range=value_range, progress=not quiet)  # type: ignore[arg-type]
+                      alpha=alpha, value_range=value_range, workers=workers, scheduler=scheduler,  # type: ignore[arg-type]
+                      resources=needs, progress=not quiet,
+                      on_cluster=lambda link: click.echo(f"Dask dashboard: {link}", err=True))
     click.echo(str(summary), err=True)
 
 
@@ -128,8 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     except click.ClickException as exc:
         click.echo(f"lpdask: error: {exc.format_message()}", err=True)
         return USER_ERROR
-    except click.exceptions.Abort:
-        click.echo("lpdask: interrupted", err=True)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        click.echo("lpdask: interrupted; run the same command again to resume", err=True)
         return 130
     return 0
 

@@ -8,22 +8,21 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
-import dask
 import numpy as np
 import torch
-from dask.callbacks import Callback
 from torch import Tensor
 from torch.nn import functional as F
 
 from .channels import Pass
 from .chunks import Box, Grid, reflect
+from .errors import LpdaskError
 from .io.omezarr import OmeZarrSink
 from .io.sources import Source
 from .jobs import WorkFolder
 from .pixels import ValueRange, from_unit, to_unit
+from .schedulers import Scheduler
 from .stages import IMAGE, Stage
 
 
@@ -46,6 +45,10 @@ class Job:
     pass_: Pass = Pass("rgb", (0, 1, 2))
     """Which channels, and how they go through the network."""
     value_range: ValueRange | None = None
+    run: int = 0
+    """Which run (plane and channel pass) of the whole job this is; names its chunk markers."""
+    torch_threads: int = 0
+    """torch's intra-op threads in the process running a chunk (0: leave as it is)."""
 
     def factor(self, index: int) -> int:
         """Resolution of stage ``index``'s input relative to the image."""
@@ -80,7 +83,12 @@ class Job:
     def _pixels(self, box: Box) -> np.ndarray:
         """The pass's channels only (a 20-channel image is read once per channel, not 20 times)."""
         first, last = min(self.pass_.channels), max(self.pass_.channels)
-        return self.source.read(box, self.plane, slice(first, last + 1))
+        try:
+            return self.source.read(box, self.plane, slice(first, last + 1))
+        except Exception as exc:  # tifffile, imagecodecs and zarr raise many types for damaged files
+            plane = "".join(f" {a}={i}" for a, i in self.plane.items())
+            raise LpdaskError(f"{self.source.path}: cannot read rows {box.y0}:{box.y1} columns {box.x0}:{box.x1}"
+                              f"{plane} ({type(exc).__name__}: {exc})") from None
 
     def _unit(self, pixels: np.ndarray, box: Box) -> np.ndarray:
         plane = "".join(f" {a}={i}" for a, i in self.plane.items())
@@ -105,7 +113,9 @@ def run_window(stage: Stage, inputs: Sequence[Tensor], inner: Box, device: torch
 
 
 def run_chunk(job: Job, index: int, i: int, j: int) -> None:
-    """Compute chunk (i, j) of stage ``index`` and store it."""
+    """Compute chunk (i, j) of stage ``index``, store it, then mark it done."""
+    if job.torch_threads and torch.get_num_threads() != job.torch_threads:
+        torch.set_num_threads(job.torch_threads)
     stage = job.stages[index]
     grid = job.grid(index)
     box = grid.box(i, j)
@@ -120,6 +130,7 @@ def run_chunk(job: Job, index: int, i: int, j: int) -> None:
     else:
         ys, xs = target.slices()
         job.work[stage.name][:, ys, xs] = out[0].cpu().numpy()
+    job.work.mark_chunk(job.run, stage.name, i, j)
 
 
 def last_use(stages: Sequence[Stage]) -> dict[int, list[str]]:
@@ -135,32 +146,31 @@ def last_use(stages: Sequence[Stage]) -> dict[int, list[str]]:
     return done
 
 
-class _Counter(Callback):
-    def __init__(self, on_task: Callable[[], None]) -> None:
-        super().__init__()
-        self.on_task = on_task
-
-    def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
-        self.on_task()
-
-
-def run_job(job: Job, threads: int, progress: Callable[[int, Stage, int], Any] | None = None) -> None:
-    """Run every stage in order; the work arrays a stage was last to read are removed after it.
+def run_job(job: Job, scheduler: Scheduler, progress: Callable[[int, Stage, int], Any] | None = None) -> int:
+    """Run every stage in order, skipping chunks (and whole stages) already done; the work arrays
+    a stage was last to read are removed after it. Returns the number of chunks computed.
 
     ``progress(index, stage, chunks)`` returns a callable invoked once per finished chunk.
     """
     deletable = last_use(job.stages)
+    computed = 0
     for index, stage in enumerate(job.stages):
         grid = job.grid(index)
-        if index < len(job.stages) - 1:
-            out = Grid(grid.height * stage.scale, grid.width * stage.scale, grid.chunk * stage.scale)
-            job.work.create(stage.name, stage.channels, out.height, out.width, out.chunk)
-        task = partial(run_chunk, job, index)
-        graph = {(stage.name, i, j): (task, i, j) for i, j in grid.indices()}
-        tick = progress(index, stage, len(graph)) if progress else (lambda: None)
-        with _Counter(tick):
-            dask.threaded.get(graph, list(graph), num_workers=threads)
+        tick = progress(index, stage, len(grid)) if progress else (lambda: None)
+        if job.work.stage_done(job.run, stage.name):
+            done = set(grid.indices())
+        else:
+            if index < len(job.stages) - 1:
+                out = Grid(grid.height * stage.scale, grid.width * stage.scale, grid.chunk * stage.scale)
+                job.work.create(stage.name, stage.channels, out.height, out.width, out.chunk)
+            done = job.work.chunks_done(job.run, stage.name)
+        for _ in done:
+            tick()
+        todo = [(i, j) for i, j in grid.indices() if (i, j) not in done]
+        if todo:
+            scheduler.run(job, index, todo, tick)
+            computed += len(todo)
+        job.work.mark_stage(job.run, stage.name)
         for name in deletable.get(index, []):
             job.work.remove(name)
-
-
+    return computed

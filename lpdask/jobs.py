@@ -1,14 +1,25 @@
-"""The work folder: one uncompressed Zarr array per intermediate activation, removed when done."""
+"""Jobs on disk: the work folder (activations and chunk markers), job identity, and resume.
+
+A job is identified by its input, its model and every option that changes the result. The work
+folder records which chunks of which stage are fully written (an empty marker file, created only
+after the chunk's write returned), so a job that died resumes where it stopped.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any, Literal
 
 import zarr
 
 from .errors import LpdaskError
+
+IDENTITY_FILE = "job.json"
+State = Literal["new", "resume", "complete"]
 
 
 def default_workdir(output: str | os.PathLike[str]) -> Path:
@@ -19,23 +30,36 @@ def default_workdir(output: str | os.PathLike[str]) -> Path:
 
 
 class WorkFolder:
-    """Intermediate stage outputs as float32 (c, y, x) Zarr v3 arrays, chunked like the stage grid."""
+    """Intermediate stage outputs as float32 (c, y, x) Zarr v3 arrays, chunked like the stage grid,
+    and the markers of finished chunks and stages (under ``markers/r<run>/``)."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self._arrays: dict[str, zarr.Array] = {}
 
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path, "_arrays": {}}  # workers reopen the arrays themselves
+
     def create(self, name: str, channels: int, height: int, width: int, chunk: int) -> zarr.Array:
+        """The array for stage ``name``: kept if it exists with this shape (a resumed stage)."""
         self.path.mkdir(parents=True, exist_ok=True)
-        array = zarr.create_array(
-            str(self.path / f"{name}.zarr"), shape=(channels, height, width),
-            chunks=(channels, chunk, chunk), dtype="float32", compressors=None, fill_value=0.0,
-            overwrite=True)
+        location = str(self.path / f"{name}.zarr")
+        shape, chunks = (channels, height, width), (channels, chunk, chunk)
+        try:
+            array = zarr.open_array(location, mode="r+")
+            if array.shape != shape or array.chunks != chunks:
+                raise ValueError("another shape")
+        except (FileNotFoundError, ValueError, KeyError, zarr.errors.NodeTypeValidationError):
+            array = zarr.create_array(location, shape=shape, chunks=chunks, dtype="float32", compressors=None,
+                                      fill_value=0.0, overwrite=True)
         self._arrays[name] = array
         return array
 
     def __getitem__(self, name: str) -> zarr.Array:
-        return self._arrays[name]
+        array = self._arrays.get(name)
+        if array is None:
+            array = self._arrays[name] = zarr.open_array(str(self.path / f"{name}.zarr"), mode="r+")
+        return array
 
     def remove(self, name: str) -> None:
         self._arrays.pop(name, None)
@@ -45,16 +69,107 @@ class WorkFolder:
         self._arrays.clear()
         shutil.rmtree(self.path, ignore_errors=True)
 
+    def _markers(self, run: int, stage: str) -> Path:
+        return self.path / "markers" / f"r{run}" / stage
+
+    def mark_chunk(self, run: int, stage: str, i: int, j: int) -> None:
+        """Record chunk (i, j) of ``stage`` as fully written."""
+        folder = self._markers(run, stage)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{i}.{j}").touch()
+
+    def chunks_done(self, run: int, stage: str) -> set[tuple[int, int]]:
+        folder = self._markers(run, stage)
+        if not folder.is_dir():
+            return set()
+        return {(int(i), int(j)) for i, j in (p.name.split(".") for p in folder.iterdir())}
+
+    def mark_stage(self, run: int, stage: str) -> None:
+        """Record ``stage`` as finished and drop its chunk markers."""
+        folder = self._markers(run, stage)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        folder.with_name(stage + ".done").touch()
+        shutil.rmtree(folder, ignore_errors=True)
+
+    def stage_done(self, run: int, stage: str) -> bool:
+        return self._markers(run, stage).with_name(stage + ".done").exists()
+
+    def identity(self) -> str | None:
+        try:
+            return json.loads((self.path / IDENTITY_FILE).read_text())["digest"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def start(self, identity: dict[str, Any]) -> bool:
+        """Begin or resume the job ``identity``; returns whether earlier work was kept."""
+        if self.identity() == identity["digest"]:
+            return True
+        self.clear()
+        self.path.mkdir(parents=True)
+        (self.path / IDENTITY_FILE).write_text(json.dumps(identity, indent=1))
+        return False
+
+
+def digest(identity: dict[str, Any]) -> dict[str, Any]:
+    """``identity`` with its ``digest``: a hash of everything in it."""
+    text = json.dumps(identity, sort_keys=True, default=str)
+    return {**identity, "digest": hashlib.sha256(text.encode()).hexdigest()[:32]}
+
 
 def check_output(src: Path, dst: Path, overwrite: bool) -> Path:
-    """Refuse an output that is not .zarr / .tif / .tiff, exists (without ``overwrite``), or would hold
-    the input."""
+    """Refuse an output that is not .zarr / .tif / .tiff, would hold the input, or exists without
+    ``overwrite`` and is not an lpdask result (whose job identity is checked once it is known)."""
     if not dst.name.lower().endswith((".zarr", ".tif", ".tiff")):
         raise LpdaskError(f"output {dst} must be a .zarr folder (OME-Zarr) or a .tif / .ome.tif file")
     if dst.exists() or dst.is_symlink():
-        if not overwrite:
-            raise LpdaskError(f"output {dst} already exists; use --overwrite to replace it")
         resolved, source = dst.resolve(), src.resolve()
         if resolved == source or resolved in source.parents:
-            raise LpdaskError(f"output {dst} is or holds the input; refusing to overwrite it")
+            raise LpdaskError(f"output {dst} is or holds the input; refusing to write there")
+        if not overwrite and stored_identity(dst) is None:
+            raise LpdaskError(f"output {dst} already exists; use --overwrite to replace it")
     return dst
+
+
+SOFTWARE_PREFIX = "lpdask job "
+
+
+def stored_identity(output: Path) -> tuple[str, bool] | None:
+    """(job digest, complete) of an lpdask result at ``output``, or None for anything else."""
+    if output.is_dir():
+        try:
+            own = zarr.open_group(str(output), mode="r").attrs.get("lpdask")
+        except Exception:  # zarr raises several types for a folder that is not a store
+            return None
+        if isinstance(own, dict) and isinstance(own.get("job"), str):
+            return own["job"], bool(own.get("complete"))
+        return None
+    if output.is_file():
+        import tifffile
+
+        try:
+            with tifffile.TiffFile(output) as tif:
+                software = tif.pages[0].software or ""
+        except (OSError, tifffile.TiffFileError, IndexError):
+            return None
+        if software.startswith(SOFTWARE_PREFIX):
+            return software[len(SOFTWARE_PREFIX):].strip(), True  # a TIFF gets its name only once complete
+    return None
+
+
+def output_state(output: Path, work: WorkFolder, job: str, overwrite: bool) -> State:
+    """What to do with ``output`` for job digest ``job``: start anew, resume, or nothing (complete).
+
+    A different job's result is refused unless ``overwrite``.
+    """
+    if overwrite:
+        return "new"
+    stored = stored_identity(output)
+    if stored is None:
+        if output.exists() or output.is_symlink():
+            raise LpdaskError(f"output {output} already exists; use --overwrite to replace it")
+        return "resume" if work.identity() == job else "new"
+    digest_on_disk, complete = stored
+    if digest_on_disk != job:
+        raise LpdaskError(f"output {output} holds a different job (input, model or options differ); "
+                          "use --overwrite to replace it")
+    return "complete" if complete else "resume"

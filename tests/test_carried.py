@@ -128,10 +128,13 @@ def test_rgb_tiff_output_and_nothing_dropped_silently(small_net, tmp_path):
     assert_exact(np.moveaxis(result, -1, 0), whole_image_any(small_net, image))
 
 
-def test_failed_tiff_output_leaves_nothing(small_net, tmp_path, monkeypatch):
+def test_failed_tiff_output_leaves_no_tiff_and_resumes(small_net, tmp_path, monkeypatch):
+    """A TIFF gets its name only once complete; after a failure in the TIFF writer, the same call
+    again resumes from the stored result without recomputing a chunk."""
     import lpdask.io.tiff
 
     tifffile.imwrite(tmp_path / "in.tif", smooth_image(20, 20))
+    real = lpdask.io.tiff.write_tiff
 
     def broken(path, *args, **kwargs):
         open(path, "wb").write(b"II*\0half a file")
@@ -140,4 +143,9 @@ def test_failed_tiff_output_leaves_nothing(small_net, tmp_path, monkeypatch):
     monkeypatch.setattr(lpdask.io.tiff, "write_tiff", broken)
     with pytest.raises(OSError, match="disk full"):
         upscale(tmp_path / "in.tif", tmp_path / "out.tif", model=small_net, chunk=16)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif", "out.tif.work"]
+    monkeypatch.setattr(lpdask.io.tiff, "write_tiff", real)
+    summary = upscale(tmp_path / "in.tif", tmp_path / "out.tif", model=small_net, chunk=16)
+    assert summary.resumed and summary.computed_chunks == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif", "out.tif"]
+    assert upscale(tmp_path / "in.tif", tmp_path / "out.tif", model=small_net, chunk=16).already_complete

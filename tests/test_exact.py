@@ -19,6 +19,7 @@ from lpdask.graph import Job, run_job
 from lpdask.io.omezarr import OmeZarrSink
 from lpdask.io.sources import open_source
 from lpdask.jobs import WorkFolder
+from lpdask.schedulers import Threads
 
 from .reference import assert_exact, smooth_image, whole_image, whole_image_float
 
@@ -133,7 +134,7 @@ def test_halos_too_small_are_caught(small_net, tmp_path):
     stages = [dataclasses.replace(s, halo=s.halo // 2) for s in stages_for(small_net, "exact", 2, 0)]
     source = open_source(tmp_path / "in.zarr")
     sink = OmeZarrSink(tmp_path / "out.zarr", "cyx", (3, 256, 256), np.dtype(np.float32), 128)
-    run_job(Job(source, stages, 32, WorkFolder(tmp_path / "work"), sink), threads=1)
+    run_job(Job(source, stages, 32, WorkFolder(tmp_path / "work"), sink), Threads(1))
     with pytest.raises(AssertionError, match="max float difference"):
         assert_exact(level0(tmp_path / "out.zarr"), whole_image_float(small_net, image))
 

@@ -27,16 +27,30 @@ class OmeZarrSink:
     ending in y, x), chunked one plane and ``channel_chunk`` channels deep."""
 
     def __init__(self, path: str | os.PathLike[str], axes: str, shape: tuple[int, ...], dtype: np.dtype,
-                 chunk: int, channel_chunk: int | None = None) -> None:
+                 chunk: int, channel_chunk: int | None = None, job: str | None = None, resume: bool = False) -> None:
         self.path = Path(path)
         self.axes = axes
         self.chunk = chunk
+        if resume:
+            self._level0: zarr.Array | None = zarr.open_array(str(self.path / "0"), mode="r+")
+            if self._level0.shape != tuple(shape) or self._level0.dtype != dtype:
+                raise ValueError(f"{self.path}: level 0 is {self._level0.shape}, expected {shape}")
+            return
         group = zarr.open_group(str(self.path), mode="w-", zarr_format=3)
-        group.attrs[STATUS_KEY] = {"complete": False}
+        group.attrs[STATUS_KEY] = {"complete": False, **({"job": job} if job else {})}
         channels = shape[axes.index("c")]
         chunks = tuple(chunk if a in "yx" else (channel_chunk or channels) if a == "c" else 1 for a in axes)
-        self.level0 = group.create_array(
+        self._level0 = group.create_array(
             "0", shape=shape, chunks=chunks, dtype=dtype, dimension_names=list(axes), fill_value=0)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_level0": None}  # workers reopen the array themselves
+
+    @property
+    def level0(self) -> zarr.Array:
+        if self._level0 is None:
+            self._level0 = zarr.open_array(str(self.path / "0"), mode="r+")
+        return self._level0
 
     def write(self, box: Box, pixels: np.ndarray, plane: dict[str, int] | None = None,
               channels: tuple[int, ...] | None = None) -> None:
@@ -69,7 +83,7 @@ class OmeZarrSink:
         attributes = ngff_attributes(meta, levels, name, previous.dtype)
         own = attributes.pop(STATUS_KEY, {})
         group.attrs.update(attributes)
-        group.attrs[STATUS_KEY] = {**own, "complete": True}
+        group.attrs[STATUS_KEY] = {**group.attrs.get(STATUS_KEY, {}), **own, "complete": True}
         return levels
 
 

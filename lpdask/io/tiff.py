@@ -68,10 +68,11 @@ TIME_UNITS = _unit_table("second", "s", {"minute": ("min", 60.0), "hour": ("h", 
 
 def write_tiff(path: str | os.PathLike[str], levels: Sequence[zarr.Array], meta: ImageMetadata, *,
                ome: bool, tile: int = 256, compression: str = "zlib",
-               on_tile: Callable[[], None] | None = None) -> None:
+               on_tile: Callable[[], None] | None = None, software: str | None = None) -> None:
     """Write the pyramid ``levels`` (axes ``meta.axis_names``, level 0 first) to a tiled BigTIFF.
 
     ``meta`` describes level 0. ``on_tile`` is called once per tile as it is handed to tifffile.
+    ``software`` goes into the first page's Software tag.
     """
     layout = _Layout.of(meta, levels, ome=ome, tile=tile)
     codec = None if compression.lower() == "none" else compression
@@ -99,6 +100,7 @@ def write_tiff(path: str | os.PathLike[str], levels: Sequence[zarr.Array], meta:
                 subfiletype=1 if k else 0,
                 metadata=metadata if k == 0 or not ome else None,  # tifffile's shaped series need it
                 extratags=geotags if k == 0 else None,
+                software=software if k == 0 else None,
                 **_resolution(meta, shrink),
             )
 

@@ -1,0 +1,86 @@
+"""Resume after a crash and job identity: a job killed with SIGKILL half way finishes when the same
+command runs again, recomputing only the missing chunks, bit for bit equal to an uninterrupted run."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import tifffile
+import zarr
+
+from lpdask.io.omezarr import is_complete
+
+from .reference import smooth_image
+
+ARGS = ["--chunk", "16", "--threads", "2", "-q"]
+
+
+def start(tmp_path: Path, checkpoint: Path, output: str, *extra: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "LPDASK_CACHE_DIR": str(tmp_path / "cache")}
+    return subprocess.Popen([sys.executable, "-m", "lpdask", "upscale", "in.tif", output, "--model", str(checkpoint),
+                             *ARGS, *extra], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def chunks_done(work: Path, chunks: int) -> int:
+    """Chunk tasks recorded as finished in a work folder: a finished stage counts all its chunks."""
+    markers = work / "markers"
+    if not markers.is_dir():
+        return 0
+    stages = len(list(markers.rglob("*.done")))
+    loose = sum(1 for p in markers.rglob("*") if p.is_file() and not p.name.endswith(".done"))
+    return stages * chunks + loose
+
+
+def test_sigkill_half_way_then_resume(tmp_path, small_checkpoint):
+    tifffile.imwrite(tmp_path / "in.tif", smooth_image(160, 160, seed=50), tile=(32, 32))
+    chunks, stages = 100, 4  # 160 / 16 squared; head, body.0, body.1 + conv_body, tail
+    reference = start(tmp_path, small_checkpoint, "reference.zarr")
+    assert reference.wait(timeout=300) == 0, reference.stderr.read()
+
+    job = start(tmp_path, small_checkpoint, "out.zarr")
+    deadline = time.monotonic() + 240
+    while chunks_done(tmp_path / "out.zarr.work", chunks) < chunks * stages // 2:
+        assert job.poll() is None, "finished before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    job.send_signal(signal.SIGKILL)
+    job.wait(timeout=60)
+    done = chunks_done(tmp_path / "out.zarr.work", chunks)
+    assert chunks * stages // 2 <= done < chunks * stages
+    assert not is_complete(tmp_path / "out.zarr")
+
+    rerun = start(tmp_path, small_checkpoint, "out.zarr")
+    _, stderr = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, stderr
+    recomputed = int(re.search(r"resumed: (\d+) chunk tasks recomputed", stderr).group(1))
+    assert recomputed == chunks * stages - done
+    assert is_complete(tmp_path / "out.zarr") and not (tmp_path / "out.zarr.work").exists()
+    assert np.array_equal(zarr.open_array(str(tmp_path / "out.zarr" / "0"))[:],
+                          zarr.open_array(str(tmp_path / "reference.zarr" / "0"))[:])
+
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "out.zarr").rglob("*")}
+    finished = start(tmp_path, small_checkpoint, "out.zarr")
+    _, stderr = finished.communicate(timeout=300)
+    assert finished.returncode == 0 and "already complete" in stderr, stderr
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "out.zarr").rglob("*")} == before
+
+
+def test_a_different_job_is_refused(tmp_path, small_checkpoint):
+    tifffile.imwrite(tmp_path / "in.tif", smooth_image(20, 20, seed=51))
+    first = start(tmp_path, small_checkpoint, "out.zarr")
+    assert first.wait(timeout=300) == 0
+    other = start(tmp_path, small_checkpoint, "out.zarr", "--blocks-per-stage", "2")
+    _, stderr = other.communicate(timeout=300)
+    assert other.returncode == 2
+    assert stderr.strip() == ("lpdask: error: output out.zarr holds a different job (input, model or options differ); "
+                              "use --overwrite to replace it")
+    replaced = start(tmp_path, small_checkpoint, "out.zarr", "--blocks-per-stage", "2", "--overwrite")
+    assert replaced.wait(timeout=300) == 0
