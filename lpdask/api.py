@@ -7,13 +7,14 @@ import math
 import os
 import resource
 import shutil
+import tempfile
 import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import Callable, Iterator, Literal
+from typing import Any, Callable, Iterator, Literal
 
 import dask.array as da
 import numpy as np
@@ -26,8 +27,9 @@ from .channels import AlphaMode, ChannelMode, Pass, passes, photometric_of
 from .chunks import Box
 from .device import resolve_device, resolve_precision
 from .errors import LpdaskError, MetadataWarning
-from .export import TIFF_SUFFIXES, wants_ome
+from .export import TIFF_SUFFIXES, check_compression, wants_ome
 from .graph import Job, run_job, run_window
+from .io.locations import Location
 from .io.metadata import ImageMetadata
 from .io.omezarr import OmeZarrSink
 from .io.sources import Source, open_source
@@ -48,7 +50,7 @@ Mode = Literal["exact", "tile"]
 class Summary:
     """What a finished ``upscale`` did."""
 
-    output: Path
+    output: Location
     seconds: float
     input_megapixels: float
     output_shape: tuple[int, ...]
@@ -113,6 +115,7 @@ def upscale(
     workers: int = 0,
     scheduler: str | None = None,
     resources: dict[str, float] | None = None,
+    compression: str = "zlib",
     progress: bool = False,
     on_cluster: Callable[[str], None] | None = None,
 ) -> Summary:
@@ -125,7 +128,8 @@ def upscale(
     channel is upscaled; ``value_range`` maps a float image's (low, high) to [0, 1].
     ``precision`` fp16 / bf16 need CUDA. Chunks run on threads of this process, or on a local
     dask.distributed cluster of ``workers`` processes, or on the cluster at ``scheduler`` (tasks ask
-    for ``resources``, e.g. {"GPU": 1}); ``on_cluster`` gets its dashboard link.
+    for ``resources``, e.g. {"GPU": 1}); ``on_cluster`` gets its dashboard link. ``compression``
+    is the TIFF output's codec (zlib, zstd, lzw, jpeg for 8-bit, none).
 
     Intermediate activations go to ``workdir`` (default: beside ``dst``), in a folder removed once
     the result is complete. A job that dies leaves it and its partial output: the same call again
@@ -142,7 +146,7 @@ def upscale(
     value_range = check_value_range(value_range, source.dtype)
     photometric = photometric_of(source.channels, channels, source.photometric)
     runs = passes(source.channels, photometric, alpha)
-    output = check_output(Path(src), Path(dst), overwrite)
+    output = check_output(src, dst, overwrite)
     net = model if isinstance(model, Network) else load_model(model)
     torch_device = resolve_device(device)
     compute = resolve_precision(precision, torch_device)
@@ -150,14 +154,31 @@ def upscale(
     check_grid(plan.chunk, net)
     scale = net.scale
     meta = replace(source.meta, photometric=photometric).rescaled(scale)
-    as_tiff = output.suffix.lower() in TIFF_SUFFIXES
-    work = WorkFolder(Path(workdir or output.parent) / default_workdir(output).name)
+    as_tiff = output.name.lower().endswith(TIFF_SUFFIXES)
+    check_compression(compression, source.dtype)
+    work = WorkFolder(Location.of(workdir) / default_workdir(output).name if workdir else default_workdir(output))
     identity = digest({
         "input": _fingerprint(source), "model": _model_digest(net), "scale": scale, "mode": mode,
         "tile_pad": tile_pad if mode == "tile" else None, "chunk": plan.chunk, "blocks_per_stage": plan.blocks_per_stage,
         "channels": photometric, "alpha": alpha, "value_range": value_range, "precision": precision,
         "device": torch_device.type, "output": "tiff" if as_tiff else "zarr", "version": __version__})
     state = output_state(output, work, identity["digest"], overwrite)
+    runner = _scheduler(plan, torch_device, workers, scheduler, resources)  # before any output: it may fail
+    try:
+        return _run(state, output, work, identity, runner, source, plan, net, network_stages, runs, meta, as_tiff,
+                    value_range, torch_device, compute, src, start, progress, on_cluster, compression)
+    finally:
+        if isinstance(runner, Cluster):
+            runner.close()
+
+
+def _run(state: str, output: Location, work: WorkFolder, identity: dict[str, Any], runner: Threads | Cluster,
+         source: Source, plan: Plan, net: Network, network_stages: list[Stage], runs: list[Pass],
+         meta: ImageMetadata, as_tiff: bool, value_range: ValueRange | None, torch_device: torch.device,
+         compute: torch.dtype, src: str | os.PathLike[str], start: float, progress: bool,
+         on_cluster: Callable[[str], None] | None, compression: str) -> Summary:
+    """Run (or resume) the job on ``runner`` and finish its output."""
+    scale = net.scale
     shape = tuple(source.channels if a == "c" else source.height * scale if a == "y"
                   else source.width * scale if a == "x" else source.shape[source.axes.index(a)]
                   for a in source.output_axes)
@@ -166,17 +187,16 @@ def upscale(
                        _peak_rss(), 0, already_complete=True)
     _warn_dropped(meta, as_tiff)
     if state == "new":
-        _remove(output)
+        output.remove()
         work.clear()
     resumed = work.start(identity) and state == "resume"
     result = work.path / "result.zarr" if as_tiff else output
     if not resumed:
-        _remove(result)
+        result.remove()
         check_disk(work.path, output, _work_bytes(network_stages, source, net.input_factor, plan.chunk, as_tiff, shape),
                    math.prod(shape) * source.dtype.itemsize * 4 // 3)
     sink = OmeZarrSink(result, source.output_axes, shape, source.dtype, plan.chunk * scale,
-                       source.channels if photometric != "minisblack" else 1, identity["digest"], resume=resumed)
-    runner = _scheduler(plan, torch_device, workers, scheduler, resources)
+                       source.channels if meta.photometric != "minisblack" else 1, identity["digest"], resume=resumed)
     if isinstance(runner, Cluster) and on_cluster:
         on_cluster(runner.dashboard_link)
     torch_threads = max(1, (os.cpu_count() or 1) // runner.workers) if isinstance(runner, Threads) else 0
@@ -186,7 +206,7 @@ def upscale(
             for k, (plane, p) in enumerate((plane, p) for plane in source.planes() for p in runs)]
     chunks = len(jobs[0].grid(0))
     bars = Bars([job.stages for job in jobs], chunks, disable=not progress)
-    partial_tiff = output.with_name(output.name + ".partial")
+    partial_tiff = _partial_tiff(output, work.path)
     computed = 0
     try:
         with _threads(torch_threads or None):
@@ -194,27 +214,25 @@ def upscale(
                 bars.start(job.run, _label(job, len(jobs)))
                 computed += run_job(job, runner, bars)
             bars.close()
-            levels = sink.finish(meta, Path(src).name, scheduler="threads", num_workers=plan.workers("cpu"))
+            levels = sink.finish(meta, Location.of(src).name, scheduler="threads", num_workers=plan.workers("cpu"))
             if as_tiff:
                 from .io.tiff import write_tiff
 
                 group = zarr.open_group(str(result), mode="r")
                 write_tiff(partial_tiff, [group[str(k)] for k in range(levels)], meta,
-                           ome=wants_ome(output, source.ome, meta), software=SOFTWARE_PREFIX + identity["digest"])
-                os.replace(partial_tiff, output)
+                           ome=wants_ome(output, source.ome, meta), software=SOFTWARE_PREFIX + identity["digest"],
+                           compression=compression)
+                publish(partial_tiff, output)
     except LpdaskError:
         bars.close()  # a user mistake found while running (e.g. float values out of range): nothing to keep
-        _remove(partial_tiff)
-        _remove(output)
+        partial_tiff.unlink(missing_ok=True)
+        output.remove()
         work.clear()
         raise
     except BaseException:
         bars.close()
-        _remove(partial_tiff)
+        partial_tiff.unlink(missing_ok=True)
         raise  # the work folder and the unfinished output stay: the same command again resumes
-    finally:
-        if isinstance(runner, Cluster):
-            runner.close()
     work.clear()
     return Summary(output, time.perf_counter() - start, _megapixels(source), shape, chunks, len(network_stages), levels,
                    _peak_rss(), len(jobs), computed, resumed)
@@ -236,14 +254,14 @@ def _megapixels(source: Source) -> float:
 def _fingerprint(source: Source) -> dict[str, object]:
     """What identifies the input: where it is, which image, its shape, and when it last changed
     (file size and modification time; for Zarr, of the array's metadata document)."""
-    path = Path(source.path)
-    stamp = path
-    if path.is_dir():
-        folder = path / source.array_path
+    where = Location.of(source.path)
+    stamp = where
+    if source.kind == "zarr":
+        folder = where / source.array_path if source.array_path else where
         stamp = next((f for f in (folder / "zarr.json", folder / ".zarray") if f.exists()), folder)
-    stat = stamp.stat()
-    return {"path": str(path.resolve()), "array": source.array_path, "series": source.series, "level": source.level,
-            "shape": list(source.shape), "dtype": str(source.dtype), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    size, modified = stamp.size_and_mtime()
+    return {"path": source.path, "array": source.array_path, "series": source.series, "level": source.level,
+            "shape": list(source.shape), "dtype": str(source.dtype), "size": size, "modified": modified}
 
 
 def _model_digest(net: Network) -> str:
@@ -271,9 +289,13 @@ def _work_bytes(stages: list[Stage], source: Source, d: int, chunk: int, as_tiff
     return need
 
 
-def check_disk(work: Path, output: Path, work_bytes: int, output_bytes: int) -> None:
-    """Refuse up front a job whose work folder (or output) will not fit on its disk."""
-    for what, folder, need in (("work folder", work, work_bytes), ("output", output, output_bytes)):
+def check_disk(work: Location, output: Location, work_bytes: int, output_bytes: int) -> None:
+    """Refuse up front a job whose work folder (or output) will not fit on its disk (object
+    stores are not checked)."""
+    for what, where, need in (("work folder", work, work_bytes), ("output", output, output_bytes)):
+        if not where.is_local:
+            continue
+        folder = where.local_path
         existing = next(p for p in (folder, *folder.parents) if p.exists())
         free = shutil.disk_usage(existing).free
         if need > free:
@@ -414,11 +436,23 @@ def check_grid(chunk: int, net: Network) -> None:
                           f"x{net.scale} model (it pixel-unshuffles by {net.input_factor})")
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
+def _partial_tiff(output: Location, work: Location) -> Path:
+    """Where a TIFF is written before it gets its name: beside a local output, else in a local
+    work folder or the system's temporary folder (object stores cannot seek while writing)."""
+    if output.is_local:
+        return output.local_path.with_name(output.name + ".partial")
+    folder = work.local_path if work.is_local else Path(tempfile.gettempdir())
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / (output.name + ".partial")
+
+
+def publish(partial: Path, output: Location) -> None:
+    """Give a finished file its name: a rename on a local disk, one upload to an object store."""
+    if output.is_local:
+        os.replace(partial, output.local_path)
+    else:
+        output.fs.put_file(str(partial), output.path)
+        partial.unlink()
 
 
 @contextmanager

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import sys
 import warnings
-from pathlib import Path
 
 import click
 
 from . import __version__
 from .channels import ALPHA_MODES, CHANNEL_MODES, photometric_of
 from .errors import LpdaskError, MetadataWarning
+from .export import COMPRESSIONS, check_compression
 from .io.sources import open_source
 from .jobs import check_output
 from .pixels import check_value_range
@@ -70,17 +70,20 @@ def cli() -> None:
 @click.option("--alpha", type=click.Choice(ALPHA_MODES), default="network", show_default=True,
               help="How an alpha channel is upscaled: through the network as a grey image, or resized.")
 @click.option("--value-range", metavar="LOW,HIGH", callback=_value_range,
-              help="For float32 images not in [0, 1]: the values that mean black and white.")
+              help="The values the network sees as black and white: for float32 images not in [0, 1] "
+                   "(required), or a window of an integer image (values outside it are clipped).")
 @click.option("--workers", type=int, default=0, show_default=True,
               help="Start a local dask.distributed cluster of N worker processes (0: threads in this process).")
 @click.option("--scheduler", metavar="ADDRESS", help="Run on an existing Dask cluster, e.g. tcp://host:8786.")
 @click.option("--resources", metavar="NAME=N,...", help="Worker resources each chunk task needs, e.g. GPU=1.")
+@click.option("--compression", type=click.Choice(COMPRESSIONS), default="zlib", show_default=True,
+              help="Codec of a TIFF output (jpeg: 8-bit only).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def upscale_command(input: str, output: str, model: str | None, chunk: int, blocks_per_stage: int,
                     threads: int, device: str, precision: str, workdir: str | None, overwrite: bool, mode: str,
                     tile_pad: int, series: int, level: int, channels: str, alpha: str,
                     value_range: tuple[float, float] | None, workers: int, scheduler: str | None,
-                    resources: str | None, quiet: bool) -> None:
+                    resources: str | None, compression: str, quiet: bool) -> None:
     """Super-resolve INPUT (TIFF, OME-TIFF, GeoTIFF, Zarr, OME-Zarr) into OUTPUT: an OME-Zarr
     (.zarr) or a tiled pyramidal TIFF (.tif, .ome.tif).
 
@@ -90,17 +93,20 @@ def upscale_command(input: str, output: str, model: str | None, chunk: int, bloc
     source = open_source(input, series, level)
     check_value_range(value_range, source.dtype)
     photometric_of(source.channels, channels, source.photometric)  # type: ignore[arg-type]
-    check_output(Path(input), Path(output), overwrite)
+    check_output(input, output, overwrite)
+    check_compression(compression, source.dtype)
     needs = parse_resources(resources)
     if workers < 0:
         raise LpdaskError(f"--workers {workers} must be at least 1 (0: threads in this process)")
+    if workers and scheduler:
+        raise LpdaskError("--workers starts a local cluster and --scheduler joins one: give only one")
     from .api import upscale
 
     summary = upscale(input, output, model=model, chunk=chunk, blocks_per_stage=blocks_per_stage,
                       threads=threads, device=device, precision=precision, workdir=workdir, overwrite=overwrite,
                       mode=mode, tile_pad=tile_pad, series=series, level=level, channels=channels,  # type: ignore[arg-type]
                       alpha=alpha, value_range=value_range, workers=workers, scheduler=scheduler,  # type: ignore[arg-type]
-                      resources=needs, progress=not quiet,
+                      resources=needs, compression=compression, progress=not quiet,
                       on_cluster=lambda link: click.echo(f"Dask dashboard: {link}", err=True))
     click.echo(str(summary), err=True)
 
@@ -109,12 +115,14 @@ def upscale_command(input: str, output: str, model: str | None, chunk: int, bloc
 @click.argument("input", type=click.Path(dir_okay=True, path_type=str))
 @click.argument("output", type=click.Path(path_type=str))
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
-def export_command(input: str, output: str, overwrite: bool) -> None:
+@click.option("--compression", type=click.Choice(COMPRESSIONS), default="zlib", show_default=True,
+              help="TIFF codec (jpeg: 8-bit only).")
+def export_command(input: str, output: str, overwrite: bool, compression: str) -> None:
     """Convert an OME-Zarr result (INPUT.zarr) into a tiled pyramidal TIFF (.tif or .ome.tif),
     carrying its metadata (physical sizes, channels, GeoTIFF tags)."""
     from .export import export
 
-    click.echo(f"wrote {export(input, output, overwrite=overwrite)}", err=True)
+    click.echo(f"wrote {export(input, output, overwrite=overwrite, compression=compression)}", err=True)
 
 
 @cli.command(name="models")

@@ -3,33 +3,46 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
+import numpy as np
 import zarr
 
 from .errors import LpdaskError
+from .io.locations import Location
 from .io.metadata import ImageMetadata
 
 TIFF_SUFFIXES = (".tif", ".tiff")
+COMPRESSIONS = ("zlib", "zstd", "lzw", "jpeg", "none")
 
 
-def wants_ome(output: Path, input_ome: bool, meta: ImageMetadata) -> bool:
+def check_compression(compression: str, dtype: np.dtype) -> None:
+    """TIFF codecs lpdask writes; JPEG only for 8-bit pixels."""
+    if compression not in COMPRESSIONS:
+        raise LpdaskError(f"unknown --compression {compression!r} (use {', '.join(COMPRESSIONS)})")
+    if compression == "jpeg" and np.dtype(dtype) != np.uint8:
+        raise LpdaskError(f"--compression jpeg needs 8-bit pixels; this image is {np.dtype(dtype)}")
+
+
+def wants_ome(output: Location, input_ome: bool, meta: ImageMetadata) -> bool:
     """OME-XML for ``.ome.tif`` outputs, and for ``.tif`` ones when the input was OME and not GeoTIFF."""
     return output.name.lower().endswith((".ome.tif", ".ome.tiff")) or (input_ome and meta.geotiff is None)
 
 
-def export(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
-    """Write the OME-Zarr image at ``src`` (all its pyramid levels) as a TIFF at ``dst``."""
+def export(src: str | os.PathLike[str] | Location, dst: str | os.PathLike[str] | Location, *,
+           overwrite: bool = False, compression: str = "zlib") -> Location:
+    """Write the OME-Zarr image at ``src`` (all its pyramid levels) as a TIFF at ``dst`` (local
+    paths or fsspec URLs)."""
+    from .api import _partial_tiff, publish
     from .io.ngff import read_ngff_metadata
     from .io.omezarr import STATUS_KEY
     from .io.tiff import write_tiff
 
-    source, output = Path(src), Path(dst)
+    source, output = Location.of(src), Location.of(dst)
     if not source.is_dir():
         raise LpdaskError(f"input {source} is not an OME-Zarr folder")
-    if output.suffix.lower() not in TIFF_SUFFIXES:
+    if not output.name.lower().endswith(TIFF_SUFFIXES):
         raise LpdaskError(f"output {output} must be a .tif, .tiff or .ome.tif file")
-    if (output.exists() or output.is_symlink()) and not overwrite:
+    if output.exists() and not overwrite:
         raise LpdaskError(f"output {output} already exists; use --overwrite to replace it")
     try:
         group = zarr.open_group(str(source), mode="r")
@@ -42,10 +55,12 @@ def export(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, overwrit
         meta, paths = read_ngff_metadata(source)
     except (KeyError, IndexError, TypeError, ValueError) as exc:
         raise LpdaskError(f"{source} is not an OME-Zarr image ({exc})") from None
-    partial = output.with_name(output.name + ".partial")
+    partial = _partial_tiff(output, output.parent)
     try:
-        write_tiff(partial, [group[p] for p in paths], meta, ome=wants_ome(output, True, meta))
-        os.replace(partial, output)
+        levels = [group[p] for p in paths]
+        check_compression(compression, levels[0].dtype)
+        write_tiff(partial, levels, meta, ome=wants_ome(output, True, meta), compression=compression)
+        publish(partial, output)
     except BaseException:
         partial.unlink(missing_ok=True)
         raise

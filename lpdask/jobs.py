@@ -10,22 +10,21 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-from pathlib import Path
 from typing import Any, Literal
 
 import zarr
 
 from .errors import LpdaskError
+from .io.locations import Location
 
 IDENTITY_FILE = "job.json"
 State = Literal["new", "resume", "complete"]
 
 
-def default_workdir(output: str | os.PathLike[str]) -> Path:
+def default_workdir(output: str | os.PathLike[str] | Location) -> Location:
     """``OUTPUT.work`` beside the output: activations are large (256 bytes per input pixel each for
     Real-ESRGAN), so they go on the output's disk rather than a small system temp folder."""
-    out = Path(output)
+    out = Location.of(output)
     return out.with_name(out.name + ".work")
 
 
@@ -33,8 +32,8 @@ class WorkFolder:
     """Intermediate stage outputs as float32 (c, y, x) Zarr v3 arrays, chunked like the stage grid,
     and the markers of finished chunks and stages (under ``markers/r<run>/``)."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
+    def __init__(self, path: str | os.PathLike[str] | Location) -> None:
+        self.path = Location.of(path)
         self._arrays: dict[str, zarr.Array] = {}
 
     def __getstate__(self) -> dict[str, Any]:
@@ -42,7 +41,6 @@ class WorkFolder:
 
     def create(self, name: str, channels: int, height: int, width: int, chunk: int) -> zarr.Array:
         """The array for stage ``name``: kept if it exists with this shape (a resumed stage)."""
-        self.path.mkdir(parents=True, exist_ok=True)
         location = str(self.path / f"{name}.zarr")
         shape, chunks = (channels, height, width), (channels, chunk, chunk)
         try:
@@ -63,36 +61,36 @@ class WorkFolder:
 
     def remove(self, name: str) -> None:
         self._arrays.pop(name, None)
-        shutil.rmtree(self.path / f"{name}.zarr", ignore_errors=True)
+        (self.path / f"{name}.zarr").remove()
 
     def clear(self) -> None:
         self._arrays.clear()
-        shutil.rmtree(self.path, ignore_errors=True)
+        self.path.remove()
 
-    def _markers(self, run: int, stage: str) -> Path:
-        return self.path / "markers" / f"r{run}" / stage
+    def _markers(self, run: int) -> Location:
+        return self.path / "markers" / f"r{run}"
 
     def mark_chunk(self, run: int, stage: str, i: int, j: int) -> None:
         """Record chunk (i, j) of ``stage`` as fully written."""
-        folder = self._markers(run, stage)
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = self._markers(run) / stage
+        if folder.is_local:
+            folder.mkdir()
         (folder / f"{i}.{j}").touch()
 
     def chunks_done(self, run: int, stage: str) -> set[tuple[int, int]]:
-        folder = self._markers(run, stage)
-        if not folder.is_dir():
-            return set()
-        return {(int(i), int(j)) for i, j in (p.name.split(".") for p in folder.iterdir())}
+        names = (self._markers(run) / stage).names()
+        return {(int(i), int(j)) for i, j in (name.split(".") for name in names)}
 
     def mark_stage(self, run: int, stage: str) -> None:
         """Record ``stage`` as finished and drop its chunk markers."""
-        folder = self._markers(run, stage)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        folder.with_name(stage + ".done").touch()
-        shutil.rmtree(folder, ignore_errors=True)
+        folder = self._markers(run)
+        if folder.is_local:
+            folder.mkdir()
+        (folder / f"{stage}.done").touch()
+        (folder / stage).remove()
 
     def stage_done(self, run: int, stage: str) -> bool:
-        return self._markers(run, stage).with_name(stage + ".done").exists()
+        return (self._markers(run) / f"{stage}.done").exists()
 
     def identity(self) -> str | None:
         try:
@@ -105,7 +103,7 @@ class WorkFolder:
         if self.identity() == identity["digest"]:
             return True
         self.clear()
-        self.path.mkdir(parents=True)
+        self.path.mkdir()
         (self.path / IDENTITY_FILE).write_text(json.dumps(identity, indent=1))
         return False
 
@@ -116,28 +114,33 @@ def digest(identity: dict[str, Any]) -> dict[str, Any]:
     return {**identity, "digest": hashlib.sha256(text.encode()).hexdigest()[:32]}
 
 
-def check_output(src: Path, dst: Path, overwrite: bool) -> Path:
+def check_output(src: str | os.PathLike[str] | Location, dst: str | os.PathLike[str] | Location,
+                 overwrite: bool) -> Location:
     """Refuse an output that is not .zarr / .tif / .tiff, would hold the input, or exists without
     ``overwrite`` and is not an lpdask result (whose job identity is checked once it is known)."""
-    if not dst.name.lower().endswith((".zarr", ".tif", ".tiff")):
-        raise LpdaskError(f"output {dst} must be a .zarr folder (OME-Zarr) or a .tif / .ome.tif file")
-    if dst.exists() or dst.is_symlink():
-        resolved, source = dst.resolve(), src.resolve()
-        if resolved == source or resolved in source.parents:
-            raise LpdaskError(f"output {dst} is or holds the input; refusing to write there")
-        if not overwrite and stored_identity(dst) is None:
-            raise LpdaskError(f"output {dst} already exists; use --overwrite to replace it")
-    return dst
+    output, source = Location.of(dst), Location.of(src)
+    if not output.name.lower().endswith((".zarr", ".tif", ".tiff")):
+        raise LpdaskError(f"output {output} must be a .zarr folder (OME-Zarr) or a .tif / .ome.tif file")
+    if output.exists():
+        if output.is_local and source.is_local:
+            resolved, inside = output.local_path.resolve(), source.local_path.resolve()
+            if resolved == inside or resolved in inside.parents:
+                raise LpdaskError(f"output {output} is or holds the input; refusing to write there")
+        elif output.url.rstrip("/") == source.url.rstrip("/") or source.url.startswith(output.url.rstrip("/") + "/"):
+            raise LpdaskError(f"output {output} is or holds the input; refusing to write there")
+        if not overwrite and stored_identity(output) is None:
+            raise LpdaskError(f"output {output} already exists; use --overwrite to replace it")
+    return output
 
 
 SOFTWARE_PREFIX = "lpdask job "
 
 
-def stored_identity(output: Path) -> tuple[str, bool] | None:
+def stored_identity(output: Location) -> tuple[str, bool] | None:
     """(job digest, complete) of an lpdask result at ``output``, or None for anything else."""
-    if output.is_dir():
+    if output.name.lower().endswith(".zarr"):
         try:
-            own = zarr.open_group(str(output), mode="r").attrs.get("lpdask")
+            own = zarr.open_group(output.url, mode="r").attrs.get("lpdask")
         except Exception:  # zarr raises several types for a folder that is not a store
             return None
         if isinstance(own, dict) and isinstance(own.get("job"), str):
@@ -147,7 +150,7 @@ def stored_identity(output: Path) -> tuple[str, bool] | None:
         import tifffile
 
         try:
-            with tifffile.TiffFile(output) as tif:
+            with output.open() as f, tifffile.TiffFile(f) as tif:
                 software = tif.pages[0].software or ""
         except (OSError, tifffile.TiffFileError, IndexError):
             return None
@@ -156,7 +159,7 @@ def stored_identity(output: Path) -> tuple[str, bool] | None:
     return None
 
 
-def output_state(output: Path, work: WorkFolder, job: str, overwrite: bool) -> State:
+def output_state(output: Location, work: WorkFolder, job: str, overwrite: bool) -> State:
     """What to do with ``output`` for job digest ``job``: start anew, resume, or nothing (complete).
 
     A different job's result is refused unless ``overwrite``.
@@ -165,7 +168,7 @@ def output_state(output: Path, work: WorkFolder, job: str, overwrite: bool) -> S
         return "new"
     stored = stored_identity(output)
     if stored is None:
-        if output.exists() or output.is_symlink():
+        if output.exists():
             raise LpdaskError(f"output {output} already exists; use --overwrite to replace it")
         return "resume" if work.identity() == job else "new"
     digest_on_disk, complete = stored

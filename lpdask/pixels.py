@@ -11,7 +11,9 @@ from .errors import LpdaskError
 SUPPORTED_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32))
 
 ValueRange = tuple[float, float]
-"""(low, high): what 0 and 1 mean for a float32 image; None means the values are already in [0, 1]."""
+"""(low, high): the values the network sees as 0 and 1. None: [0, 1] for floats, [0, max] for integers.
+Integer values outside it are clipped (a display window, e.g. 16-bit reflectances in 0..10000);
+float values outside it are refused."""
 
 
 def check_dtype(dtype: np.dtype) -> np.dtype:
@@ -24,15 +26,12 @@ def check_dtype(dtype: np.dtype) -> np.dtype:
 
 
 def check_value_range(value_range: ValueRange | None, dtype: np.dtype) -> ValueRange | None:
-    """``--value-range`` is for float32 images only, and needs low < high."""
+    """``--value-range LOW,HIGH`` needs finite LOW < HIGH."""
     if value_range is None:
         return None
-    if np.dtype(dtype).kind != "f":
-        raise LpdaskError(f"--value-range is for float32 images; this one is {np.dtype(dtype)} "
-                          "(normalised by its maximum)")
     low, high = (float(v) for v in value_range)
     if not (math.isfinite(low) and math.isfinite(high) and low < high):
-        raise LpdaskError(f"--value-range {low},{high} needs finite LOW < HIGH")
+        raise LpdaskError(f"--value-range {low:g},{high:g} needs finite LOW < HIGH")
     return low, high
 
 
@@ -42,32 +41,43 @@ def max_value(dtype: np.dtype) -> float:
 
 
 def to_unit(pixels: np.ndarray, value_range: ValueRange | None = None, where: str = "") -> np.ndarray:
-    """(h, w, c) pixels to (c, h, w) float32 in [0, 1]: divide by the dtype's maximum, or map a
-    float image's ``value_range`` to [0, 1]. Float values outside it are refused (``where`` names
-    the place in the message)."""
+    """(h, w, c) pixels to (c, h, w) float32 in [0, 1]: divide by the dtype's maximum, or map
+    ``value_range`` to [0, 1]. Float values outside the range are refused (``where`` names the place
+    in the message); integer ones are clipped."""
     values = pixels.astype(np.float32)
     if pixels.dtype.kind == "f":
         low, high = value_range or (0.0, 1.0)
         if values.size and not (values.min() >= low and values.max() <= high):  # NaN fails too
-            low_found, high_found = (np.nanmin(values), np.nanmax(values)) if not np.isnan(values).all() else (0, 0)
-            found = (f"{low_found:g}" if low_found == high_found else f"{low_found:g} to {high_found:g}"
-                     ) if not np.isnan(values).all() else "NaN"
-            nan = " and NaN" if np.isnan(values).any() and found != "NaN" else ""
+            nan = np.isnan(values)
+            if nan.all():
+                found = "NaN"
+            else:
+                low_found, high_found = np.nanmin(values), np.nanmax(values)
+                found = f"{low_found:g}" if low_found == high_found else f"{low_found:g} to {high_found:g}"
+                found += " and NaN" if nan.any() else ""
             hint = "" if value_range else "; pass --value-range LOW,HIGH to map another range to [0, 1]"
-            raise LpdaskError(f"float32 values {found}{nan} {where}outside [{low:g}, {high:g}]{hint}")
-        if value_range:
-            values = (values - np.float32(low)) / np.float32(high - low)
-    else:
+            raise LpdaskError(f"float32 values {found} {where}outside [{low:g}, {high:g}]{hint}")
+    if value_range:
+        low, high = value_range
+        values = (values - np.float32(low)) / np.float32(high - low)
+        if pixels.dtype.kind != "f":
+            np.clip(values, 0, 1, out=values)
+    elif pixels.dtype.kind != "f":
         values /= np.float32(max_value(pixels.dtype))
     return np.ascontiguousarray(values.transpose(2, 0, 1))
 
 
 def from_unit(values: np.ndarray, dtype: np.dtype, value_range: ValueRange | None = None) -> np.ndarray:
-    """(c, h, w) network output to pixels: clamp to [0, 1], scale, round half to even, cast."""
+    """(c, h, w) network output to pixels: clamp to [0, 1], scale (to ``value_range`` if given), round
+    half to even (integers), cast."""
     values = np.clip(values, 0, 1)
-    if np.dtype(dtype).kind == "f":
-        if value_range:
-            low, high = value_range
-            values = values * np.float32(high - low) + np.float32(low)
+    dtype = np.dtype(dtype)
+    if value_range:
+        low, high = value_range
+        values = values * np.float32(high - low) + np.float32(low)
+    elif dtype.kind != "f":
+        values = values * np.float32(max_value(dtype))
+    if dtype.kind == "f":
         return values.astype(dtype, copy=False)
-    return (values * np.float32(max_value(dtype))).round().astype(dtype)
+    info = np.iinfo(dtype)
+    return np.clip(values.round(), info.min, info.max).astype(dtype)

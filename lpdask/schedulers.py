@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import LpdaskError
@@ -52,8 +53,12 @@ class Threads:
 
         name = job.stages[index].name
         graph = {(name, i, j): (run_chunk, job, index, i, j) for i, j in chunks}
-        with Ticks():
-            dask.threaded.get(graph, list(graph), num_workers=self.workers)
+        pool = ThreadPoolExecutor(self.workers)
+        try:
+            with Ticks():
+                dask.threaded.get(graph, list(graph), pool=pool)
+        finally:  # on a failure, let the chunks already running finish before anyone cleans up
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 class Cluster:
@@ -84,7 +89,7 @@ class Cluster:
         from distributed import Client
 
         try:
-            client = Client(address, timeout="10s")
+            client = Client(address, timeout="5s")
         except (OSError, TimeoutError, ValueError) as exc:
             raise LpdaskError(f"cannot reach the Dask scheduler at {address} ({exc})") from None
         return cls(client, resources)

@@ -85,12 +85,18 @@ def report(title: str, rows: list[tuple[str, Any, Any]]) -> None:
 
 
 def run(main: Callable[[], int]) -> None:
-    """Run a pipeline's ``main``: a failed check is one line on stderr and exit code 1."""
+    """Run a pipeline's ``main``: a failed check is one line on stderr and exit code 1, a problem with
+    the input or options (lpdask's own errors) one line and exit code 2."""
+    from lpdask.errors import LpdaskError
+
     start = time.perf_counter()
     try:
         code = main()
     except CheckFailed as exc:
         print(f"CHECK FAILED: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
+    except LpdaskError as exc:
+        print(f"lpdask: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     print(f"\ndone in {time.perf_counter() - start:.1f} s")
     raise SystemExit(code)

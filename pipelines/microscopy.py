@@ -34,8 +34,9 @@ def describe_tiff(path: Path) -> dict[str, Any]:
     channels = pixels.get("Channel", [])
     channels = channels if isinstance(channels, list) else [channels]
     colors = [_hex((int(c["Color"]) & 0xFFFFFFFF) >> 8) if "Color" in c else None for c in channels]
-    return {"sizes": sizes, "physical": physical, "channels": [c.get("Name") for c in channels],
-            "colors": colors, "levels": [_yx(series.axes.lower(), level.shape) for level in series.levels]}
+    return {"sizes": sizes, "physical": physical, "origin": {a: 0.0 for a in physical},
+            "channels": [c.get("Name") for c in channels], "colors": colors,
+            "levels": [_yx(series.axes.lower(), level.shape) for level in series.levels]}
 
 
 def describe_zarr(path: Path) -> dict[str, Any]:
@@ -48,9 +49,11 @@ def describe_zarr(path: Path) -> dict[str, Any]:
     node = next(iter(Reader(location)()))
     meta = node.metadata
     names = [a["name"] for a in meta["axes"]]
-    scale = next(t["scale"] for t in meta["coordinateTransformations"][0] if t["type"] == "scale")
-    physical = {a["name"]: (s, a.get("unit")) for a, s in zip(meta["axes"], scale) if a.get("type") == "space"}
-    return {"sizes": dict(zip(names, node.data[0].shape)), "physical": physical,
+    transforms = {t["type"]: t[t["type"]] for t in meta["coordinateTransformations"][0]}
+    space = [k for k, a in enumerate(meta["axes"]) if a.get("type") == "space"]
+    physical = {names[k]: (transforms["scale"][k], meta["axes"][k].get("unit")) for k in space}
+    origin = {names[k]: transforms.get("translation", [0.0] * len(names))[k] for k in space}
+    return {"sizes": dict(zip(names, node.data[0].shape)), "physical": physical, "origin": origin,
             "channels": list(meta.get("channel_names", [])), "levels": [_yx(names, d.shape) for d in node.data],
             "colors": [_hex(int(round(r * 255)) << 16 | int(round(g * 255)) << 8 | int(round(b * 255)))
                        for _, (r, g, b) in meta.get("colormap", [])],
@@ -65,7 +68,8 @@ def check(src: Path, dst: Path) -> dict[str, Any]:
     expect(scale == int(scale) and scale >= 1, f"output width {after['sizes']['x']} is not a multiple of the input's")
     for axis, size in before["sizes"].items():
         wanted = size * scale if axis in "yx" else size
-        expect(after["sizes"].get(axis) == wanted, f"axis {axis}: output has {after['sizes'].get(axis)}, expected {wanted}")
+        expect(after["sizes"].get(axis) == wanted,
+               f"axis {axis}: output has {after['sizes'].get(axis)}, expected {wanted}")
     if any(before["channels"]):
         expect(after["channels"] == before["channels"], f"channel names {after['channels']} != {before['channels']}")
     if any(before["colors"]):
@@ -75,6 +79,12 @@ def check(src: Path, dst: Path) -> dict[str, Any]:
         expect(axis in after["physical"] and close(after["physical"][axis][0], wanted),
                f"physical size {axis}: output {after['physical'].get(axis)}, expected {wanted}")
         expect(bool(after["physical"][axis][1]), f"physical size {axis} lost its unit")
+        # NGFF positions are pixel centres: the first output pixel's centre lies (s - 1) / 2s input
+        # pixels before the first input pixel's, so the two images overlay exactly in napari.
+        shift = size * (scale - 1) / (2 * scale) if axis in "yx" else 0.0
+        wanted = before["origin"][axis] - shift
+        expect(abs(after["origin"].get(axis, 0.0) - wanted) <= 1e-9 * max(1.0, abs(wanted)),
+               f"first pixel centre {axis}: output {after['origin'].get(axis)}, expected {wanted}")
     shapes = after["levels"]
     for upper, lower in zip(shapes, shapes[1:]):
         expect(lower == (-(-upper[0] // 2), -(-upper[1] // 2)), f"pyramid levels {shapes} do not halve")
@@ -82,6 +92,7 @@ def check(src: Path, dst: Path) -> dict[str, Any]:
     report(f"{src} -> {dst} (x{scale:g})", [
         ("axes and sizes", _sizes(before["sizes"]), _sizes(after["sizes"])),
         ("physical size", _physical(before["physical"]), _physical(after["physical"])),
+        ("first pixel centre", _origin(before["origin"]), _origin(after["origin"])),
         ("channels", before["channels"], after["channels"]),
         ("colours", before["colors"], after["colors"]),
         ("levels (y, x)", before["levels"], shapes),
@@ -105,6 +116,10 @@ def _physical(physical: dict[str, tuple[float, str | None]]) -> str:
     units = {"micrometer": "µm", "nanometer": "nm", "millimeter": "mm"}
     return ", ".join(f"{a} {physical[a][0]:.6g} {units.get(physical[a][1] or '', physical[a][1] or '')}".strip()
                      for a in "xyz" if a in physical)
+
+
+def _origin(origin: dict[str, float]) -> str:
+    return ", ".join(f"{a} {origin[a]:.6g}" for a in "xyz" if a in origin)
 
 
 def main(argv: list[str] | None = None) -> int:

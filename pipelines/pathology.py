@@ -68,7 +68,8 @@ def check(src: Path, dst: Path, level: int = 0) -> dict[str, Any]:
     height, width = before["levels"][level]
     out_h, out_w = after["levels"][0]
     scale = out_w / width
-    expect(scale == int(scale) and out_h == height * scale, f"output {out_h}x{out_w} is not a multiple of {height}x{width}")
+    expect(scale == int(scale) and out_h == height * scale,
+           f"output {out_h}x{out_w} is not a multiple of {height}x{width}")
     scale = int(scale)
     expect(after["format"] == "OME-TIFF", "output is not an OME-TIFF")
     expect(after["samples"] == before["samples"] and after["dtype"] == before["dtype"],

@@ -4,7 +4,7 @@ fields and roads, stained tissue) in the formats of each field, so everything ru
 - :func:`write_microscopy`: a 16-bit OME-TIFF, axes ZCYX (2 z-planes, 3 channels DAPI / GFP /
   mCherry with colours), physical sizes in µm; :func:`write_microscopy_zarr` the same as OME-Zarr.
 - :func:`write_satellite`: a 4-band (B, G, R, NIR) uint16 GeoTIFF in UTM zone 33N (EPSG:32633),
-  10 m pixels, nodata 0, bands stored planar so GDAL sees 4 bands.
+  10 m pixels, nodata 0, band names in GDAL_METADATA, bands stored planar so GDAL sees 4 bands.
 - :func:`write_pathology`: an Aperio SVS-like slide: RGB JPEG tiles, a 3-level pyramid, thumbnail,
   label and macro images, ``MPP = 0.499``.
 
@@ -184,11 +184,20 @@ def geo_tags(size_m: float = PIXEL_M, origin: tuple[float, float] = ORIGIN, epsg
     ]
 
 
+def gdal_band_names(names: tuple[str, ...] = BANDS) -> tuple[int, str, int, str, bool]:
+    """A GDAL_METADATA tag naming the bands (what QGIS and ``rasterio``'s ``descriptions`` show)."""
+    items = "".join(f'<Item name="DESCRIPTION" sample="{k}" role="description">{name}</Item>'
+                    for k, name in enumerate(names))
+    return (42112, "s", 0, f"<GDALMetadata>{items}</GDALMetadata>", True)
+
+
 def write_satellite(path: str | Path, size: int = 96, seed: int = 0) -> Path:
-    """A tiled, planar 4-band uint16 GeoTIFF: EPSG:32633, 10 m pixels, origin (500000, 4600000), nodata 0."""
+    """A tiled, planar 4-band uint16 GeoTIFF: EPSG:32633, 10 m pixels, origin (500000, 4600000), nodata 0,
+    bands named blue, green, red, nir."""
     path = Path(path)
     tifffile.imwrite(path, satellite_image(size, seed), photometric="minisblack", planarconfig="separate",
-                     tile=(32, 32), compression="zlib", predictor=True, extratags=geo_tags(), metadata=None)
+                     tile=(32, 32), compression="zlib", predictor=True, extratags=[*geo_tags(), gdal_band_names()],
+                     metadata=None)
     return path
 
 
@@ -226,7 +235,8 @@ def write_pathology(path: str | Path, height: int = 96, width: int = 128, seed: 
     properties = f"AppMag = 20|MPP = {MPP}|ScanScope ID = SYNTHETIC|Filename = sample"
     levels = [image, _halve(image), _halve(_halve(image))]
     with tifffile.TiffWriter(path, bigtiff=True) as tif:
-        tiled = {"photometric": "rgb", "compression": "jpeg", "compressionargs": {"level": 90}, "tile": (32, 32), "metadata": None}
+        tiled = {"photometric": "rgb", "compression": "jpeg", "compressionargs": {"level": 90}, "tile": (32, 32),
+                 "metadata": None}
         tif.write(levels[0], description=f"{header} JPEG/RGB Q=90|{properties}", **tiled)
         thumbnail = levels[2]
         tif.write(thumbnail, description=f"{header} -> {thumbnail.shape[1]}x{thumbnail.shape[0]} JPEG/RGB Q=90",

@@ -128,6 +128,19 @@ def test_rgb_tiff_output_and_nothing_dropped_silently(small_net, tmp_path):
     assert_exact(np.moveaxis(result, -1, 0), whole_image_any(small_net, image))
 
 
+def test_jpeg_tiff_output(small_net, tmp_path):
+    """--compression jpeg for 8-bit slides: much smaller, pixels close (JPEG is lossy)."""
+    image = smooth_image(40, 72, seed=13)
+    tifffile.imwrite(tmp_path / "in.tif", image, photometric="rgb")
+    upscale(tmp_path / "in.tif", tmp_path / "zlib.tif", model=small_net, chunk=16)
+    upscale(tmp_path / "in.tif", tmp_path / "jpeg.tif", model=small_net, chunk=16, compression="jpeg")
+    with tifffile.TiffFile(tmp_path / "jpeg.tif") as tif:
+        assert tif.pages[0].compression == tifffile.COMPRESSION.JPEG
+        jpeg = tif.pages[0].asarray().astype(int)
+    assert (tmp_path / "jpeg.tif").stat().st_size < (tmp_path / "zlib.tif").stat().st_size / 2
+    assert np.abs(jpeg - tifffile.imread(tmp_path / "zlib.tif").astype(int)).mean() < 4
+
+
 def test_failed_tiff_output_leaves_no_tiff_and_resumes(small_net, tmp_path, monkeypatch):
     """A TIFF gets its name only once complete; after a failure in the TIFF writer, the same call
     again resumes from the stored result without recomputing a chunk."""

@@ -108,6 +108,21 @@ def test_float_value_range(small_net, tmp_path):
     assert np.abs(result - expected).max() <= 400 * 1e-4
 
 
+def test_integer_value_range(small_net, tmp_path):
+    """A 16-bit image using only 0..6000 (reflectances): --value-range 0,6000 lets the network see
+    the full range and maps the output back into it; values above are clipped."""
+    unit = image_with(3, 28, 30, seed=8, dtype=np.float32)
+    image = np.round(unit * 6000).astype(np.uint16)
+    image[0, 0] = 9000  # outside the window: clipped to 6000 on the way in
+    tifffile.imwrite(tmp_path / "in.tif", image, photometric="rgb")
+    upscale(tmp_path / "in.tif", tmp_path / "out.zarr", model=small_net, chunk=16, value_range=(0, 6000))
+    result = level0(tmp_path / "out.zarr")
+    seen = np.minimum(image, 6000).astype(np.float32) / 6000
+    expected = np.round(whole_image_any(small_net, seen) * np.float32(6000)).astype(np.uint16)
+    assert result.max() <= 6000 and result.max() > 3000
+    assert_exact(result, expected)
+
+
 @pytest.mark.parametrize("channels", [1, 4, 5])
 def test_lazy_api_channels(small_net, channels):
     image = image_with(channels, 40, 36, seed=7)

@@ -47,11 +47,16 @@ def make_cases(tmp: Path) -> dict[str, tuple[list[str | Path], str]]:
     (tmp / "empty_dir").mkdir()
     tifffile.imwrite(tmp / "grey.tif", np.zeros((20, 20), np.uint8))
     tifffile.imwrite(tmp / "rgba.tif", np.zeros((20, 20, 4), np.uint8))
+    tifffile.imwrite(tmp / "u16.tif", np.zeros((20, 20), np.uint16))
     write_zarr(tmp / "int32.zarr", np.zeros((20, 20, 3), np.int32))
     write_zarr(tmp / "float64.zarr", np.zeros((20, 20, 3), np.float64))
     write_zarr(tmp / "five_d.zarr", np.zeros((2, 2, 20, 20, 3), np.uint8))
     write_zarr(tmp / "complex.zarr", np.zeros((20, 20, 3), np.complex64))
     write_zarr(tmp / "float.zarr", np.full((20, 20, 3), 2.5, np.float32))
+    tifffile.imwrite(tmp / "whole.tif", smooth_image(64, 64), tile=(16, 16), compression="zlib")
+    whole = (tmp / "whole.tif").read_bytes()
+    (tmp / "truncated.tif").write_bytes(whole[: len(whole) * 6 // 10])
+    (tmp / "whole.tif").unlink()
     zarr.create_array(tmp / "lambda.zarr", data=np.zeros((2, 20, 20), np.uint8), dimension_names=["lambda", "y", "x"])
     (tmp / "taken.zarr").mkdir()
     (tmp / "taken.zarr" / "keep.txt").write_text("someone else's\n")
@@ -72,7 +77,7 @@ def make_cases(tmp: Path) -> dict[str, tuple[list[str | Path], str]]:
         "rgb of four channels": (["rgba.tif", "out.zarr", "--channels", "rgb"], "--channels rgb needs 3 channels"),
         "rgba of one channel": (["grey.tif", "out.zarr", "--channels", "rgba"], "--channels rgba needs 4 channels"),
         "bad alpha": (["rgba.tif", "out.zarr", "--alpha", "cubic"], "'cubic' is not one of"),
-        "value range of integers": (["in.tif", "out.zarr", "--value-range", "0,10"], "--value-range is for float32 images"),
+        "value range not finite": (["in.tif", "out.zarr", "--value-range", "0,inf"], "--value-range 0,inf needs finite LOW < HIGH"),
         "value range reversed": (["float.zarr", "out.zarr", "--value-range", "5,1"], "needs finite LOW < HIGH"),
         "value range not numbers": (["float.zarr", "out.zarr", "--value-range", "a,b"], "'a,b' is not LOW,HIGH"),
         "chunk zero": (["in.tif", "out.zarr", "--chunk", "0"], "--chunk 0 is out of range"),
@@ -80,6 +85,12 @@ def make_cases(tmp: Path) -> dict[str, tuple[list[str | Path], str]]:
         "chunk too big": (["in.tif", "out.zarr", "--chunk", "100000"], "--chunk 100000 is out of range"),
         "chunk not a number": (["in.tif", "out.zarr", "--chunk", "big"], "'big' is not a valid integer"),
         "output exists": (["in.tif", "taken.zarr"], "taken.zarr already exists; use --overwrite"),
+        "truncated tiff": (["truncated.tif", "out.zarr", "-q"], "truncated.tif: cannot read rows 0:64 columns 0:64 (DeflateError"),
+        "workers negative": (["in.tif", "out.zarr", "--workers", "-1"], "--workers -1 must be at least 1"),
+        "workers and scheduler": (["in.tif", "out.zarr", "--workers", "2", "--scheduler", "tcp://127.0.0.1:9"], "give only one"),
+        "bad resources": (["in.tif", "out.zarr", "--resources", "GPU"], "'GPU' is not NAME=AMOUNT"),
+        "unreachable scheduler": (["in.tif", "out.zarr", "--scheduler", "tcp://127.0.0.1:9", "-q"], "cannot reach the Dask scheduler at tcp://127.0.0.1:9"),
+        "jpeg of 16-bit": (["u16.tif", "out.tif", "--compression", "jpeg"], "--compression jpeg needs 8-bit pixels"),
         "output not zarr": (["in.tif", "out.png"], "must be a .zarr folder (OME-Zarr) or a .tif"),
         "overwrite the input": (["int32.zarr", "int32.zarr", "--overwrite"], "pixel type int32"),
         "missing model": (["in.tif", "out.zarr", "--model", "nope.pth"], "model file not found: nope.pth"),

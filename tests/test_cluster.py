@@ -23,7 +23,6 @@ from .reference import smooth_image
 from .test_resume import chunks_done
 
 
-
 @pytest.fixture
 def cluster(tmp_path):
     """`dask scheduler` and two `dask worker` processes (no nanny, one thread each) on loopback."""

@@ -40,3 +40,15 @@ def test_half_precision_error_is_bounded(default_net, tmp_path, precision):
     default_net.cpu().float()
     diff = np.abs(zarr.open_array(str(tmp_path / "out.zarr" / "0"))[:].astype(int) - reference)
     assert diff.mean() < (0.5 if precision == "fp16" else 2.0), diff.mean()
+
+
+def test_cuda_on_a_local_cluster_with_gpu_resources(small_net, tmp_path):
+    """--workers 1 --device cuda --resources GPU=1: the worker's GPU, one task at a time."""
+    image = smooth_image(64, 48, seed=22)
+    tifffile.imwrite(tmp_path / "in.tif", image)
+    reference = whole_image(small_net.cpu(), image)
+    summary = upscale(tmp_path / "in.tif", tmp_path / "out.zarr", model=small_net, chunk=32, device="cuda",
+                      workers=1, resources={"GPU": 1})
+    small_net.cpu()
+    assert summary.computed_chunks == summary.stages * summary.chunks
+    assert_exact(zarr.open_array(str(tmp_path / "out.zarr" / "0"))[:], reference)

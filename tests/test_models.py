@@ -47,7 +47,7 @@ def test_at_most_three_activations_on_disk(small_net, tmp_path, monkeypatch):
 
     def create(self, name, *args):
         array = real(self, name, *args)
-        present.append(len(list(self.path.glob("*.zarr"))))
+        present.append(len(list(self.path.local_path.glob("*.zarr"))))
         return array
 
     monkeypatch.setattr(lpdask.jobs.WorkFolder, "create", create)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
 from typing import Any
 
 import dask.array as da
@@ -15,6 +14,7 @@ import numpy as np
 import zarr
 
 from ..chunks import Box
+from .locations import Location
 from .metadata import ImageMetadata
 
 STATUS_KEY = "lpdask"
@@ -26,9 +26,9 @@ class OmeZarrSink:
     """An OME-Zarr image group being written; level ``0`` has the axes ``axes`` (NGFF order,
     ending in y, x), chunked one plane and ``channel_chunk`` channels deep."""
 
-    def __init__(self, path: str | os.PathLike[str], axes: str, shape: tuple[int, ...], dtype: np.dtype,
+    def __init__(self, path: str | os.PathLike[str] | Location, axes: str, shape: tuple[int, ...], dtype: np.dtype,
                  chunk: int, channel_chunk: int | None = None, job: str | None = None, resume: bool = False) -> None:
-        self.path = Path(path)
+        self.path = Location.of(path)
         self.axes = axes
         self.chunk = chunk
         if resume:
@@ -101,10 +101,10 @@ def _half(block: np.ndarray) -> np.ndarray:
     return mean.round().astype(block.dtype)
 
 
-def is_complete(path: str | os.PathLike[str]) -> bool:
+def is_complete(path: str | os.PathLike[str] | Location) -> bool:
     """Whether ``path`` holds a finished lpdask result."""
     try:
-        group = zarr.open_group(str(path), mode="r")
+        group = zarr.open_group(str(Location.of(path)), mode="r")
     except Exception:
         return False
     return bool(group.attrs.get(STATUS_KEY, {}).get("complete")) and "ome" in group.attrs

@@ -12,7 +12,6 @@ import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,6 +21,7 @@ import zarr
 from ..chunks import Box
 from ..errors import LpdaskError
 from ..pixels import check_dtype
+from .locations import Location
 from .metadata import NGFF_ORDER, ImageMetadata, Photometric
 
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
@@ -97,27 +97,32 @@ class Source:
         return pixels.transpose([kept.index("y"), kept.index("x"), kept.index("c")])
 
 
-def open_source(path: str | os.PathLike[str], series: int = 0, level: int = 0) -> Source:
-    """Describe the image at ``path`` (TIFF file, Zarr array or OME-Zarr group); check it is usable.
+def open_source(path: str | os.PathLike[str] | Location, series: int = 0, level: int = 0) -> Source:
+    """Describe the image at ``path`` (TIFF file, Zarr array or OME-Zarr group; a local path or an
+    fsspec URL); check it is usable.
 
     ``series`` and ``level`` pick a TIFF series and pyramid level (OME-Zarr: a bioformats2raw
     series and a multiscale level); the default is the full-resolution image of the first series.
     """
-    p = Path(path)
-    if not p.exists():
-        raise LpdaskError(f"input not found: {p}")
+    where = Location.of(path)
+    try:
+        exists, folder = where.exists(), where.is_dir()
+    except OSError as exc:  # an object store that cannot be reached, or refuses us
+        raise LpdaskError(f"cannot reach input {where}: {exc}") from None
+    if not exists:
+        raise LpdaskError(f"input not found: {where}")
     if series < 0 or level < 0:
         raise LpdaskError(f"--series {series} and --level {level} must be at least 0")
-    if p.is_dir():
-        return _zarr_source(p, series, level)
-    return _tiff_source(p, series, level)
+    if folder:
+        return _zarr_source(where, series, level)
+    return _tiff_source(where, series, level)
 
 
-def _tiff_source(path: Path, series: int, level: int) -> Source:
+def _tiff_source(path: Location, series: int, level: int) -> Source:
     _check_tiff(path)
     from .tiffmeta import tiff_metadata
 
-    with tifffile.TiffFile(path) as tif:
+    with _open_tiff(path) as tif:
         if series >= len(tif.series):
             raise LpdaskError(f"{path}: --series {series} does not exist (the file has {len(tif.series)})")
         chosen = tif.series[series]
@@ -128,13 +133,23 @@ def _tiff_source(path: Path, series: int, level: int) -> Source:
         axes = _tiff_axes(path, image.axes)
         page = image.keyframe
         hint = _tiff_photometric(page)
-        source = _checked(Source(str(path), "tiff", "", axes, tuple(image.shape), image.dtype, hint, series,
+        source = _checked(Source(_stored(path), "tiff", "", axes, tuple(image.shape), image.dtype, hint, series,
                                  level, bool(tif.is_ome)))
         meta = tiff_metadata(tif, series, level, source.output_axes, source.channels, hint)
     return replace(source, meta=meta)
 
 
-def _tiff_axes(path: Path, axes: str) -> str:
+def _stored(path: Location) -> str:
+    """Absolute for local files, so worker processes with another working folder find them."""
+    return path.path if path.is_local else path.url
+
+
+def _open_tiff(path: Location) -> tifffile.TiffFile:
+    """A TiffFile reading the local file, or an fsspec file object for a URL."""
+    return tifffile.TiffFile(path.local_path if path.is_local else path.open("rb"))
+
+
+def _tiff_axes(path: Location, axes: str) -> str:
     unknown = sorted(set(axes) - set(_TIFF_AXES))
     if unknown or ("S" in axes and "C" in axes):
         what = f"axis {', '.join(unknown)}" if unknown else "both samples (S) and channels (C)"
@@ -167,23 +182,23 @@ def _checked(source: Source) -> Source:
     return replace(source, dtype=np.dtype(source.dtype))
 
 
-def _check_tiff(path: Path) -> None:
+def _check_tiff(path: Location) -> None:
     try:
         with path.open("rb") as f:
             head = f.read(4)
     except OSError as exc:
-        raise LpdaskError(f"cannot read input {path}: {exc.strerror}") from None
+        raise LpdaskError(f"cannot read input {path}: {exc.strerror or exc}") from None
     if head not in _TIFF_MAGIC:
         raise LpdaskError(f"{path} is neither a TIFF file nor a Zarr folder")
     try:
-        with tifffile.TiffFile(path) as tif:
+        with _open_tiff(path) as tif:
             if not tif.series:
                 raise LpdaskError(f"{path}: TIFF file holds no image")
-    except tifffile.TiffFileError as exc:
+    except (tifffile.TiffFileError, ValueError, EOFError) as exc:
         raise LpdaskError(f"{path}: unreadable TIFF ({exc})") from None
 
 
-def _zarr_source(path: Path, series: int, level: int) -> Source:
+def _zarr_source(path: Location, series: int, level: int) -> Source:
     from .ngff import zarr_metadata
 
     try:
@@ -221,7 +236,7 @@ def _zarr_source(path: Path, series: int, level: int) -> Source:
         names = names or _dimension_names(array)
     axes = _zarr_axes(path, array.shape, names)
     hint = _zarr_photometric(attrs, axes, array.shape)
-    source = _checked(Source(str(path), "zarr", prefix + array_path, axes, tuple(array.shape), array.dtype, hint,
+    source = _checked(Source(_stored(path), "zarr", prefix + array_path, axes, tuple(array.shape), array.dtype, hint,
                              series, level, bool(attrs and _ome(attrs).get("multiscales"))))
     meta = zarr_metadata(attrs, array, array_path, source.output_axes, hint)
     return replace(source, meta=meta)
@@ -238,7 +253,7 @@ def _dimension_names(array: zarr.Array) -> list[str] | None:
     return list(names) if names and all(names) else None
 
 
-def _zarr_axes(path: Path, shape: tuple[int, ...], names: list[str] | None) -> str:
+def _zarr_axes(path: Location, shape: tuple[int, ...], names: list[str] | None) -> str:
     if names:
         lowered = "".join(str(n).lower()[:1] if str(n).lower() in ("t", "c", "z", "y", "x", "time", "channel")
                           else "?" for n in names)
@@ -276,7 +291,7 @@ def _opened(source: Source) -> Any:
         entry = _open.get(key)
         if entry is None:
             if source.kind == "tiff":
-                tif = tifffile.TiffFile(source.path)  # stays open: the store reads through it
+                tif = _open_tiff(Location.of(source.path))  # stays open: the store reads through it
                 store = tif.series[source.series].aszarr(level=source.level)
                 entry = (zarr.open(store, mode="r"), tif)
             else:
