@@ -186,15 +186,17 @@ def _run(state: str, output: Location, work: WorkFolder, identity: dict[str, Any
         return Summary(output, time.perf_counter() - start, _megapixels(source), shape, 0, len(network_stages), 0,
                        _peak_rss(), 0, already_complete=True)
     _warn_dropped(meta, as_tiff)
+    resumed = state == "resume" and work.identity() == identity["digest"]
+    if not resumed:
+        check_disk(work.path, output, _work_bytes(network_stages, source, net.input_factor, plan.chunk, as_tiff, shape),
+                   math.prod(shape) * source.dtype.itemsize * 4 // 3)
     if state == "new":
         output.remove()
         work.clear()
-    resumed = work.start(identity) and state == "resume"
+    work.start(identity)
     result = work.path / "result.zarr" if as_tiff else output
     if not resumed:
         result.remove()
-        check_disk(work.path, output, _work_bytes(network_stages, source, net.input_factor, plan.chunk, as_tiff, shape),
-                   math.prod(shape) * source.dtype.itemsize * 4 // 3)
     sink = OmeZarrSink(result, source.output_axes, shape, source.dtype, plan.chunk * scale,
                        source.channels if meta.photometric != "minisblack" else 1, identity["digest"], resume=resumed)
     if isinstance(runner, Cluster) and on_cluster:

@@ -84,3 +84,20 @@ def test_a_different_job_is_refused(tmp_path, small_checkpoint):
                               "use --overwrite to replace it")
     replaced = start(tmp_path, small_checkpoint, "out.zarr", "--blocks-per-stage", "2", "--overwrite")
     assert replaced.wait(timeout=300) == 0
+
+
+def test_not_enough_disk_is_refused_up_front(tmp_path, small_net, monkeypatch):
+    import shutil as shutil_module
+
+    import pytest
+
+    from lpdask import upscale
+    from lpdask.errors import LpdaskError
+
+    tifffile.imwrite(tmp_path / "in.tif", smooth_image(200, 300, seed=52))
+    real = shutil_module.disk_usage
+    monkeypatch.setattr(shutil_module, "disk_usage", lambda p: real(p)._replace(free=10_000_000))
+    with pytest.raises(LpdaskError, match=r"not enough disk for the work folder: it needs about 0\.\d+ GB and "
+                                          r".* has 0\.0 GB free; use --workdir"):
+        upscale(tmp_path / "in.tif", tmp_path / "out.zarr", model=small_net, chunk=64)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif"]
