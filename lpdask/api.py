@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import resource
@@ -33,7 +34,7 @@ from .io.locations import Location
 from .io.metadata import ImageMetadata
 from .io.omezarr import OmeZarrSink
 from .io.sources import Source, open_source
-from .jobs import SOFTWARE_PREFIX, WorkFolder, check_output, default_workdir, digest, output_state
+from .jobs import SOFTWARE_PREFIX, WorkFolder, check_output, default_workdir, digest, output_state, stored_plan
 from .models import load_model
 from .models.network import Network
 from .pixels import ValueRange, check_dtype, check_value_range, from_unit, to_unit
@@ -41,7 +42,7 @@ from .plan import DEFAULT_TILE_PAD, Plan
 from .progress import Bars
 from .schedulers import Cluster, Threads
 from .stages import IMAGE, Stage, resize_stages, validate
-from .tiles import tile_stages
+from .tiles import tile_stages, whole_stages
 
 Mode = Literal["exact", "tile"]
 
@@ -98,8 +99,8 @@ def upscale(
     dst: str | os.PathLike[str],
     *,
     model: str | os.PathLike[str] | Network | None = None,
-    chunk: int = Plan.chunk,
-    blocks_per_stage: int = Plan.blocks_per_stage,
+    chunk: int | None = None,
+    blocks_per_stage: int | None = None,
     threads: int = 0,
     device: str = "auto",
     precision: str = "fp32",
@@ -116,8 +117,10 @@ def upscale(
     scheduler: str | None = None,
     resources: dict[str, float] | None = None,
     compression: str = "zlib",
+    max_memory: float | None = None,
     progress: bool = False,
     on_cluster: Callable[[str], None] | None = None,
+    on_plan: Callable[[str], None] | None = None,
 ) -> Summary:
     """Super-resolve the image at ``src`` into ``dst``: an OME-Zarr (``.zarr``) or a tiled, pyramidal
     (OME-/Geo)TIFF (``.tif``, ``.ome.tif``), chunk by chunk.
@@ -131,13 +134,17 @@ def upscale(
     for ``resources``, e.g. {"GPU": 1}); ``on_cluster`` gets its dashboard link. ``compression``
     is the TIFF output's codec (zlib, zstd, lzw, jpeg for 8-bit, none).
 
+    ``chunk`` and ``blocks_per_stage`` left out are chosen by the planner (:mod:`lpdask.planner`)
+    within ``max_memory`` bytes (default: half the available memory, at most 8 GiB); ``on_plan``
+    gets its choice and prediction. A resumed job keeps the plan it started with.
+
     Intermediate activations go to ``workdir`` (default: beside ``dst``), in a folder removed once
     the result is complete. A job that dies leaves it and its partial output: the same call again
     resumes, recomputing only unfinished chunks; on a finished job it does nothing. Metadata that
     cannot be carried is named in a :class:`~lpdask.errors.MetadataWarning`.
     """
     start = time.perf_counter()
-    plan = Plan(chunk, blocks_per_stage, threads)
+    Plan(chunk or Plan.chunk, Plan.blocks_per_stage if blocks_per_stage is None else blocks_per_stage, threads)
     if workers < 0:
         raise LpdaskError(f"--workers {workers} must be at least 1 (0: threads in this process)")
     if workers and scheduler:
@@ -150,16 +157,26 @@ def upscale(
     net = model if isinstance(model, Network) else load_model(model)
     torch_device = resolve_device(device)
     compute = resolve_precision(precision, torch_device)
-    network_stages = stages_for(net.to(torch_device, compute), mode, plan.blocks_per_stage, tile_pad)
-    check_grid(plan.chunk, net)
+    net.to(torch_device, compute)
     scale = net.scale
     meta = replace(source.meta, photometric=photometric).rescaled(scale)
     as_tiff = output.name.lower().endswith(TIFF_SUFFIXES)
     check_compression(compression, source.dtype)
     work = WorkFolder(Location.of(workdir) / default_workdir(output).name if workdir else default_workdir(output))
+    chosen = _choose_plan(net, source, torch_device, mode, chunk, blocks_per_stage, threads, workers, scheduler,
+                          None if overwrite else stored_plan(output, work), work, max_memory)
+    plan = Plan(chosen["chunk"], chosen["blocks_per_stage"], threads or chosen.get("workers", 0))
+    if on_plan and "estimate" in chosen:
+        on_plan(chosen["estimate"])
+    if chosen["storage"] == "memory":
+        network_stages = whole_stages(net)
+    else:
+        network_stages = stages_for(net, mode, plan.blocks_per_stage, tile_pad)
+    check_grid(plan.chunk, net)
+    stored = {k: chosen[k] for k in ("chunk", "blocks_per_stage", "storage")}
     identity = digest({
         "input": _fingerprint(source), "model": _model_digest(net), "scale": scale, "mode": mode,
-        "tile_pad": tile_pad if mode == "tile" else None, "chunk": plan.chunk, "blocks_per_stage": plan.blocks_per_stage,
+        "tile_pad": tile_pad if mode == "tile" else None, "plan": stored,
         "channels": photometric, "alpha": alpha, "value_range": value_range, "precision": precision,
         "device": torch_device.type, "output": "tiff" if as_tiff else "zarr", "version": __version__})
     state = output_state(output, work, identity["digest"], overwrite)
@@ -198,7 +215,8 @@ def _run(state: str, output: Location, work: WorkFolder, identity: dict[str, Any
     if not resumed:
         result.remove()
     sink = OmeZarrSink(result, source.output_axes, shape, source.dtype, plan.chunk * scale,
-                       source.channels if meta.photometric != "minisblack" else 1, identity["digest"], resume=resumed)
+                       source.channels if meta.photometric != "minisblack" else 1,
+                       {"job": identity["digest"], "plan": identity["plan"]}, resume=resumed)
     if isinstance(runner, Cluster) and on_cluster:
         on_cluster(runner.dashboard_link)
     torch_threads = max(1, (os.cpu_count() or 1) // runner.workers) if isinstance(runner, Threads) else 0
@@ -222,7 +240,7 @@ def _run(state: str, output: Location, work: WorkFolder, identity: dict[str, Any
 
                 group = zarr.open_group(str(result), mode="r")
                 write_tiff(partial_tiff, [group[str(k)] for k in range(levels)], meta,
-                           ome=wants_ome(output, source.ome, meta), software=SOFTWARE_PREFIX + identity["digest"],
+                           ome=wants_ome(output, source.ome, meta), software=f"{SOFTWARE_PREFIX}{identity['digest']} {json.dumps(identity['plan'])}",
                            compression=compression)
                 publish(partial_tiff, output)
     except LpdaskError:
@@ -238,6 +256,27 @@ def _run(state: str, output: Location, work: WorkFolder, identity: dict[str, Any
     work.clear()
     return Summary(output, time.perf_counter() - start, _megapixels(source), shape, chunks, len(network_stages), levels,
                    _peak_rss(), len(jobs), computed, resumed)
+
+
+def _choose_plan(net: Network, source: Source, device: torch.device, mode: str, chunk: int | None,
+                 blocks_per_stage: int | None, threads: int, workers: int, scheduler: str | None,
+                 stored: dict[str, Any] | None, work: WorkFolder, max_memory: float | None) -> dict[str, Any]:
+    """Chunk, grouping and storage: as given, as a resumed job started, or from the planner."""
+    if mode == "tile":
+        return {"chunk": chunk or Plan.chunk, "blocks_per_stage": 1, "storage": "zarr"}
+    if chunk is not None and blocks_per_stage is not None:
+        return {"chunk": chunk, "blocks_per_stage": blocks_per_stage, "storage": "memory" if blocks_per_stage == 0
+                else "zarr"}
+    if stored and (chunk in (None, stored.get("chunk"))) and (blocks_per_stage in (None, stored.get("blocks_per_stage"))):
+        return dict(stored)
+    from .planner import choose
+
+    local = threads or workers or None
+    best, _ = choose(net, source.height, source.width, device, chunk=chunk, blocks_per_stage=blocks_per_stage,
+                     workers=local if not scheduler else None, work=work.path.url if work.path.is_local else None,
+                     memory_budget=int(max_memory) if max_memory else None)
+    return {"chunk": best.chunk, "blocks_per_stage": best.blocks_per_stage, "storage": best.storage,
+            "workers": 0 if scheduler or workers else best.workers, "estimate": "plan: " + best.describe()}
 
 
 def _scheduler(plan: Plan, device: torch.device, workers: int, address: str | None,

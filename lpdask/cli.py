@@ -51,8 +51,12 @@ def cli() -> None:
 @click.argument("output", type=click.Path(path_type=str))
 @click.option("--model", "model", metavar="NAME|PATH",
               help="A model name (see `lpdask models`) or a Real-ESRGAN/ESRGAN checkpoint [default: RealESRGAN_x4plus].")
-@click.option("--chunk", type=int, default=Plan.chunk, show_default=True, help="Chunk side in input pixels.")
-@click.option("--blocks-per-stage", type=int, default=Plan.blocks_per_stage, show_default=True, help="RRDB blocks per stage (Compact nets: 15 convs per block).")
+@click.option("--chunk", type=int, default=None, help="Chunk side in input pixels [default: the planner's choice].")
+@click.option("--blocks-per-stage", type=int, default=None,
+              help="RRDB blocks per stage (Compact nets: 15 convs per block; 0: the whole network as one "
+                   "stage, nothing stored between stages) [default: the planner's choice].")
+@click.option("--max-memory", type=float, default=None, metavar="GB",
+              help="Memory the planner may plan for [default: half the available memory, at most 8 GiB].")
 @click.option("--threads", type=int, default=0, show_default=True, help="Chunks at once (0: one per CPU core).")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
@@ -79,7 +83,8 @@ def cli() -> None:
 @click.option("--compression", type=click.Choice(COMPRESSIONS), default="zlib", show_default=True,
               help="Codec of a TIFF output (jpeg: 8-bit only).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def upscale_command(input: str, output: str, model: str | None, chunk: int, blocks_per_stage: int,
+def upscale_command(input: str, output: str, model: str | None, chunk: int | None, blocks_per_stage: int | None,
+                    max_memory: float | None,
                     threads: int, device: str, precision: str, workdir: str | None, overwrite: bool, mode: str,
                     tile_pad: int, series: int, level: int, channels: str, alpha: str,
                     value_range: tuple[float, float] | None, workers: int, scheduler: str | None,
@@ -89,7 +94,9 @@ def upscale_command(input: str, output: str, model: str | None, chunk: int, bloc
 
     A job that stops (crash, kill, lost worker) resumes when the same command is run again."""
     # Check what needs no torch first, so mistakes are answered before the slow imports.
-    Plan(chunk, blocks_per_stage, threads)
+    Plan(chunk or Plan.chunk, Plan.blocks_per_stage if blocks_per_stage is None else blocks_per_stage, threads)
+    if max_memory is not None and max_memory <= 0:
+        raise LpdaskError(f"--max-memory {max_memory:g} must be more than 0 GB")
     source = open_source(input, series, level)
     check_value_range(value_range, source.dtype)
     photometric_of(source.channels, channels, source.photometric)  # type: ignore[arg-type]
@@ -107,8 +114,51 @@ def upscale_command(input: str, output: str, model: str | None, chunk: int, bloc
                       mode=mode, tile_pad=tile_pad, series=series, level=level, channels=channels,  # type: ignore[arg-type]
                       alpha=alpha, value_range=value_range, workers=workers, scheduler=scheduler,  # type: ignore[arg-type]
                       resources=needs, compression=compression, progress=not quiet,
+                      max_memory=max_memory * 1e9 if max_memory else None,
+                      on_plan=None if quiet else lambda text: click.echo(f"lpdask: {text}", err=True),
                       on_cluster=lambda link: click.echo(f"Dask dashboard: {link}", err=True))
     click.echo(str(summary), err=True)
+
+
+@cli.command(name="plan")
+@click.argument("input", type=click.Path(dir_okay=True, path_type=str))
+@click.option("--model", "model", metavar="NAME|PATH", help="A model name or checkpoint [default: RealESRGAN_x4plus].")
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
+@click.option("--series", type=int, default=0, show_default=True, help="TIFF series.")
+@click.option("--level", type=int, default=0, show_default=True, help="Pyramid level of the input.")
+@click.option("--chunk", type=int, default=None, help="Fix the chunk side.")
+@click.option("--blocks-per-stage", type=int, default=None, help="Fix the stage grouping.")
+@click.option("--max-memory", type=float, default=None, metavar="GB", help="Memory budget [default: half the available, at most 8 GiB].")
+@click.option("--workdir", metavar="DIR", help="Where the work folder would go (its disk speed is measured).")
+@click.option("--top", type=int, default=8, show_default=True, help="How many alternatives to list.")
+def plan_command(input: str, model: str | None, device: str, series: int, level: int, chunk: int | None,
+                 blocks_per_stage: int | None, max_memory: float | None, workdir: str | None, top: int) -> None:
+    """Print the plan `lpdask upscale` would use for INPUT (chunk, stage grouping, where activations
+    live) with its predicted time, compute overhead, bytes written and peak memory, and the
+    alternatives it weighed."""
+    Plan(chunk or Plan.chunk, blocks_per_stage or Plan.blocks_per_stage)
+    source = open_source(input, series, level)
+    from .device import resolve_device
+    from .models import load_model
+    from .planner import choose
+
+    net = load_model(model)
+    torch_device = resolve_device(device)
+    net.to(torch_device)
+    best, plans = choose(net, source.height, source.width, torch_device, chunk=chunk, blocks_per_stage=blocks_per_stage,
+                         work=workdir, memory_budget=int(max_memory * 1e9) if max_memory else None)
+    runs = source.plane_count * (1 if source.channels in (3,) else source.channels)
+    click.echo(f"{input}: {source.height} x {source.width} px, {source.channels} channel(s), {source.plane_count} plane(s)")
+    click.echo(f"plan: {best.describe()}")
+    if runs > 1:
+        click.echo(f"  (per channel pass; up to {runs} passes for this input)")
+    click.echo("alternatives (fastest first; * over the memory budget):")
+    from .planner import measure_machine
+
+    budget = measure_machine(torch_device.type, workdir, int(max_memory * 1e9) if max_memory else None).memory_budget
+    for estimate in plans[:top]:
+        mark = "*" if estimate.peak_memory > budget else " "
+        click.echo(f" {mark} {estimate.describe()}")
 
 
 @cli.command(name="export")
@@ -130,10 +180,43 @@ def export_command(input: str, output: str, overwrite: bool, compression: str) -
               help="Stage grouping to show the halos for.")
 def models_command(blocks_per_stage: int) -> None:
     """List the models --model takes by name: architecture, scale, size, halo per stage, weights."""
-    Plan(blocks_per_stage=blocks_per_stage)
+    if blocks_per_stage < 1:
+        raise LpdaskError(f"--blocks-per-stage {blocks_per_stage} must be at least 1 here")
     from .models.names import table
 
     click.echo(table(blocks_per_stage))
+
+
+@cli.command(name="compare")
+@click.argument("input", type=click.Path(dir_okay=True, path_type=str))
+@click.option("--model", "model", metavar="NAME|PATH",
+              help="A model name (see `lpdask models`) or a checkpoint [default: RealESRGAN_x4plus].")
+@click.option("--chunk", type=int, default=64, show_default=True, help="Chunk (and tile) side in input pixels.")
+@click.option("--size", type=int, default=256, show_default=True,
+              help="Side of the centred crop compared, in input pixels (at most the image).")
+@click.option("--tile-pad", type=int, default=DEFAULT_TILE_PAD, show_default=True, help="Context pixels per tile in tile mode.")
+@click.option("--patch", type=int, default=None, help="Patch side of the neighbour-patch run [default: --chunk].")
+@click.option("--out", default="seams.png", show_default=True, help="The figure (PNG).")
+@click.option("--json", "json_path", metavar="FILE", help="Also write the numbers as JSON.")
+def compare_command(input: str, model: str | None, chunk: int, size: int, tile_pad: int, patch: int | None,
+                    out: str, json_path: str | None) -> None:
+    """Seam report: super-resolve a crop of INPUT with Real-ESRGAN's tile mode, neighbour-patch
+    context (RealESRGAN-LP-style) and lpdask, measure each against whole-image inference, and draw
+    the seams across a chunk corner."""
+    import os
+
+    Plan(chunk)
+    open_source(input)
+    if json_path and not os.path.isdir(os.path.dirname(os.path.abspath(json_path))):
+        raise LpdaskError(f"--json {json_path}: its folder does not exist")
+    from .compare import compare
+
+    report = compare(input, model=model, chunk=chunk, size=size, tile_pad=tile_pad, patch=patch, out=out,
+                     progress=lambda line: click.echo(line, err=True))
+    click.echo(str(report))
+    if json_path:
+        with open(json_path, "w", encoding="utf-8") as file:
+            file.write(report.to_json() + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -155,7 +155,34 @@ def stored_identity(output: Location) -> tuple[str, bool] | None:
         except (OSError, tifffile.TiffFileError, IndexError):
             return None
         if software.startswith(SOFTWARE_PREFIX):
-            return software[len(SOFTWARE_PREFIX):].strip(), True  # a TIFF gets its name only once complete
+            job = software[len(SOFTWARE_PREFIX):].split(" ", 1)[0]
+            return job, True  # a TIFF gets its name only once complete
+    return None
+
+
+def stored_plan(output: Location, work: WorkFolder) -> dict[str, Any] | None:
+    """The plan (chunk, blocks per stage, storage) a job on ``output`` started with, if any: a
+    resumed or finished job keeps it, whatever the planner would choose today."""
+    try:
+        return dict(json.loads((work.path / IDENTITY_FILE).read_text())["plan"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    if output.name.lower().endswith(".zarr"):
+        try:
+            own = zarr.open_group(output.url, mode="r").attrs.get("lpdask")
+            return dict(own["plan"])
+        except Exception:  # not an lpdask result, or none there
+            return None
+    if output.is_file():
+        import tifffile
+
+        try:
+            with output.open() as f, tifffile.TiffFile(f) as tif:
+                software = tif.pages[0].software or ""
+            if software.startswith(SOFTWARE_PREFIX):
+                return dict(json.loads(software[len(SOFTWARE_PREFIX):].split(" ", 1)[1]))
+        except (OSError, tifffile.TiffFileError, IndexError, ValueError):
+            return None
     return None
 
 

@@ -31,8 +31,9 @@ class Plan:
     def __post_init__(self) -> None:
         if not MIN_CHUNK <= self.chunk <= MAX_CHUNK:
             raise LpdaskError(f"--chunk {self.chunk} is out of range ({MIN_CHUNK} to {MAX_CHUNK} pixels)")
-        if self.blocks_per_stage < 1:
-            raise LpdaskError(f"--blocks-per-stage {self.blocks_per_stage} must be at least 1")
+        if self.blocks_per_stage < 0:
+            raise LpdaskError(f"--blocks-per-stage {self.blocks_per_stage} must be at least 0 "
+                              "(0: the whole network as one stage)")
         if self.threads < 0:
             raise LpdaskError(f"--threads {self.threads} must be at least 1 (0 picks one per core)")
 

@@ -6,6 +6,8 @@ receptive field, which is exactly what makes tiles disagree at their borders (se
 
 from __future__ import annotations
 
+import math
+
 from torch import Tensor, nn
 
 from .models.network import Network
@@ -26,3 +28,20 @@ def tile_stages(net: Network, tile_pad: int = DEFAULT_TILE_PAD) -> list[Stage]:
     """One stage: the whole network with ``tile_pad`` of context (on the unshuffled grid)."""
     scale = net.scale * net.input_factor
     return [Stage("tiles", _WholeNetwork(net), tile_pad, scale, (IMAGE,), net.out_channels)]
+
+
+def reach(stages: list[Stage]) -> int:
+    """The receptive-field radius of a chain of stages, in pixels of the first stage's input."""
+    radius, factor = 0.0, 1
+    for stage in stages:
+        radius += stage.halo / factor
+        factor *= stage.scale
+    return math.ceil(radius - 1e-9)
+
+
+def whole_stages(net: Network) -> list[Stage]:
+    """The whole network as one exact stage: its halo is the network's full reach, so nothing is
+    stored between stages (the planner's "memory" storage)."""
+    full = reach(net.stages(1))
+    stage = tile_stages(net, full)[0]
+    return [Stage("whole", stage.module, full, stage.scale, stage.inputs, stage.channels)]

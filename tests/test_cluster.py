@@ -51,7 +51,7 @@ def cluster(tmp_path):
 
 
 def local_reference(small_net, tmp_path: Path) -> np.ndarray:
-    upscale(tmp_path / "in.tif", tmp_path / "local.zarr", model=small_net, chunk=16, threads=1)
+    upscale(tmp_path / "in.tif", tmp_path / "local.zarr", model=small_net, chunk=16, blocks_per_stage=1, threads=1)
     return zarr.open_array(str(tmp_path / "local.zarr" / "0"))[:]
 
 
@@ -59,8 +59,8 @@ def test_two_workers_on_loopback_match_local(small_net, tmp_path, cluster):
     address, _ = cluster
     tifffile.imwrite(tmp_path / "in.tif", smooth_image(48, 56, seed=60), tile=(16, 16))
     links = []
-    summary = upscale(tmp_path / "in.tif", tmp_path / "cluster.zarr", model=small_net, chunk=16, scheduler=address,
-                      on_cluster=links.append)
+    summary = upscale(tmp_path / "in.tif", tmp_path / "cluster.zarr", model=small_net, chunk=16, blocks_per_stage=1,
+                      scheduler=address, on_cluster=links.append)
     assert links and links[0].startswith("http")
     assert summary.computed_chunks == summary.stages * summary.chunks
     assert np.array_equal(zarr.open_array(str(tmp_path / "cluster.zarr" / "0"))[:], local_reference(small_net, tmp_path))
@@ -75,7 +75,7 @@ def test_a_worker_killed_half_way(small_net, tmp_path, cluster):
     def run() -> None:
         try:
             outcome["summary"] = upscale(tmp_path / "in.tif", tmp_path / "cluster.zarr", model=small_net, chunk=16,
-                                         scheduler=address)
+                                         blocks_per_stage=1, scheduler=address)
         except BaseException as exc:  # reported below
             outcome["error"] = exc
 

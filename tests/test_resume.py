@@ -19,13 +19,14 @@ from lpdask.io.omezarr import is_complete
 
 from .reference import smooth_image
 
-ARGS = ["--chunk", "16", "--threads", "2", "-q"]
+ARGS = ["--chunk", "16", "--threads", "2", "-q"]  # "--blocks-per-stage" is added per test
+
 
 
 def start(tmp_path: Path, checkpoint: Path, output: str, *extra: str) -> subprocess.Popen[str]:
     env = {**os.environ, "LPDASK_CACHE_DIR": str(tmp_path / "cache")}
     return subprocess.Popen([sys.executable, "-m", "lpdask", "upscale", "in.tif", output, "--model", str(checkpoint),
-                             *ARGS, *extra], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             *ARGS, *(extra or ("--blocks-per-stage", "1"))], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
 
 
@@ -99,5 +100,5 @@ def test_not_enough_disk_is_refused_up_front(tmp_path, small_net, monkeypatch):
     monkeypatch.setattr(shutil_module, "disk_usage", lambda p: real(p)._replace(free=10_000_000))
     with pytest.raises(LpdaskError, match=r"not enough disk for the work folder: it needs about 0\.\d+ GB and "
                                           r".* has 0\.0 GB free; use --workdir"):
-        upscale(tmp_path / "in.tif", tmp_path / "out.zarr", model=small_net, chunk=64)
+        upscale(tmp_path / "in.tif", tmp_path / "out.zarr", model=small_net, chunk=64, blocks_per_stage=1)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif"]

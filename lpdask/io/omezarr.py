@@ -27,7 +27,8 @@ class OmeZarrSink:
     ending in y, x), chunked one plane and ``channel_chunk`` channels deep."""
 
     def __init__(self, path: str | os.PathLike[str] | Location, axes: str, shape: tuple[int, ...], dtype: np.dtype,
-                 chunk: int, channel_chunk: int | None = None, job: str | None = None, resume: bool = False) -> None:
+                 chunk: int, channel_chunk: int | None = None, status: dict[str, Any] | None = None,
+                 resume: bool = False) -> None:
         self.path = Location.of(path)
         self.axes = axes
         self.chunk = chunk
@@ -37,7 +38,7 @@ class OmeZarrSink:
                 raise ValueError(f"{self.path}: level 0 is {self._level0.shape}, expected {shape}")
             return
         group = zarr.open_group(str(self.path), mode="w-", zarr_format=3)
-        group.attrs[STATUS_KEY] = {"complete": False, **({"job": job} if job else {})}
+        group.attrs[STATUS_KEY] = {"complete": False, **(status or {})}
         channels = shape[axes.index("c")]
         chunks = tuple(chunk if a in "yx" else (channel_chunk or channels) if a == "c" else 1 for a in axes)
         self._level0 = group.create_array(

@@ -1,0 +1,282 @@
+"""The planner: chunk size, stage grouping and where activations live, from measured costs.
+
+Each stage is profiled once on a small window (multiply-adds and working memory per pixel, from
+forward hooks on its convolutions); the device's multiply-add rate is measured with one thread and
+with all of them, and the work folder's write/read speed with a 32 MiB array. A plan's cost is then
+arithmetic: compute grows with each chunk's window (the chunk plus its halo, clipped at the image
+border), activation I/O with the bytes each stage writes and reads, and peak memory with the largest
+window of any stage times the chunks running at once. The planner picks the fastest plan whose peak
+memory fits the budget (half the available memory on a CPU, at most 8 GiB; 80% of the free GPU
+memory).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .models.network import Network
+from .plan import MAX_CHUNK, MIN_CHUNK
+from .stages import IMAGE, Stage
+from .tiles import whole_stages
+
+CHUNKS = (64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096)
+GROUPINGS = (1, 2, 3, 4, 6, 8, 12, 23)
+PROBE = 16
+"""Side of the window stages are profiled on."""
+WORKING_MEMORY = 1.65
+"""Measured peak over (inputs + largest convolution's input and output + own output) for a 2-block
+RRDBNet x4 at 256 and 384 px (1.64, 1.61): torch keeps the upsampled tensors alive as well."""
+MAX_BUDGET = 8 * 2**30
+TASK_SECONDS = 0.02
+"""Fixed cost of one chunk task (scheduling, opening arrays, torch dispatch), measured roughly on
+the smallest chunks."""
+
+
+@dataclass(frozen=True)
+class StageCost:
+    """A stage's costs per pixel of its input grid."""
+
+    name: str
+    halo: int
+    scale: int
+    macs: float
+    """Multiply-adds per input pixel."""
+    memory: float
+    """Working bytes per window pixel while it runs (inputs, the largest convolution's input and
+    output, its own output)."""
+    written: float
+    """Bytes it stores per input pixel (float32 activations); 0 for the last stage."""
+    read: float
+    """Bytes it reads per window pixel."""
+
+
+@dataclass(frozen=True)
+class Machine:
+    """Measured speeds of the device and the work folder's disk."""
+
+    macs_per_core: float
+    cores: int
+    parallel_efficiency: float
+    """Throughput of all cores on one chunk, over cores x one core's (torch's intra-op scaling)."""
+    write_bytes_per_s: float
+    read_bytes_per_s: float
+    memory_budget: int
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A plan and what it is predicted to cost."""
+
+    chunk: int
+    blocks_per_stage: int
+    storage: str
+    """"zarr": stages pass activations through the work folder; "memory": the whole network is
+    one stage with its full halo, so nothing is stored between stages."""
+    stages: int
+    chunks: int
+    workers: int
+    seconds: float
+    compute_seconds: float
+    io_seconds: float
+    compute_overhead: float
+    """Multiply-adds over those of whole-image inference (halo recomputation)."""
+    bytes_written: int
+    peak_memory: int
+    read_amplification: float
+    """Bytes read from work arrays over the bytes of the windows asked for."""
+
+    def describe(self) -> str:
+        grouping = "whole network, one stage" if self.storage == "memory" else f"{self.blocks_per_stage} per stage"
+        return (f"chunk {self.chunk}, blocks {grouping} ({self.stages} stages), {self.chunks} chunks on "
+                f"{self.workers} worker{'s' if self.workers > 1 else ''}: predicted {self.seconds:.1f} s "
+                f"(compute {self.compute_seconds:.1f} s, activation I/O {self.io_seconds:.1f} s), compute x"
+                f"{self.compute_overhead:.3f} of whole-image, {self.bytes_written / 1e9:.2f} GB written, "
+                f"peak memory {self.peak_memory / 2**30:.2f} GiB, read amplification {self.read_amplification:.2f}")
+
+
+def profile(stages: Sequence[Stage], image_channels: int, device: torch.device) -> list[StageCost]:
+    """Multiply-adds and working memory per pixel of each stage, from one run on a small window."""
+    channels = {IMAGE: image_channels}
+    costs = []
+    for stage in stages:
+        convs: list[tuple[float, float]] = []
+
+        def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+            weight = module.weight  # type: ignore[union-attr]
+            macs = weight.numel() * output.shape[-2] * output.shape[-1]
+            convs.append((float(macs), float(inputs[0].numel() + output.numel()) * 4))
+
+        handles = [m.register_forward_hook(hook) for m in stage.module.modules() if isinstance(m, nn.Conv2d)]
+        dtype = next((p.dtype for p in stage.module.parameters()), torch.float32)
+        probes = [torch.zeros(1, channels[name], PROBE, PROBE, device=device, dtype=dtype) for name in stage.inputs]
+        try:
+            with torch.inference_mode():
+                stage.module(*probes)
+        finally:
+            for handle in handles:
+                handle.remove()
+        pixels = PROBE * PROBE
+        read = sum(channels[name] * 4 for name in stage.inputs)
+        own = stage.channels * stage.scale**2 * 4
+        largest = max((m for _, m in convs), default=0.0) / pixels
+        costs.append(StageCost(stage.name, stage.halo, stage.scale, sum(m for m, _ in convs) / pixels,
+                               WORKING_MEMORY * (read + largest + own), own, read))
+        channels[stage.name] = stage.channels
+    costs[-1] = replace(costs[-1], written=0.0)
+    return costs
+
+
+@lru_cache(maxsize=8)
+def measure_machine(device_type: str, work: str | None = None, memory_budget: int | None = None) -> Machine:
+    """Time a 64-channel 3x3 convolution on one thread and on all, and a 32 MiB write and read
+    in ``work`` (the work folder's disk). Takes about a second."""
+    device = torch.device(device_type)
+    conv = nn.Conv2d(64, 64, 3, padding=1).to(device).eval()
+    x = torch.rand(1, 64, 96, 96, device=device)
+    macs = 64 * 64 * 9 * 96 * 96
+
+    def rate() -> float:
+        best = math.inf
+        with torch.inference_mode():
+            for _ in range(3):
+                start = time.perf_counter()
+                conv(x)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                best = min(best, time.perf_counter() - start)
+        return macs / best
+
+    cores = 1 if device.type == "cuda" else os.cpu_count() or 1
+    before = torch.get_num_threads()
+    try:
+        all_cores = rate()
+        torch.set_num_threads(1)
+        one = rate() if device.type == "cpu" else all_cores
+    finally:
+        torch.set_num_threads(before)
+    efficiency = min(1.0, all_cores / (one * cores))
+    write, read = _disk_speed(work)
+    return Machine(one, cores, efficiency, write, read, memory_budget or default_budget(device))
+
+
+def default_budget(device: torch.device) -> int:
+    """Half the available memory on a CPU, at most 8 GiB (so one job leaves room for others and the
+    same plans come out on machines of different sizes); 80% of the free memory of a GPU."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * 0.8)
+    import psutil
+
+    return min(MAX_BUDGET, int(psutil.virtual_memory().available * 0.5))
+
+
+def _disk_speed(work: str | None) -> tuple[float, float]:
+    """Bytes per second writing and reading an uncompressed Zarr array (the work folder's kind)."""
+    import zarr
+
+    folder = Path(work) if work and "://" not in work else Path(tempfile.gettempdir())
+    existing = next((p for p in (folder, *folder.parents) if p.is_dir()), Path(tempfile.gettempdir()))
+    data = np.ones((32, 512, 512), np.float32)
+    with tempfile.TemporaryDirectory(dir=existing) as scratch:
+        start = time.perf_counter()
+        array = zarr.create_array(f"{scratch}/probe.zarr", shape=data.shape, chunks=data.shape, dtype="float32",
+                                  compressors=None)
+        array[:] = data
+        written = time.perf_counter() - start
+        start = time.perf_counter()
+        np.asarray(array[:])
+        read = time.perf_counter() - start
+    return data.nbytes / max(written, 1e-4), data.nbytes / max(read, 1e-4)
+
+
+def estimate(costs: Sequence[StageCost], height: int, width: int, chunk: int, machine: Machine, *,
+             blocks_per_stage: int, storage: str, input_factor: int = 1, model_bytes: int = 0,
+             workers: int | None = None, inner: int = 0) -> Estimate:
+    """Predict the cost of running ``costs`` (the stages of one grouping) on a ``height`` x ``width``
+    image in chunks of ``chunk``. ``inner`` is the work arrays' read granularity (0: whole chunks)."""
+    d = input_factor
+    rows, cols = -(-height // d), -(-width // d)
+    grid = chunk // d
+    n_rows, n_cols = -(-rows // grid), -(-cols // grid)
+    n = n_rows * n_cols
+    workers = workers or min(machine.cores, n)
+    macs = whole = written = read = asked = 0.0
+    largest_window = 0.0
+    factor = 1
+    for stage in costs:
+        h, w, c = rows * factor, cols * factor, grid * factor
+        row_extent = _extent_sum(h, c, stage.halo)
+        col_extent = _extent_sum(w, c, stage.halo)
+        macs += stage.macs * row_extent * col_extent
+        whole += stage.macs * h * w
+        written += stage.written * h * w
+        if stage is not costs[0]:
+            asked += stage.read * row_extent * col_extent
+            granule = inner * factor if inner else c
+            read += stage.read * _extent_sum(h, c, stage.halo, granule) * _extent_sum(w, c, stage.halo, granule)
+        largest_window = max(largest_window, stage.memory * min(h, c + 2 * stage.halo) * min(w, c + 2 * stage.halo))
+        factor *= stage.scale
+    threads = max(1, machine.cores // workers)
+    speed = machine.macs_per_core * workers * threads * (machine.parallel_efficiency if threads > 1 else 1.0)
+    imbalance = math.ceil(n / workers) * workers / n
+    compute = macs / speed * imbalance + TASK_SECONDS * n * len(costs) / workers
+    io = written / machine.write_bytes_per_s + read / machine.read_bytes_per_s
+    peak = int(workers * largest_window + model_bytes * (2 if storage == "memory" else 1) + 300 * 2**20)
+    return Estimate(chunk, blocks_per_stage, storage, len(costs), n, workers, compute + io, compute, io,
+                    macs / whole if whole else 1.0, int(written), peak, read / asked if asked else 1.0)
+
+
+def _extent_sum(length: int, chunk: int, halo: int, granule: int = 1) -> float:
+    """Sum over the chunks along one axis of their window's extent (chunk plus halo, clipped at the
+    border), rounded out to whole ``granule``s where reads fetch whole store chunks."""
+    total = 0
+    for start in range(0, length, chunk):
+        lo, hi = max(0, start - halo), min(length, start + chunk + halo)
+        if granule > 1:
+            lo, hi = lo // granule * granule, min(length, -(-hi // granule) * granule)
+        total += hi - lo
+    return float(total)
+
+
+def choose(net: Network, height: int, width: int, device: torch.device, *, chunk: int | None = None,
+           blocks_per_stage: int | None = None, workers: int | None = None, work: str | None = None,
+           memory_budget: int | None = None, inner: int = 0) -> tuple[Estimate, list[Estimate]]:
+    """The fastest plan that fits the memory budget, and every plan considered (fastest first).
+    ``chunk`` / ``blocks_per_stage`` fix that part of the plan."""
+    machine = measure_machine(device.type, work, memory_budget)
+    model_bytes = sum(p.numel() * p.element_size() for p in net.parameters())  # type: ignore[attr-defined]
+    image_channels = net.in_channels * net.input_factor**2
+    d = net.input_factor
+    groupings: list[tuple[int, str, list[Stage]]] = []
+    seen = set()
+    for k in ([] if blocks_per_stage == 0 else [blocks_per_stage] if blocks_per_stage else GROUPINGS):
+        stages = net.stages(k)
+        if len(stages) not in seen:
+            seen.add(len(stages))
+            groupings.append((k, "zarr", stages))
+    if not blocks_per_stage:
+        groupings.append((0, "memory", whole_stages(net)))
+    side = max(height, width)
+    sizes = [chunk] if chunk else [c for c in CHUNKS if MIN_CHUNK <= c <= MAX_CHUNK and c % d == 0
+                                   and (c < side or c == min(x for x in CHUNKS if x >= min(side, CHUNKS[-1])))]
+    plans = []
+    for k, storage, stages in groupings:
+        costs = profile(stages, image_channels, device)
+        for c in sizes:
+            plans.append(estimate(costs, height, width, c, machine, blocks_per_stage=k, storage=storage,
+                                  input_factor=d, model_bytes=model_bytes, workers=workers, inner=inner))
+    plans.sort(key=lambda e: (e.seconds, e.peak_memory))
+    fitting = [e for e in plans if e.peak_memory <= machine.memory_budget]
+    best = fitting[0] if fitting else min(plans, key=lambda e: e.peak_memory)
+    return best, plans

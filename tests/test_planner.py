@@ -1,0 +1,83 @@
+"""The planner: its arithmetic against hand-computed figures, its choices against the memory
+budget, and the plans it can pick (the whole network as one stage included) staying exact."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+import zarr
+
+from lpdask import upscale
+from lpdask.planner import Machine, StageCost, choose, estimate, profile
+from lpdask.stages import IMAGE, Stage
+
+from .reference import assert_exact, smooth_image, whole_image
+
+MACHINE = Machine(macs_per_core=1e9, cores=2, parallel_efficiency=0.8, write_bytes_per_s=1e9,
+                  read_bytes_per_s=2e9, memory_budget=2**30)
+
+
+def test_estimate_arithmetic():
+    """100 x 100 px in chunks of 50 with a 10 px halo: along each axis the windows are [0, 60) and
+    [40, 100), so compute is 120^2 / 100^2 = 1.44x whole-image; the second stage reads its input
+    window through whole 50 px store chunks: [0, 100) twice, 200^2 / 120^2."""
+    stages = [StageCost("a", 10, 1, macs=1000.0, memory=100.0, written=256.0, read=12.0),
+              StageCost("b", 10, 1, macs=1000.0, memory=100.0, written=0.0, read=256.0)]
+    e = estimate(stages, 100, 100, 50, MACHINE, blocks_per_stage=1, storage="zarr")
+    assert e.chunks == 4 and e.workers == 2
+    assert e.compute_overhead == pytest.approx(1.44)
+    assert e.bytes_written == 256 * 100 * 100
+    assert e.read_amplification == pytest.approx(200**2 / 120**2)
+    macs = 2 * 1000 * 120 * 120
+    assert e.compute_seconds == pytest.approx(macs / (1e9 * 2) + 0.02 * 4 * 2 / 2)
+    assert e.io_seconds == pytest.approx(256 * 100 * 100 / 1e9 + 256 * 200 * 200 / 2e9)
+    assert e.peak_memory == 2 * 100 * 70 * 70 + 300 * 2**20  # an inner window bounds it: 50 + 2 x 10
+
+
+def test_profile_counts_convolution_work():
+    conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+    [cost] = profile([Stage("c", conv, 1, 1, (IMAGE,), 8)], 3, torch.device("cpu"))
+    assert cost.macs == conv.weight.numel()  # per output pixel = per input pixel here
+    assert cost.written == 0  # the last stage writes the output, not an activation
+    assert cost.read == 3 * 4
+
+
+def test_choices_follow_the_memory_budget(small_net):
+    device = torch.device("cpu")
+    roomy, plans = choose(small_net, 600, 600, device, memory_budget=8 * 2**30)
+    tight, _ = choose(small_net, 600, 600, device, memory_budget=roomy.peak_memory // 2)
+    assert tight.peak_memory <= roomy.peak_memory // 2 < roomy.peak_memory
+    assert tight.chunk < roomy.chunk
+    assert roomy == min((p for p in plans if p.peak_memory <= 8 * 2**30), key=lambda p: (p.seconds, p.peak_memory))
+    fixed, _ = choose(small_net, 600, 600, device, chunk=96, blocks_per_stage=2)
+    assert (fixed.chunk, fixed.blocks_per_stage, fixed.storage) == (96, 2, "zarr")
+
+
+@pytest.mark.parametrize("blocks", [0, 2])
+def test_every_grouping_is_exact(small_net, tmp_path, blocks):
+    """0: the whole network as one stage with its full halo (nothing stored between stages)."""
+    image = smooth_image(70, 60, seed=80)
+    tifffile.imwrite(tmp_path / "in.tif", image)
+    summary = upscale(tmp_path / "in.tif", tmp_path / "out.zarr", model=small_net, chunk=32, blocks_per_stage=blocks)
+    assert summary.stages == (1 if blocks == 0 else 3)
+    assert_exact(zarr.open_array(str(tmp_path / "out.zarr" / "0"))[:], whole_image(small_net, image))
+
+
+def test_planned_run_is_exact_and_plan_command(small_net, small_checkpoint, tmp_path):
+    image = smooth_image(90, 80, seed=81)
+    tifffile.imwrite(tmp_path / "in.tif", image)
+    upscale(tmp_path / "in.tif", tmp_path / "out.zarr", model=small_net)
+    assert_exact(zarr.open_array(str(tmp_path / "out.zarr" / "0"))[:], whole_image(small_net, image))
+    result = subprocess.run([sys.executable, "-m", "lpdask", "plan", "in.tif", "--model", str(small_checkpoint),
+                             "--max-memory", "1"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "in.tif: 90 x 80 px, 3 channel(s), 1 plane(s)"
+    assert lines[1].startswith("plan: chunk ") and "compute x" in lines[1] and "peak memory" in lines[1]
+    assert len([line for line in lines if "predicted" in line]) >= 4
+    assert np.all([float(line.split("peak memory ")[1].split(" GiB")[0]) <= 1e9 / 2**30 for line in lines[1:2]])
