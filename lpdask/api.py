@@ -144,7 +144,8 @@ def upscale(
     cannot be carried is named in a :class:`~lpdask.errors.MetadataWarning`.
     """
     start = time.perf_counter()
-    Plan(chunk or Plan.chunk, Plan.blocks_per_stage if blocks_per_stage is None else blocks_per_stage, threads)
+    Plan(Plan.chunk if chunk is None else chunk,  # check what was given
+         Plan.blocks_per_stage if blocks_per_stage is None else blocks_per_stage, threads)
     if workers < 0:
         raise LpdaskError(f"--workers {workers} must be at least 1 (0: threads in this process)")
     if workers and scheduler:
@@ -158,6 +159,8 @@ def upscale(
     torch_device = resolve_device(device)
     compute = resolve_precision(precision, torch_device)
     net.to(torch_device, compute)
+    if torch_device.type == "cuda":
+        net.to(memory_format=torch.channels_last)  # type: ignore[call-arg]
     scale = net.scale
     meta = replace(source.meta, photometric=photometric).rescaled(scale)
     as_tiff = output.name.lower().endswith(TIFF_SUFFIXES)

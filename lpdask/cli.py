@@ -94,7 +94,8 @@ def upscale_command(input: str, output: str, model: str | None, chunk: int | Non
 
     A job that stops (crash, kill, lost worker) resumes when the same command is run again."""
     # Check what needs no torch first, so mistakes are answered before the slow imports.
-    Plan(chunk or Plan.chunk, Plan.blocks_per_stage if blocks_per_stage is None else blocks_per_stage, threads)
+    Plan(Plan.chunk if chunk is None else chunk,  # check what was given
+         Plan.blocks_per_stage if blocks_per_stage is None else blocks_per_stage, threads)
     if max_memory is not None and max_memory <= 0:
         raise LpdaskError(f"--max-memory {max_memory:g} must be more than 0 GB")
     source = open_source(input, series, level)
@@ -136,7 +137,7 @@ def plan_command(input: str, model: str | None, device: str, series: int, level:
     """Print the plan `lpdask upscale` would use for INPUT (chunk, stage grouping, where activations
     live) with its predicted time, compute overhead, bytes written and peak memory, and the
     alternatives it weighed."""
-    Plan(chunk or Plan.chunk, blocks_per_stage or Plan.blocks_per_stage)
+    Plan(Plan.chunk if chunk is None else chunk, Plan.blocks_per_stage if blocks_per_stage is None else blocks_per_stage)
     source = open_source(input, series, level)
     from .device import resolve_device
     from .models import load_model

@@ -106,8 +106,9 @@ class Job:
 def run_window(stage: Stage, inputs: Sequence[Tensor], inner: Box, device: torch.device,
                precision: torch.dtype = torch.float32) -> Tensor:
     """Run ``stage`` on window tensors and keep ``inner`` (the chunk, in window coordinates)."""
+    layout = torch.channels_last if device.type == "cuda" else torch.contiguous_format  # tensor cores want NHWC
     with torch.inference_mode():
-        out = stage.module(*(t.to(device, precision) for t in inputs))
+        out = stage.module(*(t.to(device, precision, memory_format=layout) for t in inputs))
     s = stage.scale
     return out[:, :, inner.y0 * s : inner.y1 * s, inner.x0 * s : inner.x1 * s].float()
 

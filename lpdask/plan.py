@@ -9,6 +9,7 @@ from .errors import LpdaskError
 
 MIN_CHUNK = 16
 MAX_CHUNK = 8192
+GPU_CHUNKS = 2
 DEFAULT_TILE_PAD = 10
 """Real-ESRGAN's default ``tile_pad``, for tile mode."""
 
@@ -38,7 +39,8 @@ class Plan:
             raise LpdaskError(f"--threads {self.threads} must be at least 1 (0 picks one per core)")
 
     def workers(self, device_type: str) -> int:
-        """Chunks at once: as asked, else one per core on a CPU and one per GPU."""
+        """Chunks at once: as asked, else one per core on a CPU and two per GPU (one chunk's reads and
+        writes overlap the other's compute; the kernels themselves queue on one stream)."""
         if self.threads:
             return self.threads
-        return 1 if device_type == "cuda" else os.cpu_count() or 1
+        return GPU_CHUNKS if device_type == "cuda" else os.cpu_count() or 1

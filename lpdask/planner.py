@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from .models.network import Network
-from .plan import MAX_CHUNK, MIN_CHUNK
+from .plan import GPU_CHUNKS, MAX_CHUNK, MIN_CHUNK
 from .stages import IMAGE, Stage
 from .tiles import whole_stages
 
@@ -72,6 +72,7 @@ class Machine:
     write_bytes_per_s: float
     read_bytes_per_s: float
     memory_budget: int
+    device_type: str = "cpu"
 
 
 @dataclass(frozen=True)
@@ -167,7 +168,7 @@ def measure_machine(device_type: str, work: str | None = None, memory_budget: in
         torch.set_num_threads(before)
     efficiency = min(1.0, all_cores / (one * cores))
     write, read = _disk_speed(work)
-    return Machine(one, cores, efficiency, write, read, memory_budget or default_budget(device))
+    return Machine(one, cores, efficiency, write, read, memory_budget or default_budget(device), device.type)
 
 
 def default_budget(device: torch.device) -> int:
@@ -210,7 +211,8 @@ def estimate(costs: Sequence[StageCost], height: int, width: int, chunk: int, ma
     grid = chunk // d
     n_rows, n_cols = -(-rows // grid), -(-cols // grid)
     n = n_rows * n_cols
-    workers = workers or min(machine.cores, n)
+    gpu = machine.device_type == "cuda"
+    workers = workers or min(GPU_CHUNKS if gpu else machine.cores, n)
     macs = whole = written = read = asked = 0.0
     largest_window = 0.0
     factor = 1
@@ -230,6 +232,8 @@ def estimate(costs: Sequence[StageCost], height: int, width: int, chunk: int, ma
     threads = max(1, machine.cores // workers)
     speed = machine.macs_per_core * workers * threads * (machine.parallel_efficiency if threads > 1 else 1.0)
     imbalance = math.ceil(n / workers) * workers / n
+    if gpu:  # chunks in flight share one GPU: they overlap I/O, not compute
+        speed, imbalance = machine.macs_per_core, 1.0
     compute = macs / speed * imbalance + TASK_SECONDS * n * len(costs) / workers
     io = written / machine.write_bytes_per_s + read / machine.read_bytes_per_s
     peak = int(workers * largest_window + model_bytes * (2 if storage == "memory" else 1) + 300 * 2**20)
