@@ -16,10 +16,10 @@ import numpy as np
 import tifffile
 import torch
 import zarr
-from PIL import Image, ImageDraw
 from skimage import data
 
 import lpdask
+from lpdask.compare import seam_figure
 
 
 def main() -> None:
@@ -61,33 +61,10 @@ def main() -> None:
         near = diff[:, border - 4 : border + 4, :].max(0).max()
         print(f"{name:>6} vs whole image: max {diff.max()} levels, mean {diff.mean():.3f}, "
               f"{(diff > 1).mean():.3%} of values off by more than 1, max at a chunk border {near}")
-    figure = seam_figure(results["tile"], results["lpdask"], whole, border)
+    figure = seam_figure([("tile mode (Real-ESRGAN)", results["tile"]), ("lpdask (exact)", results["lpdask"])],
+                         whole, border)
     figure.save(args.out / "seams.png")
     print(f"\nwrote {args.out / 'seams.png'}: a crop across a chunk corner; bottom row: |difference| x 8")
-
-
-def seam_figure(tile: np.ndarray, exact: np.ndarray, whole: np.ndarray, border: int, half: int = 64,
-                zoom: int = 3, gain: int = 8) -> Image.Image:
-    """Crops around (border, border) of three (c, y, x) images and their differences from ``whole``."""
-    crop = np.s_[:, border - half : border + half, border - half : border + half]
-    panels = [("tile mode (Real-ESRGAN)", tile), ("lpdask (exact)", exact), ("whole image", whole)]
-    side = 2 * half * zoom
-    canvas = Image.new("RGB", (3 * side + 40, 2 * side + 70), "white")
-    draw = ImageDraw.Draw(canvas)
-    for k, (label, img) in enumerate(panels):
-        x = 10 + k * (side + 10)
-        picture = np.moveaxis(img[crop], 0, -1)
-        canvas.paste(Image.fromarray(picture).resize((side, side), Image.NEAREST), (x, 25))
-        draw.text((x, 8), label, fill="black")
-        if img is not whole:
-            diff = np.abs(img[crop].astype(int) - whole[crop]).max(0)
-            heat = np.clip(diff * gain, 0, 255).astype(np.uint8)
-            canvas.paste(Image.fromarray(heat).resize((side, side), Image.NEAREST), (x, side + 55))
-            draw.text((x, side + 38), f"|{label.split(' (')[0]} - whole| x{gain}: max {diff.max()}", fill="black")
-        for offset in (half * zoom,):  # mark the chunk border
-            draw.line([(x + offset, 25), (x + offset, 25 + 6)], fill="red", width=2)
-            draw.line([(x, 25 + offset), (x + 6, 25 + offset)], fill="red", width=2)
-    return canvas
 
 
 if __name__ == "__main__":

@@ -76,7 +76,8 @@ class Summary:
         resumed = f" (resumed: {self.computed_chunks} chunk tasks recomputed)" if self.resumed else ""
         return (f"wrote {self.output} {self.output_shape} in {self.seconds:.1f} s: "
                 f"{self.input_megapixels:.3f} input megapixels, {self.megapixels_per_second:.4f} MP/s, "
-                f"{self.runs} run{'s' if self.runs > 1 else ''} x {self.stages} stages x {self.chunks} chunks, {self.levels} pyramid levels, "
+                f"{self.runs} run{'s' if self.runs > 1 else ''} x {self.stages} stages x {self.chunks} chunks, "
+                f"{self.levels} pyramid levels, "
                 f"peak memory {self.peak_memory_bytes / 2**20:.0f} MiB{resumed}")
 
 
@@ -135,7 +136,7 @@ def upscale(
     is the TIFF output's codec (zlib, zstd, lzw, jpeg for 8-bit, none).
 
     ``chunk`` and ``blocks_per_stage`` left out are chosen by the planner (:mod:`lpdask.planner`)
-    within ``max_memory`` bytes (default: half the available memory, at most 8 GiB); ``on_plan``
+    within ``max_memory`` bytes (default: 4 GiB, or half the available memory if less); ``on_plan``
     gets its choice and prediction. A resumed job keeps the plan it started with.
 
     Intermediate activations go to ``workdir`` (default: beside ``dst``), in a folder removed once
@@ -243,7 +244,8 @@ def _run(state: str, output: Location, work: WorkFolder, identity: dict[str, Any
 
                 group = zarr.open_group(str(result), mode="r")
                 write_tiff(partial_tiff, [group[str(k)] for k in range(levels)], meta,
-                           ome=wants_ome(output, source.ome, meta), software=f"{SOFTWARE_PREFIX}{identity['digest']} {json.dumps(identity['plan'])}",
+                           ome=wants_ome(output, source.ome, meta),
+                           software=f"{SOFTWARE_PREFIX}{identity['digest']} {json.dumps(identity['plan'])}",
                            compression=compression)
                 publish(partial_tiff, output)
     except LpdaskError:
@@ -270,7 +272,7 @@ def _choose_plan(net: Network, source: Source, device: torch.device, mode: str, 
     if chunk is not None and blocks_per_stage is not None:
         return {"chunk": chunk, "blocks_per_stage": blocks_per_stage, "storage": "memory" if blocks_per_stage == 0
                 else "zarr"}
-    if stored and (chunk in (None, stored.get("chunk"))) and (blocks_per_stage in (None, stored.get("blocks_per_stage"))):
+    if stored and chunk in (None, stored.get("chunk")) and blocks_per_stage in (None, stored.get("blocks_per_stage")):
         return dict(stored)
     from .planner import choose
 

@@ -56,7 +56,7 @@ def cli() -> None:
               help="RRDB blocks per stage (Compact nets: 15 convs per block; 0: the whole network as one "
                    "stage, nothing stored between stages) [default: the planner's choice].")
 @click.option("--max-memory", type=float, default=None, metavar="GB",
-              help="Memory the planner may plan for [default: half the available memory, at most 8 GiB].")
+              help="Memory the planner may plan for [default: 4 GiB, or half the available memory if less].")
 @click.option("--threads", type=int, default=0, show_default=True, help="Chunks at once (0: one per CPU core).")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
@@ -129,7 +129,7 @@ def upscale_command(input: str, output: str, model: str | None, chunk: int | Non
 @click.option("--level", type=int, default=0, show_default=True, help="Pyramid level of the input.")
 @click.option("--chunk", type=int, default=None, help="Fix the chunk side.")
 @click.option("--blocks-per-stage", type=int, default=None, help="Fix the stage grouping.")
-@click.option("--max-memory", type=float, default=None, metavar="GB", help="Memory budget [default: half the available, at most 8 GiB].")
+@click.option("--max-memory", type=float, default=None, metavar="GB", help="Memory budget [default: 4 GiB or half the available if less].")
 @click.option("--workdir", metavar="DIR", help="Where the work folder would go (its disk speed is measured).")
 @click.option("--top", type=int, default=8, show_default=True, help="How many alternatives to list.")
 def plan_command(input: str, model: str | None, device: str, series: int, level: int, chunk: int | None,

@@ -23,7 +23,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -93,21 +93,29 @@ class Report:
     figure: str
     images: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
 
-    def __str__(self) -> str:
+    def heading(self) -> str:
         top, left, height, width = self.crop
-        head = (f"{self.input}: rows {top}:{top + height}, columns {left}:{left + width} ({height} x {width} px, "
+        return (f"{self.input}: rows {top}:{top + height}, columns {left}:{left + width} ({height} x {width} px, "
                 f"{self.dtype}), {self.model} x{self.scale}; errors in levels vs whole-image inference")
+
+    def table(self) -> list[tuple[str, ...]]:
+        """The numbers as rows of cells, the column names first."""
         rows = [("method", "max error", "mean error", "> 1 level", f"max within {SEAM_REACH} px of a border",
                  "seconds")]
         rows += [(m.label, str(m.max_error), f"{m.mean_error:.3f}", f"{m.off_by_more_than_1:.2%}",
                   str(m.max_at_border), f"{m.seconds:.1f}") for m in self.methods]
         rows.append(("whole image (reference)", "-", "-", "-", "-", f"{self.whole_seconds:.1f}"))
+        return rows
+
+    def __str__(self) -> str:
+        rows = self.table()
         widths = [max(len(row[k]) for row in rows) for k in range(len(rows[0]))]
         lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
-        return "\n".join([head, *lines, f"figure: {self.figure}"])
+        return "\n".join([self.heading(), *lines, f"figure: {self.figure}"])
 
     def to_json(self) -> str:
-        data = asdict(self)
+        """Everything but the images."""
+        data = asdict(replace(self, images={}))
         del data["images"]
         return json.dumps(data, indent=2)
 
@@ -137,6 +145,8 @@ def compare(
     Plan(chunk)
     if not 1 <= patch <= MAX_SIZE:
         raise LpdaskError(f"--patch {patch} is out of range (1 to {MAX_SIZE} pixels)")
+    if tile_pad < 0:
+        raise LpdaskError(f"--tile-pad {tile_pad} must be at least 0")
     figure = _check_figure_path(out)
     source = open_source(src)
     box = crop_box(source, size, chunk, origin)
@@ -144,21 +154,29 @@ def compare(
     for side, option in ((chunk, "--chunk"), (patch, "--patch")):
         if side % net.input_factor:
             raise LpdaskError(f"{option} {side} must be a multiple of {net.input_factor} for this x{net.scale} model")
-    if tile_pad < 0:
-        raise LpdaskError(f"--tile-pad {tile_pad} must be at least 0")
-    pixels = source.read(box)
-    photometric = photometric_of(source.channels, "auto", source.photometric)
-    say = progress or (lambda line: None)
+    images, methods, whole_seconds = _run_methods(source, source.read(box), net, chunk, tile_pad, patch, device,
+                                                  progress or (lambda line: None))
+    report = Report(str(src), _model_name(model), (box.y0, box.x0, *box.shape), net.scale, str(source.dtype),
+                    chunk, tile_pad, patch, whole_seconds, methods, str(figure), images)
+    corner = _corner(box.shape, chunk)
+    panels = [(m.label.split(",")[0], images[m.key]) for m in methods]
+    seam_figure(panels, images["whole"], (corner[0] * net.scale, corner[1] * net.scale),
+                notes=[(report.heading(),), *report.table()]).save(figure)
+    return report
 
+
+def _run_methods(source: Source, pixels: np.ndarray, net: Network, chunk: int, tile_pad: int, patch: int,
+                 device: str, say: Callable[[str], None]) -> tuple[dict[str, np.ndarray], list[MethodError], float]:
+    """Whole image, tile mode, neighbour patches and lpdask on ``pixels`` (h, w, c): the results by
+    key, each method's errors, and the seconds the whole image took."""
+    photometric = photometric_of(source.channels, "auto", source.photometric)
     runs = passes(source.channels, photometric)
     torch_device = resolve_device(device)
-
     start = time.perf_counter()
     whole = whole_image(net, pixels, runs, torch_device)
     whole_seconds = time.perf_counter() - start
     say(f"whole image (reference): {whole_seconds:.1f} s")
-    images = {"whole": whole}
-    methods = []
+    images, methods = {"whole": whole}, []
 
     def measure(key: str, label: str, side: int, compute: Callable[[], np.ndarray]) -> None:
         start = time.perf_counter()
@@ -168,21 +186,16 @@ def compare(
         say(f"{label}: {seconds:.1f} s")
 
     channels = _CHANNEL_MODE[photometric]
-    with tempfile.TemporaryDirectory(prefix="lpdask-compare-") as folder:
-        crop_path = write_crop(Path(folder) / "crop.zarr", pixels)
+    with tempfile.TemporaryDirectory(prefix="lpdask-compare-") as temporary:
+        folder = Path(temporary)
+        crop = write_crop(folder / "crop.zarr", pixels)
         measure("tile", f"tile mode (Real-ESRGAN), tile {chunk}, tile_pad {tile_pad}", chunk,
-                lambda: _engine(crop_path, Path(folder) / "tile.zarr", net, "tile", chunk, tile_pad, channels, device))
+                lambda: _engine(crop, folder / "tile.zarr", net, "tile", chunk, tile_pad, channels, device))
         measure("patch", f"{LP_STYLE}, patch {patch}", patch,
                 lambda: neighbour_patches(net, pixels, runs, patch, torch_device))
         measure("lpdask", f"lpdask exact, chunk {chunk}", chunk,
-                lambda: _engine(crop_path, Path(folder) / "lpdask.zarr", net, "exact", chunk, 0, channels, device))
-    report = Report(str(src), _model_name(model), (box.y0, box.x0, *box.shape), net.scale, str(source.dtype),
-                    chunk, tile_pad, patch, whole_seconds, methods, str(figure), images)
-    border = _corner(box.shape, chunk)
-    panels = [(m.label.split(",")[0], images[m.key]) for m in methods]
-    seam_figure(panels, whole, (border[0] * net.scale, border[1] * net.scale),
-                notes=str(report).splitlines()[:-1]).save(figure)
-    return report
+                lambda: _engine(crop, folder / "lpdask.zarr", net, "exact", chunk, 0, channels, device))
+    return images, methods, whole_seconds
 
 
 def crop_box(source: Source, size: int, chunk: int, origin: tuple[int, int] | None = None) -> Box:
@@ -307,10 +320,10 @@ def method_error(key: str, label: str, result: np.ndarray, whole: np.ndarray, st
 
 
 def seam_figure(panels: Sequence[tuple[str, np.ndarray]], whole: np.ndarray, border: int | tuple[int, int],
-                half: int = 64, gain: int = GAIN, notes: Sequence[str] = ()) -> Image.Image:
+                half: int = 64, gain: int = GAIN, notes: Sequence[Sequence[str]] = ()) -> Image.Image:
     """A crop of ``2 * half`` output px around ``border`` (a chunk corner, (y, x)) of each (c, H, W)
     image in ``panels`` and of ``whole`` (top row), each panel's |difference from whole| amplified
-    by ``gain`` below it, a colour bar, and ``notes`` as text lines."""
+    by ``gain`` below it, a colour bar, and ``notes``: lines of text, each a row of table cells."""
     by, bx = (border, border) if isinstance(border, int) else border
     height, width = whole.shape[1:]
     half = max(1, min(half, by, bx, height - by, width - bx))
@@ -332,11 +345,22 @@ def seam_figure(panels: Sequence[tuple[str, np.ndarray]], whole: np.ndarray, bor
         if k < len(panels):
             diff = np.abs(image[crop].astype(np.int64) - whole[crop].astype(np.int64)).max(0)
             canvas.paste(_enlarged(_heat(diff * gain), side), (x, heat_top))
-            draw.text((x, heat_top - 17), f"|difference from whole| x{gain}: max {diff.max()}", fill="black")
+            draw.text((x, heat_top - 17), f"|difference from whole| x{gain}: max {diff.max()} in this crop",
+                      fill="black")
     _legend(draw, canvas, GAP + len(panels) * (side + GAP), heat_top, side, gain)
-    for n, line in enumerate(notes):
-        draw.text((GAP, text_top + n * LINE), line, fill="black")
+    _table(draw, notes, GAP, text_top)
     return canvas
+
+
+def _table(draw: ImageDraw.ImageDraw, rows: Sequence[Sequence[str]], x: int, y: int) -> None:
+    """Rows of cells in aligned columns (a one-cell row is a line of its own)."""
+    columns = max((len(row) for row in rows if len(row) > 1), default=0)
+    widths = [max(draw.textlength(row[k]) for row in rows if len(row) > 1) for k in range(columns)]
+    for n, row in enumerate(rows):
+        left = x
+        for k, cell in enumerate(row):
+            draw.text((left, y + n * LINE), cell, fill="black")
+            left += int(widths[k]) + 16 if len(row) > 1 else 0
 
 
 def _rgb(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
@@ -364,7 +388,7 @@ def _legend(draw: ImageDraw.ImageDraw, canvas: Image.Image, x: int, y: int, side
     canvas.paste(Image.fromarray(bar), (x, y + 20))
     draw.text((x, y), f"difference maps: |method - whole image| x{gain}", fill="black")
     draw.text((x, y + 40), "0", fill="black")
-    top = f">= {255 / gain:g} levels"
+    top = f">= {255 / gain:.3g} levels"
     draw.text((x + side - 6 * len(top), y + 40), top, fill="black")
     draw.text((x, y + 60), "black: equal to the whole image", fill="black")
 

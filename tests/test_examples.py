@@ -27,7 +27,7 @@ def test_demo_figure(tmp_path):
     whole = np.full((3, 512, 512), 100, np.uint8)
     tile = whole.copy()
     tile[:, 250:262, :] += 40  # a seam
-    figure = demo.seam_figure(tile, whole.copy(), whole, border=256)
+    figure = demo.seam_figure([("tile mode", tile), ("lpdask", whole.copy())], whole, border=256)
     pixels = np.asarray(figure)
     assert figure.size[0] > figure.size[1] > 300
     heat = pixels[450:800]  # the row of difference maps
