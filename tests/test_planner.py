@@ -52,8 +52,11 @@ def test_choices_follow_the_memory_budget(small_net):
     roomy, plans = choose(small_net, 600, 600, device, memory_budget=8 * 2**30)
     tight, _ = choose(small_net, 600, 600, device, memory_budget=roomy.peak_memory // 2)
     assert tight.peak_memory <= roomy.peak_memory // 2 < roomy.peak_memory
-    assert tight.chunk < roomy.chunk
-    assert roomy == min((p for p in plans if p.peak_memory <= 8 * 2**30), key=lambda p: (p.seconds, p.peak_memory))
+    assert tight.chunk <= roomy.chunk  # a smaller chunk, or the same one with less halo per stage
+    fitting = [p for p in plans if p.peak_memory <= 8 * 2**30]
+    fastest = min(p.seconds for p in fitting)
+    near = [p for p in fitting if p.seconds <= fastest * 1.05]
+    assert roomy == min(near, key=lambda p: (p.peak_memory, p.seconds))  # least memory among the near-fastest
     fixed, _ = choose(small_net, 600, 600, device, chunk=96, blocks_per_stage=2)
     assert (fixed.chunk, fixed.blocks_per_stage, fixed.storage) == (96, 2, "zarr")
 
