@@ -33,11 +33,16 @@ def start(tmp_path: Path, checkpoint: Path, output: str, *extra: str) -> subproc
 def chunks_done(work: Path, chunks: int) -> int:
     """Chunk tasks recorded as finished in a work folder: a finished stage counts all its chunks."""
     markers = work / "markers"
-    if not markers.is_dir():
-        return 0
-    stages = len(list(markers.rglob("*.done")))
-    loose = sum(1 for p in markers.rglob("*") if p.is_file() and not p.name.endswith(".done"))
-    return stages * chunks + loose
+    while True:
+        if not markers.is_dir():
+            return 0
+        try:
+            finished = {p.with_suffix("") for p in markers.rglob("*.done")}
+            loose = sum(1 for p in markers.rglob("*") if p.is_file() and not p.name.endswith(".done")
+                        and p.parent not in finished)  # killed between a stage's marker and its cleanup
+            return len(finished) * chunks + loose
+        except FileNotFoundError:  # a stage finished and dropped its chunk markers while we counted
+            continue
 
 
 def test_sigkill_half_way_then_resume(tmp_path, small_checkpoint):
