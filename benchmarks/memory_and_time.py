@@ -86,27 +86,40 @@ def _emit(result: dict) -> None:
     sys.stdout.flush()
 
 
-def child_whole(args: argparse.Namespace) -> None:
-    """Whole-image inference: read the TIFF, run net(x) once, convert to the input dtype."""
+def whole_image_inference(model: str, src: str):
+    """Load the model and the TIFF, run net(x) once and convert to the input dtype as Real-ESRGAN's
+    enhance() does (clamp to [0, 1], scale, round half to even, cast). Returns (net, x, out,
+    seconds in net(x))."""
     import numpy as np
     import tifffile
     import torch
 
     from lpdask import load_model
 
-    after_import = _current_rss_bytes()
-    usage = _usage()
-    start = time.perf_counter()
-    net = load_model(args.model).eval()
-    image = tifffile.imread(args.src)  # (h, w, 3) uint8
+    net = load_model(model).eval()
+    image = tifffile.imread(src)  # (h, w, 3)
     top = np.float32(np.iinfo(image.dtype).max)
     x = torch.from_numpy(np.ascontiguousarray((image.astype(np.float32) / top).transpose(2, 0, 1)))[None]
     t_net = time.perf_counter()
     with torch.inference_mode():
         y = net(x)
     net_seconds = time.perf_counter() - t_net
-    # as Real-ESRGAN's enhance(): clamp to [0, 1], scale, round half to even, cast
     out = (y[0].clamp(0, 1).numpy() * top).round().astype(image.dtype)
+    return net, x, out, net_seconds
+
+
+def child_whole(args: argparse.Namespace) -> None:
+    """Whole-image inference: read the TIFF, run net(x) once, convert to the input dtype."""
+    import numpy as np
+    import tifffile  # noqa: F401  (imported before the clock starts)
+    import torch
+
+    from lpdask import load_model  # noqa: F401
+
+    after_import = _current_rss_bytes()
+    usage = _usage()
+    start = time.perf_counter()
+    net, x, out, net_seconds = whole_image_inference(args.model, args.src)
     work_seconds = time.perf_counter() - start
     cpu = _usage_since(usage)
     result = {
@@ -116,7 +129,7 @@ def child_whole(args: argparse.Namespace) -> None:
         "checksum": float(np.asarray(out, dtype=np.float64).mean()),
     }
     if args.stage_times:
-        del y, out
+        del out
         result["stages"] = _whole_stage_times(net, x, args.blocks_per_stage)
     _emit(result)
 

@@ -152,22 +152,14 @@ def _read_zarr(path: str):
 def child_whole(spec: dict) -> dict:
     """Whole-image inference as in memory_and_time.py; optionally saves its output as the reference."""
     import numpy as np
-    import tifffile
+    import tifffile  # noqa: F401  (imported before the clock starts, as in memory_and_time.py)
     import torch
 
-    from lpdask import load_model
+    from lpdask import load_model  # noqa: F401
 
     after_import = mt._current_rss_bytes()
     usage, io_before, start = mt._usage(), _io_counters(), time.perf_counter()
-    net = load_model(spec["model"]).eval()
-    image = tifffile.imread(spec["src"])
-    top = np.float32(np.iinfo(image.dtype).max)
-    x = torch.from_numpy(np.ascontiguousarray((image.astype(np.float32) / top).transpose(2, 0, 1)))[None]
-    t_net = time.perf_counter()
-    with torch.inference_mode():
-        y = net(x)
-    net_seconds = time.perf_counter() - t_net
-    out = (y[0].clamp(0, 1).numpy() * top).round().astype(image.dtype)
+    _, _, out, net_seconds = mt.whole_image_inference(spec["model"], spec["src"])
     result = _finish({"kind": "whole", "net_seconds": net_seconds, "rss_after_import_bytes": after_import,
                       "torch_threads": torch.get_num_threads(), "output_shape": list(out.shape)},
                      usage, io_before, start)

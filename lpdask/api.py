@@ -8,13 +8,11 @@ import math
 import os
 import resource
 import shutil
-import tempfile
 import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import partial
-from pathlib import Path
 from typing import Any, Callable, Iterator, Literal
 
 import dask.array as da
@@ -28,7 +26,7 @@ from .channels import AlphaMode, ChannelMode, Pass, passes, photometric_of
 from .chunks import Box
 from .device import resolve_device, resolve_precision
 from .errors import LpdaskError, MetadataWarning
-from .export import TIFF_SUFFIXES, check_compression, wants_ome
+from .export import TIFF_SUFFIXES, check_compression, partial_tiff_path, publish, wants_ome
 from .graph import Job, run_job, run_window
 from .io.locations import Location
 from .io.metadata import ImageMetadata
@@ -230,7 +228,7 @@ def _run(state: str, output: Location, work: WorkFolder, identity: dict[str, Any
             for k, (plane, p) in enumerate((plane, p) for plane in source.planes() for p in runs)]
     chunks = len(jobs[0].grid(0))
     bars = Bars([job.stages for job in jobs], chunks, disable=not progress)
-    partial_tiff = _partial_tiff(output, work.path)
+    partial_tiff = partial_tiff_path(output, work.path)
     computed = 0
     try:
         with _threads(torch_threads or None):
@@ -480,25 +478,6 @@ def check_grid(chunk: int, net: Network) -> None:
     if chunk % net.input_factor:
         raise LpdaskError(f"--chunk {chunk} must be a multiple of {net.input_factor} for this "
                           f"x{net.scale} model (it pixel-unshuffles by {net.input_factor})")
-
-
-def _partial_tiff(output: Location, work: Location) -> Path:
-    """Where a TIFF is written before it gets its name: beside a local output, else in a local
-    work folder or the system's temporary folder (object stores cannot seek while writing)."""
-    if output.is_local:
-        return output.local_path.with_name(output.name + ".partial")
-    folder = work.local_path if work.is_local else Path(tempfile.gettempdir())
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder / (output.name + ".partial")
-
-
-def publish(partial: Path, output: Location) -> None:
-    """Give a finished file its name: a rename on a local disk, one upload to an object store."""
-    if output.is_local:
-        os.replace(partial, output.local_path)
-    else:
-        output.fs.put_file(str(partial), output.path)
-        partial.unlink()
 
 
 @contextmanager

@@ -41,16 +41,17 @@ class Pass:
 
     def to_network(self, pixels: np.ndarray) -> np.ndarray:
         """(c, h, w) values of all channels -> this pass's network input (3 or 1, h, w)."""
-        picked = pixels[list(self.channels)]
+        whole = self.channels == tuple(range(pixels.shape[0]))
+        picked = pixels if whole else pixels[list(self.channels)]  # no copy when it is all of them
         if self.kind == "grey":
             return np.repeat(picked, 3, axis=0)
         return picked
 
     def from_network(self, values: np.ndarray) -> np.ndarray:
-        """(3 or 1, h, w) output values -> (len(channels), h, w), clamped to [0, 1]."""
-        values = np.clip(values, 0, 1)
+        """(3 or 1, h, w) output values -> (len(channels), h, w); grey is clamped to [0, 1] before
+        its luma, as Real-ESRGAN does (other kinds are clamped by :func:`lpdask.pixels.from_unit`)."""
         if self.kind == "grey":
-            return np.tensordot(LUMA, values, axes=1)[None].astype(np.float32)
+            return np.tensordot(LUMA, np.clip(values, 0, 1), axes=1)[None].astype(np.float32)
         return values
 
     def describe(self) -> str:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import zarr
@@ -28,11 +30,29 @@ def wants_ome(output: Location, input_ome: bool, meta: ImageMetadata) -> bool:
     return output.name.lower().endswith((".ome.tif", ".ome.tiff")) or (input_ome and meta.geotiff is None)
 
 
+def partial_tiff_path(output: Location, work: Location) -> Path:
+    """Where a TIFF is written before it gets its name: beside a local output, else in a local
+    work folder or the system's temporary folder (object stores cannot seek while writing)."""
+    if output.is_local:
+        return output.local_path.with_name(output.name + ".partial")
+    folder = work.local_path if work.is_local else Path(tempfile.gettempdir())
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / (output.name + ".partial")
+
+
+def publish(partial: Path, output: Location) -> None:
+    """Give a finished file its name: a rename on a local disk, one upload to an object store."""
+    if output.is_local:
+        os.replace(partial, output.local_path)
+    else:
+        output.fs.put_file(str(partial), output.path)
+        partial.unlink()
+
+
 def export(src: str | os.PathLike[str] | Location, dst: str | os.PathLike[str] | Location, *,
            overwrite: bool = False, compression: str = "zlib") -> Location:
     """Write the OME-Zarr image at ``src`` (all its pyramid levels) as a TIFF at ``dst`` (local
     paths or fsspec URLs)."""
-    from .api import _partial_tiff, publish
     from .io.ngff import read_ngff_metadata
     from .io.omezarr import STATUS_KEY
     from .io.tiff import write_tiff
@@ -55,7 +75,7 @@ def export(src: str | os.PathLike[str] | Location, dst: str | os.PathLike[str] |
         meta, paths = read_ngff_metadata(source)
     except (KeyError, IndexError, TypeError, ValueError) as exc:
         raise LpdaskError(f"{source} is not an OME-Zarr image ({exc})") from None
-    partial = _partial_tiff(output, output.parent)
+    partial = partial_tiff_path(output, output.parent)
     try:
         levels = [group[p] for p in paths]
         check_compression(compression, levels[0].dtype)

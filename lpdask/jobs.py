@@ -136,16 +136,15 @@ def check_output(src: str | os.PathLike[str] | Location, dst: str | os.PathLike[
 SOFTWARE_PREFIX = "lpdask job "
 
 
-def stored_identity(output: Location) -> tuple[str, bool] | None:
-    """(job digest, complete) of an lpdask result at ``output``, or None for anything else."""
+def _stored_status(output: Location) -> dict[str, Any] | None:
+    """The ``lpdask`` status an earlier job left on ``output`` (job digest, complete, plan): the
+    attributes of an OME-Zarr result, or the Software tag of a TIFF one; None for anything else."""
     if output.name.lower().endswith(".zarr"):
         try:
             own = zarr.open_group(output.url, mode="r").attrs.get("lpdask")
         except Exception:  # zarr raises several types for a folder that is not a store
             return None
-        if isinstance(own, dict) and isinstance(own.get("job"), str):
-            return own["job"], bool(own.get("complete"))
-        return None
+        return dict(own) if isinstance(own, dict) and isinstance(own.get("job"), str) else None
     if output.is_file():
         import tifffile
 
@@ -155,9 +154,19 @@ def stored_identity(output: Location) -> tuple[str, bool] | None:
         except (OSError, tifffile.TiffFileError, IndexError):
             return None
         if software.startswith(SOFTWARE_PREFIX):
-            job = software[len(SOFTWARE_PREFIX):].split(" ", 1)[0]
-            return job, True  # a TIFF gets its name only once complete
+            job, _, plan = software[len(SOFTWARE_PREFIX):].partition(" ")
+            try:
+                stored_plan = json.loads(plan) if plan else None
+            except ValueError:
+                stored_plan = None
+            return {"job": job.strip(), "complete": True, "plan": stored_plan}  # named only once complete
     return None
+
+
+def stored_identity(output: Location) -> tuple[str, bool] | None:
+    """(job digest, complete) of an lpdask result at ``output``, or None for anything else."""
+    status = _stored_status(output)
+    return (status["job"], bool(status.get("complete"))) if status else None
 
 
 def stored_plan(output: Location, work: WorkFolder) -> dict[str, Any] | None:
@@ -167,23 +176,9 @@ def stored_plan(output: Location, work: WorkFolder) -> dict[str, Any] | None:
         return dict(json.loads((work.path / IDENTITY_FILE).read_text())["plan"])
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    if output.name.lower().endswith(".zarr"):
-        try:
-            own = zarr.open_group(output.url, mode="r").attrs.get("lpdask")
-            return dict(own["plan"])
-        except Exception:  # not an lpdask result, or none there
-            return None
-    if output.is_file():
-        import tifffile
-
-        try:
-            with output.open() as f, tifffile.TiffFile(f) as tif:
-                software = tif.pages[0].software or ""
-            if software.startswith(SOFTWARE_PREFIX):
-                return dict(json.loads(software[len(SOFTWARE_PREFIX):].split(" ", 1)[1]))
-        except (OSError, tifffile.TiffFileError, IndexError, ValueError):
-            return None
-    return None
+    status = _stored_status(output)
+    plan = status.get("plan") if status else None
+    return dict(plan) if isinstance(plan, dict) else None
 
 
 def output_state(output: Location, work: WorkFolder, job: str, overwrite: bool) -> State:

@@ -249,13 +249,11 @@ def estimate(costs: Sequence[StageCost], height: int, width: int, chunk: int, ma
 def _extent_sum(length: int, chunk: int, halo: int, granule: int = 1) -> float:
     """Sum over the chunks along one axis of their window's extent (chunk plus halo, clipped at the
     border), rounded out to whole ``granule``s where reads fetch whole store chunks."""
-    total = 0
-    for start in range(0, length, chunk):
-        lo, hi = max(0, start - halo), min(length, start + chunk + halo)
-        if granule > 1:
-            lo, hi = lo // granule * granule, min(length, -(-hi // granule) * granule)
-        total += hi - lo
-    return float(total)
+    starts = np.arange(0, length, chunk)
+    lo, hi = np.maximum(0, starts - halo), np.minimum(length, starts + chunk + halo)
+    if granule > 1:
+        lo, hi = lo // granule * granule, np.minimum(length, -(-hi // granule) * granule)
+    return float((hi - lo).sum())
 
 
 def choose(net: Network, height: int, width: int, device: torch.device, *, chunk: int | None = None,

@@ -43,6 +43,18 @@ def parser(name: str, doc: str | None, output_hint: str) -> argparse.ArgumentPar
     return p
 
 
+def paths(args: argparse.Namespace, write_sample: Callable[[Path], Path], sample_name: str, about: str,
+          suffix: str) -> tuple[Path, Path]:
+    """INPUT, or the synthetic sample written into ``--folder``; OUTPUT, or ``<input stem>_sr<suffix>``
+    in ``--folder``."""
+    args.folder.mkdir(parents=True, exist_ok=True)
+    src = args.input
+    if src is None:
+        src = write_sample(args.folder / sample_name)
+        print(f"sample: {src} ({about})")
+    return src, args.output or args.folder / f"{src.name.split('.')[0]}_sr{suffix}"
+
+
 @contextmanager
 def shown_warnings(ignore: Callable[[str], bool] = lambda message: False) -> Iterator[list[str]]:
     """Collect lpdask's metadata warnings (what the output could not carry) and print them."""

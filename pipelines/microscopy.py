@@ -16,7 +16,7 @@ from typing import Any
 
 import tifffile
 
-from common import close, expect, parser, report, run, upscale
+from common import close, expect, parser, paths, report, run, upscale
 from samples import write_microscopy, write_microscopy_zarr
 
 
@@ -127,13 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sample", choices=("tiff", "zarr"), default="tiff",
                    help="format of the synthetic sample written when no INPUT is given (default: %(default)s)")
     args = p.parse_args(argv)
-    args.folder.mkdir(parents=True, exist_ok=True)
-    src = args.input
-    if src is None:
-        src = (write_microscopy(args.folder / "cells.ome.tif") if args.sample == "tiff"
-               else write_microscopy_zarr(args.folder / "cells.ome.zarr"))
-        print(f"sample: {src} (2 z-planes, DAPI / GFP / mCherry, uint16)")
-    dst = args.output or args.folder / f"{src.name.split('.')[0]}_sr.zarr"
+    sample, name = (write_microscopy, "cells.ome.tif") if args.sample == "tiff" else (write_microscopy_zarr,
+                                                                                         "cells.ome.zarr")
+    src, dst = paths(args, sample, name, "2 z-planes, DAPI / GFP / mCherry, uint16", ".zarr")
     upscale(src, dst, args)
     check(src, dst)
     print(f"\nopen it in napari:  napari --plugin napari-ome-zarr {dst}")

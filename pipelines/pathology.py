@@ -17,7 +17,7 @@ from typing import Any
 
 import tifffile
 
-from common import close, expect, parser, report, run, upscale
+from common import close, expect, parser, paths, report, run, upscale
 from samples import write_pathology
 
 MICRONS = {"µm": 1.0, "um": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}
@@ -101,12 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     p = parser("pathology", __doc__, "OME-TIFF (.ome.tif)")
     p.add_argument("--level", type=int, default=0, help="pyramid level of the input to upscale (default: 0)")
     args = p.parse_args(argv)
-    args.folder.mkdir(parents=True, exist_ok=True)
-    src = args.input
-    if src is None:
-        src = write_pathology(args.folder / "slide.svs")
-        print(f"sample: {src} (Aperio SVS-like, JPEG RGB, 3 levels, MPP 0.499)")
-    dst = args.output or args.folder / f"{src.name.split('.')[0]}_sr.ome.tif"
+    src, dst = paths(args, write_pathology, "slide.svs", "Aperio SVS-like, JPEG RGB, 3 levels, MPP 0.499", ".ome.tif")
     expect(dst.name.lower().endswith((".ome.tif", ".ome.tiff")), f"output {dst} should be an .ome.tif")
     upscale(src, dst, args, level=args.level)
     check(src, dst, args.level)

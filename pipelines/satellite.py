@@ -28,7 +28,7 @@ import rasterio
 import zarr
 from rasterio.windows import Window
 
-from common import close, expect, parser, report, run, upscale
+from common import close, expect, parser, paths, report, run, upscale
 from samples import write_satellite
 
 ROWS = 256
@@ -263,12 +263,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="uint16 input: spread each band's valid range (auto), or LOW..HIGH, over the 16-bit "
                         "range for the network and back after (default: %(default)s)")
     args = p.parse_args(argv)
-    args.folder.mkdir(parents=True, exist_ok=True)
-    src = args.input
-    if src is None:
-        src = write_satellite(args.folder / "field.tif")
-        print(f"sample: {src} (B, G, R, NIR uint16, EPSG:32633, 10 m, nodata 0)")
-    dst = args.output or args.folder / f"{src.name.split('.')[0]}_sr.tif"
+    src, dst = paths(args, write_satellite, "field.tif", "B, G, R, NIR uint16, EPSG:32633, 10 m, nodata 0", ".tif")
     super_resolve(src, dst, args)
     check(src, dst, args.mask)
     print(f"\nopen it in QGIS (Layer > Add Raster Layer) or: gdalinfo {dst}")

@@ -49,7 +49,7 @@ def zarr_metadata(group_attrs: Mapping[str, Any] | None, array: zarr.Array, arra
     without ``multiscales`` gives unitless axes of scale 1.
     """
     attrs = dict(group_attrs or {})
-    ome = _ome(attrs)
+    ome = ome_attributes(attrs)
     multiscale, dropped = _multiscale(ome, array_path)
     names = _axis_names(multiscale, array)
     scale, translation = _transform(multiscale, array_path, array.ndim)
@@ -79,7 +79,7 @@ def read_ngff_metadata(group_path: str | os.PathLike[str]) -> tuple[ImageMetadat
     """Level 0's metadata (axes as stored) and the dataset paths, finest first, of an OME-Zarr image."""
     group = zarr.open_group(str(group_path), mode="r")
     attrs = dict(group.attrs)
-    multiscales = _ome(attrs).get("multiscales")
+    multiscales = ome_attributes(attrs).get("multiscales")
     if not multiscales:
         raise LpdaskError(f"{group_path}: not an OME-Zarr image (no multiscales metadata)")
     paths = [str(d["path"]) for d in multiscales[0]["datasets"]]
@@ -89,7 +89,7 @@ def read_ngff_metadata(group_path: str | os.PathLike[str]) -> tuple[ImageMetadat
     return zarr_metadata(attrs, array, paths[0], axes, "minisblack"), paths
 
 
-def _ome(attrs: Mapping[str, Any]) -> Mapping[str, Any]:
+def ome_attributes(attrs: Mapping[str, Any]) -> Mapping[str, Any]:
     """NGFF 0.5 keeps its metadata under "ome"; 0.4 at the top of the attributes."""
     ome = attrs.get("ome")
     return ome if isinstance(ome, Mapping) else attrs

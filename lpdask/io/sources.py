@@ -23,6 +23,7 @@ from ..errors import LpdaskError
 from ..pixels import check_dtype
 from .locations import Location
 from .metadata import NGFF_ORDER, ImageMetadata, Photometric
+from .ngff import ome_attributes, zarr_metadata
 
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _TIFF_AXES = {"Y": "y", "X": "x", "S": "c", "C": "c", "Z": "z", "T": "t"}
@@ -199,14 +200,12 @@ def _check_tiff(path: Location) -> None:
 
 
 def _zarr_source(path: Location, series: int, level: int) -> Source:
-    from .ngff import zarr_metadata
-
     try:
         node = zarr.open(str(path), mode="r")
     except Exception as exc:  # zarr raises several types for a folder that is not a store
         raise LpdaskError(f"{path} is not a Zarr array or group ({type(exc).__name__})") from None
     prefix = ""
-    if isinstance(node, zarr.Group) and "bioformats2raw.layout" in _ome(node.attrs):
+    if isinstance(node, zarr.Group) and "bioformats2raw.layout" in ome_attributes(node.attrs):
         prefix = f"{series}/"
         if str(series) not in node:
             raise LpdaskError(f"{path}: --series {series} does not exist in this bioformats2raw layout")
@@ -220,7 +219,7 @@ def _zarr_source(path: Location, series: int, level: int) -> Source:
         array, array_path, names = node, "", _dimension_names(node)
     else:
         attrs = dict(node.attrs)
-        multiscales = _ome(attrs).get("multiscales")
+        multiscales = ome_attributes(attrs).get("multiscales")
         if multiscales:
             datasets = multiscales[0]["datasets"]
             if level >= len(datasets):
@@ -237,15 +236,9 @@ def _zarr_source(path: Location, series: int, level: int) -> Source:
     axes = _zarr_axes(path, array.shape, names)
     hint = _zarr_photometric(attrs, axes, array.shape)
     source = _checked(Source(_stored(path), "zarr", prefix + array_path, axes, tuple(array.shape), array.dtype, hint,
-                             series, level, bool(attrs and _ome(attrs).get("multiscales"))))
+                             series, level, bool(attrs and ome_attributes(attrs).get("multiscales"))))
     meta = zarr_metadata(attrs, array, array_path, source.output_axes, hint)
     return replace(source, meta=meta)
-
-
-def _ome(attrs: Any) -> dict[str, Any]:
-    """NGFF 0.5 keeps its metadata under "ome"; 0.4 at the top of the attributes."""
-    ome = attrs.get("ome", attrs) if hasattr(attrs, "get") else {}
-    return ome if isinstance(ome, dict) else {}
 
 
 def _dimension_names(array: zarr.Array) -> list[str] | None:
@@ -274,7 +267,7 @@ def _zarr_photometric(attrs: dict[str, Any] | None, axes: str, shape: tuple[int,
     own = (attrs or {}).get("lpdask", {})
     if isinstance(own, dict) and own.get("photometric") in ("rgb", "rgba", "minisblack"):
         return own["photometric"]
-    if attrs and _ome(attrs).get("multiscales"):
+    if attrs and ome_attributes(attrs).get("multiscales"):
         return "minisblack"  # OME: microscopy channels unless it says otherwise
     channels = shape[axes.index("c")] if "c" in axes else 1
     return {3: "rgb", 4: "rgba"}.get(channels, "minisblack")  # type: ignore[return-value]
