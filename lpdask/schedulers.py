@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Protocol
@@ -62,9 +63,11 @@ class Threads:
 
 
 class Cluster:
-    """A dask.distributed cluster. The stages go to each worker once (scattered), not with every
-    task; a task that fails because its worker died is rerun elsewhere by distributed, which is safe
-    because a chunk task always writes the same bytes to the same place."""
+    """A dask.distributed cluster. The stages are scattered once, not sent with every task, and
+    workers fetch them from each other as they need them. A task that fails because its worker
+    died is rerun elsewhere by distributed, which is safe because a chunk task always writes the
+    same bytes to the same place; chunks cancelled because the worker holding the scattered stages
+    died are resubmitted with the stages scattered again."""
 
     def __init__(self, client: Client, resources: dict[str, float] | None = None, owned: Any = None,
                  torch_threads: int = 0) -> None:
@@ -105,25 +108,62 @@ class Cluster:
     def run(self, job: Job, index: int, chunks: Sequence[Chunk], tick: Callable[[], None]) -> None:
         from distributed import as_completed
 
-        stages = self._scatter(job.stages)
-        light = dataclasses.replace(job, stages=(), torch_threads=self.torch_threads or job.torch_threads)
-        remote = self.client.scatter(light, broadcast=True, hash=False)
-        name = job.stages[index].name
-        futures = [self.client.submit(_run_chunk, remote, stages, index, i, j, pure=False, resources=self.resources,
-                                      key=f"{name}-r{job.run}-{i}-{j}-{id(light):x}") for i, j in chunks]
-        try:
-            for future in as_completed(futures):
-                future.result()
-                tick()
-        except BaseException:
-            self.client.cancel(futures)
-            raise
+        todo, rounds = list(chunks), 0
+        while todo:
+            stages = self._scatter(job.stages)
+            light = dataclasses.replace(job, stages=(), torch_threads=self.torch_threads or job.torch_threads)
+            remote = self._send(light)
+            name = job.stages[index].name
+            futures = {self.client.submit(_run_chunk, remote, stages, index, i, j, pure=False, resources=self.resources,
+                                          key=f"{name}-r{job.run}-{i}-{j}-{id(light):x}"): (i, j) for i, j in todo}
+            lost: list[Chunk] = []
+            try:
+                for future in as_completed(futures):
+                    if future.cancelled() and self._lost([*stages, remote]):
+                        lost.append(futures[future])
+                        continue
+                    future.result()
+                    tick()
+            except BaseException:
+                self.client.cancel(list(futures))
+                raise
+            rounds = 0 if len(lost) < len(todo) else rounds + 1
+            if lost and rounds >= 3:
+                raise LpdaskError(f"the cluster lost the scattered model with a dying worker {rounds} times "
+                                  "in a row, before any chunk finished; check its workers' logs")
+            todo = lost
 
-    def _scatter(self, stages: Sequence[Stage]) -> Any:
+    def _lost(self, scattered: list[Any]) -> bool:
+        """Whether data this client scattered is gone. Distributed keeps one copy of scattered data
+        once no task waits on it (its active memory manager drops the rest), so the death of the
+        worker that holds it cancels the tasks that need it."""
+        from concurrent.futures import CancelledError
+
+        if any(future.status != "finished" for future in scattered):
+            return True
+        try:
+            held = self.client.who_has(scattered)
+        except CancelledError:
+            return True
+        return not all(held.get(future.key) for future in scattered)
+
+    def _scatter(self, stages: Sequence[Stage]) -> list[Any]:
         key = id(stages)
-        if key not in self._stages:
-            self._stages[key] = (stages, self.client.scatter(list(stages), broadcast=True, hash=False))
+        if key not in self._stages or any(future.status != "finished" for future in self._stages[key][1]):
+            self._stages[key] = (stages, self._send(list(stages)))
         return self._stages[key][1]
+
+    def _send(self, data: Any) -> Any:
+        """Scatter ``data`` to a worker, retrying while the scheduler still lists one that has just
+        died. Not ``broadcast=True``: the scheduler's replication can hang on a dead worker
+        (dask/distributed#5704), and it keeps one copy anyway once no task waits on the data."""
+        for attempt in range(10):
+            try:
+                return self.client.scatter(data, hash=False)
+            except OSError:  # distributed's CommClosedError
+                if attempt == 9:
+                    raise
+                time.sleep(0.5)
 
     def close(self) -> None:
         self.client.close()

@@ -1,5 +1,5 @@
 """dask.distributed: a scheduler and two worker processes on loopback give output identical to the
-local run, and losing a worker half way loses nothing."""
+local run, and losing a worker half way loses nothing, even the one holding the scattered model."""
 
 from __future__ import annotations
 
@@ -18,8 +18,14 @@ import tifffile
 import zarr
 
 from lpdask import upscale
+from lpdask.api import stages_for
+from lpdask.graph import Job, run_job
+from lpdask.io.omezarr import OmeZarrSink
+from lpdask.io.sources import open_source
+from lpdask.jobs import WorkFolder
+from lpdask.schedulers import Cluster
 
-from .reference import smooth_image
+from .reference import assert_exact, smooth_image, whole_image_float
 from .test_resume import chunks_done
 
 
@@ -90,3 +96,49 @@ def test_a_worker_killed_half_way(small_net, tmp_path, cluster):
     assert "error" not in outcome, outcome
     assert workers[0].wait(timeout=10) == -signal.SIGKILL
     assert np.array_equal(zarr.open_array(str(tmp_path / "cluster.zarr" / "0"))[:], local_reference(small_net, tmp_path))
+
+
+class KillsTheModelsHolder(Cluster):
+    """Before stage 1, waits until distributed keeps the first scattered stage on one worker only
+    (its active memory manager drops other copies once nothing waits on them), then kills that
+    worker, and goes on at once or once this client has heard of the loss."""
+
+    def __init__(self, address: str, workers: list[subprocess.Popen], wait: bool) -> None:
+        super().__init__(Cluster.connect(address).client)
+        self.processes = workers
+        self.wait = wait
+        self.killed: list[str] = []
+
+    def run(self, job, index, chunks, tick):
+        if index == 1:
+            stages = self._scatter(job.stages)
+            deadline = time.monotonic() + 60
+            while len(held := self.client.who_has(stages[:1])[stages[0].key]) != 1:
+                assert time.monotonic() < deadline, "the first stage stayed on both workers"
+                time.sleep(0.1)
+            name = self.client.scheduler_info()["workers"][held[0]]["name"]
+            os.kill(self.processes[int(name[1:])].pid, signal.SIGKILL)
+            while self.wait and stages[0].status == "finished":
+                assert time.monotonic() < deadline, "the scheduler did not notice the worker die"
+                time.sleep(0.1)
+            self.killed.append(name)
+        super().run(job, index, chunks, tick)
+
+
+@pytest.mark.parametrize("wait", [True, False], ids=["loss-known", "loss-unknown"])
+def test_the_worker_holding_the_model_killed(small_net, tmp_path, cluster, wait):
+    """Before submitting stage 1, or with its chunks submitted and then cancelled for the lost
+    model. Float input against an independent whole-image run (tolerance 1e-4, reference.py)."""
+    address, workers = cluster
+    image = smooth_image(64, 64, seed=62, dtype=np.float32)
+    zarr.create_array(tmp_path / "in.zarr", data=image)
+    sink = OmeZarrSink(tmp_path / "out.zarr", "cyx", (3, 256, 256), np.dtype(np.float32), 128)
+    job = Job(open_source(tmp_path / "in.zarr"), stages_for(small_net, "exact", 1, 0), 32,
+              WorkFolder(tmp_path / "work"), sink)
+    scheduler = KillsTheModelsHolder(address, workers, wait)
+    try:
+        assert run_job(job, scheduler) == 4 * len(job.stages)
+    finally:
+        scheduler.close()
+    assert len(scheduler.killed) == 1
+    assert_exact(zarr.open_array(str(tmp_path / "out.zarr" / "0"))[:], whole_image_float(small_net, image))
