@@ -21,6 +21,7 @@ from .errors import LpdaskError
 from .io.omezarr import OmeZarrSink
 from .io.sources import Source
 from .jobs import WorkFolder
+from .memory import trim
 from .pixels import ValueRange, from_unit, to_unit
 from .schedulers import Scheduler
 from .stages import IMAGE, Stage
@@ -132,6 +133,8 @@ def run_chunk(job: Job, index: int, i: int, j: int) -> None:
         ys, xs = target.slices()
         job.work[stage.name][:, ys, xs] = out[0].cpu().numpy()
     job.work.mark_chunk(job.run, stage.name, i, j)
+    del inputs, out
+    trim()
 
 
 def last_use(stages: Sequence[Stage]) -> dict[int, list[str]]:

@@ -41,6 +41,12 @@ MAX_BUDGET = 4 * 2**30
 NEAR = 0.05
 """Plans predicted within 5% of the fastest count as equally fast; the one with the least peak
 memory among them wins (the predictions are not finer than that)."""
+PROCESS_MEMORY = 800 * 2**20
+"""What a CPU run holds besides its windows and the model: 0.54 GiB resident once torch, Zarr, Dask
+and tifffile are imported, and 0.15-0.23 GiB the allocator keeps between chunks even when trimmed
+(measured: 2-block RRDBNet x4 at 768^2 and 1536^2, chunks of 192 and 256, one and two at once)."""
+GPU_ALLOWANCE = 300 * 2**20
+"""GPU memory beyond the windows and the model (torch's caching allocator); not measured yet."""
 TASK_SECONDS = 0.02
 """Fixed cost of one chunk task (scheduling, opening arrays, torch dispatch), measured roughly on
 the smallest chunks."""
@@ -241,7 +247,8 @@ def estimate(costs: Sequence[StageCost], height: int, width: int, chunk: int, ma
         speed, imbalance = machine.macs_per_core, 1.0
     compute = macs / speed * imbalance + TASK_SECONDS * n * len(costs) / workers
     io = written / machine.write_bytes_per_s + read / machine.read_bytes_per_s
-    peak = int(workers * largest_window + model_bytes * (2 if storage == "memory" else 1) + 300 * 2**20)
+    peak = int(workers * largest_window + model_bytes * (2 if storage == "memory" else 1)
+               + (GPU_ALLOWANCE if gpu else PROCESS_MEMORY))
     return Estimate(chunk, blocks_per_stage, storage, len(costs), n, workers, compute + io, compute, io,
                     macs / whole if whole else 1.0, int(written), peak, read / asked if asked else 1.0)
 
