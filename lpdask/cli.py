@@ -9,7 +9,7 @@ import click
 
 from . import __version__
 from .channels import ALPHA_MODES, CHANNEL_MODES, photometric_of
-from .errors import LpdaskError, MetadataWarning
+from .errors import LpdaskError, MetadataWarning, PlanWarning
 from .export import COMPRESSIONS, check_compression
 from .io.sources import open_source
 from .jobs import check_output
@@ -31,7 +31,7 @@ def _value_range(ctx: click.Context, param: click.Parameter, value: str | None) 
 
 
 def _show_warning(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> None:
-    if issubclass(category, MetadataWarning):
+    if issubclass(category, (MetadataWarning, PlanWarning)):
         click.echo(f"lpdask: warning: {message}", err=True)
     else:
         _default_showwarning(message, category, *args, **kwargs)  # type: ignore[arg-type]

@@ -7,3 +7,7 @@ class LpdaskError(Exception):
 
 class MetadataWarning(UserWarning):
     """Input metadata that the output cannot carry, named so nothing is dropped silently."""
+
+
+class PlanWarning(UserWarning):
+    """No plan keeps within the memory budget; the one needing the least memory runs."""

@@ -16,6 +16,7 @@ import math
 import os
 import tempfile
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .errors import PlanWarning
 from .models.network import Network
 from .plan import GPU_CHUNKS, MAX_CHUNK, MIN_CHUNK
 from .stages import IMAGE, Stage
@@ -293,6 +295,10 @@ def choose(net: Network, height: int, width: int, device: torch.device, *, chunk
     plans.sort(key=lambda e: (e.seconds, e.peak_memory))
     fitting = [e for e in plans if e.peak_memory <= machine.memory_budget]
     if not fitting:
-        return min(plans, key=lambda e: e.peak_memory), plans
+        least = min(plans, key=lambda e: e.peak_memory)
+        warnings.warn(f"no plan fits the memory budget of {machine.memory_budget / 2**30:.2f} GiB; using the one "
+                      f"needing the least, predicted {least.peak_memory / 2**30:.2f} GiB (chunk {least.chunk})",
+                      PlanWarning, stacklevel=2)
+        return least, plans
     near = [e for e in fitting if e.seconds <= fitting[0].seconds * (1 + NEAR)]
     return min(near, key=lambda e: (e.peak_memory, e.seconds)), plans

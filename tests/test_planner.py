@@ -85,3 +85,10 @@ def test_planned_run_is_exact_and_plan_command(small_net, small_checkpoint, tmp_
     assert lines[1].startswith("plan: chunk ") and "compute x" in lines[1] and "peak memory" in lines[1]
     assert len([line for line in lines if "predicted" in line]) >= 4
     assert np.all([float(line.split("peak memory ")[1].split(" GiB")[0]) <= 1e9 / 2**30 for line in lines[1:2]])
+    assert "warning" not in result.stderr
+    tight = subprocess.run([sys.executable, "-m", "lpdask", "plan", "in.tif", "--model", str(small_checkpoint),
+                            "--max-memory", "0.5"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert tight.returncode == 0, tight.stderr
+    assert tight.stderr.startswith("lpdask: warning: no plan fits the memory budget of 0.47 GiB; using the one "
+                                   "needing the least, predicted "), tight.stderr
+    assert len(tight.stderr.splitlines()) == 1
