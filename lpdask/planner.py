@@ -5,9 +5,11 @@ forward hooks on its convolutions); the device's multiply-add rate is measured w
 with all of them, and the work folder's write/read speed with a 32 MiB array. A plan's cost is then
 arithmetic: compute grows with each chunk's window (the chunk plus its halo, clipped at the image
 border), activation I/O with the bytes each stage writes and reads, and peak memory with the largest
-window of any stage times the chunks running at once. The planner picks the fastest plan whose peak
-memory fits the budget (4 GiB on a CPU, or half the available memory if less; 80% of the free GPU
-memory), preferring the least memory among plans predicted within 5% of the fastest.
+window of any stage times the chunks running at once, plus the model and the process. The planner
+picks the fastest plan whose peak memory fits the budget (4 GiB on a CPU, or half the available
+memory if less; 80% of the free GPU memory), preferring the least memory among plans predicted
+within 10% of the fastest. It picks for a large image and uses that plan on smaller ones too, so
+memory does not grow with the image.
 """
 
 from __future__ import annotations
@@ -40,9 +42,12 @@ WORKING_MEMORY = 1.65
 """Measured peak over (inputs + largest convolution's input and output + own output) for a 2-block
 RRDBNet x4 at 256 and 384 px (1.64, 1.61): torch keeps the upsampled tensors alive as well."""
 MAX_BUDGET = 4 * 2**30
-NEAR = 0.05
-"""Plans predicted within 5% of the fastest count as equally fast; the one with the least peak
-memory among them wins (the predictions are not finer than that)."""
+NEAR = 0.10
+"""Plans predicted within 10% of the fastest count as equally fast; the one with the least peak
+memory among them wins (predicted times were 3-20% off the measured ones)."""
+REFERENCE = 4096
+"""Side of the image plans are picked for (see ``choose``): past a few chunks a side, which plan is
+fastest no longer depends on the image's size."""
 PROCESS_MEMORY = 800 * 2**20
 """What a CPU run holds besides its windows and the model: 0.54 GiB resident once torch, Zarr, Dask
 and tifffile are imported, and 0.15-0.23 GiB the allocator keeps between chunks even when trimmed
@@ -268,8 +273,13 @@ def _extent_sum(length: int, chunk: int, halo: int, granule: int = 1) -> float:
 def choose(net: Network, height: int, width: int, device: torch.device, *, chunk: int | None = None,
            blocks_per_stage: int | None = None, workers: int | None = None, work: str | None = None,
            memory_budget: int | None = None, inner: int = 0) -> tuple[Estimate, list[Estimate]]:
-    """The fastest plan that fits the memory budget, and every plan considered (fastest first).
-    ``chunk`` / ``blocks_per_stage`` fix that part of the plan."""
+    """The plan to use, and every plan considered for this image (fastest first). ``chunk`` /
+    ``blocks_per_stage`` fix that part of the plan.
+
+    The chunk and grouping are picked for an image of at least ``REFERENCE`` px a side (the fastest
+    that fits the budget, or the least memory among those within ``NEAR`` of it), then used on
+    this one; an image that fits in one such chunk may instead run the whole network as one stage
+    if that is faster and needs no more memory. So a larger image never takes more memory."""
     machine = measure_machine(device.type, work, memory_budget)
     model_bytes = sum(p.numel() * p.element_size() for p in net.parameters())  # type: ignore[attr-defined]
     image_channels = net.in_channels * net.input_factor**2
@@ -283,22 +293,42 @@ def choose(net: Network, height: int, width: int, device: torch.device, *, chunk
             groupings.append((k, "zarr", stages))
     if not blocks_per_stage:
         groupings.append((0, "memory", whole_stages(net)))
-    side = max(height, width)
-    sizes = [chunk] if chunk else [c for c in CHUNKS if MIN_CHUNK <= c <= MAX_CHUNK and c % d == 0
-                                   and (c < side or c == min(x for x in CHUNKS if x >= min(side, CHUNKS[-1])))]
-    plans = []
-    for k, storage, stages in groupings:
-        costs = profile(stages, image_channels, device)
-        for c in sizes:
-            plans.append(estimate(costs, height, width, c, machine, blocks_per_stage=k, storage=storage,
-                                  input_factor=d, model_bytes=model_bytes, workers=workers, inner=inner))
-    plans.sort(key=lambda e: (e.seconds, e.peak_memory))
-    fitting = [e for e in plans if e.peak_memory <= machine.memory_budget]
-    if not fitting:
-        least = min(plans, key=lambda e: e.peak_memory)
+    profiled = [(k, storage, profile(stages, image_channels, device)) for k, storage, stages in groupings]
+
+    def sizes(side: int) -> list[int]:
+        if chunk:
+            return [chunk]
+        return [c for c in CHUNKS if MIN_CHUNK <= c <= MAX_CHUNK and c % d == 0
+                and (c < side or c == min(x for x in CHUNKS if x >= min(side, CHUNKS[-1])))]
+
+    def plans_for(h: int, w: int) -> list[Estimate]:
+        plans = [estimate(costs, h, w, c, machine, blocks_per_stage=k, storage=storage, input_factor=d,
+                          model_bytes=model_bytes, workers=workers, inner=inner)
+                 for k, storage, costs in profiled for c in sizes(max(h, w))]
+        return sorted(plans, key=lambda e: (e.seconds, e.peak_memory))
+
+    plans = plans_for(height, width)
+    reference = _pick(plans_for(max(height, REFERENCE), max(width, REFERENCE)), machine.memory_budget)
+    here = sizes(max(height, width))
+    fitted = reference.chunk if reference.chunk in here else here[-1]  # the image is smaller than that chunk
+    best = next(e for e in plans if (e.chunk, e.blocks_per_stage, e.storage)
+                == (fitted, reference.blocks_per_stage, reference.storage))
+    if max(height, width) <= reference.chunk:
+        whole = [e for e in plans if e.storage == "memory" and e.chunk == fitted
+                 and e.seconds < best.seconds and e.peak_memory <= reference.peak_memory]
+        best = whole[0] if whole else best
+    if best.peak_memory > machine.memory_budget:
         warnings.warn(f"no plan fits the memory budget of {machine.memory_budget / 2**30:.2f} GiB; using the one "
-                      f"needing the least, predicted {least.peak_memory / 2**30:.2f} GiB (chunk {least.chunk})",
+                      f"needing the least, predicted {best.peak_memory / 2**30:.2f} GiB (chunk {best.chunk})",
                       PlanWarning, stacklevel=2)
-        return least, plans
+    return best, plans
+
+
+def _pick(plans: list[Estimate], budget: int) -> Estimate:
+    """The least memory among the plans within NEAR of the fastest that fits; if none fits, the
+    least memory of all."""
+    fitting = [e for e in plans if e.peak_memory <= budget]
+    if not fitting:
+        return min(plans, key=lambda e: (e.peak_memory, e.seconds))
     near = [e for e in fitting if e.seconds <= fitting[0].seconds * (1 + NEAR)]
-    return min(near, key=lambda e: (e.peak_memory, e.seconds)), plans
+    return min(near, key=lambda e: (e.peak_memory, e.seconds))
