@@ -14,6 +14,7 @@ memory does not grow with the image.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import tempfile
@@ -29,6 +30,7 @@ import torch
 from torch import nn
 
 from .errors import PlanWarning
+from .models.checkpoint import cache_dir
 from .models.network import Network
 from .plan import GPU_CHUNKS, MAX_CHUNK, MIN_CHUNK
 from .stages import IMAGE, Stage
@@ -156,9 +158,34 @@ def profile(stages: Sequence[Stage], image_channels: int, device: torch.device) 
 
 @lru_cache(maxsize=8)
 def measure_machine(device_type: str, work: str | None = None, memory_budget: int | None = None) -> Machine:
-    """Time a 64-channel 3x3 convolution on one thread and on all, and a 32 MiB write and read
-    in ``work`` (the work folder's disk). Takes about a second."""
+    """The device's and the work folder disk's speeds, measured once per machine and kept in the
+    cache folder (``machine.json``; delete it to measure again): measured afresh each time they
+    swing with whatever else the machine is doing, and so would the plan."""
     device = torch.device(device_type)
+    disk = _disk_folder(work)
+    key = "/".join(map(str, (device_type, torch.cuda.get_device_name(device) if device.type == "cuda" else "",
+                             os.cpu_count(), torch.get_num_threads(), torch.__version__, disk.stat().st_dev)))
+    path = cache_dir() / "machine.json"
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if not isinstance(known.get(key), list) or len(known[key]) != 5:
+        known[key] = list(_measure(device, disk))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_name(f"machine.{os.getpid()}.json")
+            partial.write_text(json.dumps(known, indent=1))
+            os.replace(partial, path)
+        except OSError:
+            pass  # a read-only cache folder: measure again next time
+    one, cores, efficiency, write, read = known[key]
+    return Machine(one, int(cores), efficiency, write, read, memory_budget or default_budget(device), device.type)
+
+
+def _measure(device: torch.device, disk: Path) -> tuple[float, int, float, float, float]:
+    """Time a 64-channel 3x3 convolution on one thread and on all, and a 32 MiB write and read on
+    ``disk``. Takes about a second."""
     conv = nn.Conv2d(64, 64, 3, padding=1).to(device).eval()
     side = 192  # big enough that fresh 9 MiB tensors pay their page faults, as real windows do
     macs = 64 * 64 * 9 * side * side
@@ -184,8 +211,8 @@ def measure_machine(device_type: str, work: str | None = None, memory_budget: in
     finally:
         torch.set_num_threads(before)
     efficiency = min(1.0, all_cores / (one * cores))
-    write, read = _disk_speed(work)
-    return Machine(one, cores, efficiency, write, read, memory_budget or default_budget(device), device.type)
+    write, read = _disk_speed(disk)
+    return one, cores, efficiency, write, read
 
 
 def default_budget(device: torch.device) -> int:
@@ -200,12 +227,17 @@ def default_budget(device: torch.device) -> int:
     return min(MAX_BUDGET, int(psutil.virtual_memory().available * 0.5))
 
 
-def _disk_speed(work: str | None) -> tuple[float, float]:
+def _disk_folder(work: str | None) -> Path:
+    """The existing folder whose disk the work folder will be on (the temporary folder for an
+    object store)."""
+    folder = Path(work) if work and "://" not in work else Path(tempfile.gettempdir())
+    return next((p for p in (folder, *folder.parents) if p.is_dir()), Path(tempfile.gettempdir()))
+
+
+def _disk_speed(existing: Path) -> tuple[float, float]:
     """Bytes per second writing and reading an uncompressed Zarr array (the work folder's kind)."""
     import zarr
 
-    folder = Path(work) if work and "://" not in work else Path(tempfile.gettempdir())
-    existing = next((p for p in (folder, *folder.parents) if p.is_dir()), Path(tempfile.gettempdir()))
     data = np.ones((32, 512, 512), np.float32)
     with tempfile.TemporaryDirectory(dir=existing) as scratch:
         start = time.perf_counter()

@@ -94,3 +94,17 @@ def test_planned_run_is_exact_and_plan_command(small_net, small_checkpoint, tmp_
     assert tight.stderr.startswith("lpdask: warning: no plan fits the memory budget of 0.47 GiB; using the one "
                                    "needing the least, predicted "), tight.stderr
     assert len(tight.stderr.splitlines()) == 1
+
+
+def test_machine_is_measured_once(tmp_path, monkeypatch):
+    """The speeds are kept in the cache folder, so the same image gets the same plan next time."""
+    from lpdask import planner
+
+    monkeypatch.setenv("LPDASK_CACHE_DIR", str(tmp_path / "cache"))
+    planner.measure_machine.cache_clear()
+    first = planner.measure_machine("cpu", str(tmp_path))
+    assert (tmp_path / "cache" / "machine.json").exists()
+    planner.measure_machine.cache_clear()
+    monkeypatch.setattr(planner, "_measure", lambda *args: pytest.fail("measured again"))
+    assert planner.measure_machine("cpu", str(tmp_path)) == first
+    planner.measure_machine.cache_clear()
