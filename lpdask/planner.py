@@ -159,8 +159,8 @@ def profile(stages: Sequence[Stage], image_channels: int, device: torch.device) 
 @lru_cache(maxsize=8)
 def measure_machine(device_type: str, work: str | None = None, memory_budget: int | None = None) -> Machine:
     """The device's and the work folder disk's speeds, measured once per machine and kept in the
-    cache folder (``machine.json``; delete it to measure again): measured afresh each time they
-    swing with whatever else the machine is doing, and so would the plan."""
+    cache folder (``machine.json``; delete it to measure again). Measured on every run, they would
+    swing with the machine's load, and the plan with them."""
     device = torch.device(device_type)
     disk = _disk_folder(work)
     key = "/".join(map(str, (device_type, torch.cuda.get_device_name(device) if device.type == "cuda" else "",
