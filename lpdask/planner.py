@@ -340,7 +340,8 @@ def choose(net: Network, height: int, width: int, device: torch.device, *, chunk
         return sorted(plans, key=lambda e: (e.seconds, e.peak_memory))
 
     plans = plans_for(height, width)
-    reference = _pick(plans_for(max(height, REFERENCE), max(width, REFERENCE)), machine.memory_budget)
+    large = plans if min(height, width) >= REFERENCE else plans_for(max(height, REFERENCE), max(width, REFERENCE))
+    reference = _pick(large, machine.memory_budget)
     here = sizes(max(height, width))
     fitted = reference.chunk if reference.chunk in here else here[-1]  # the image is smaller than that chunk
     best = next(e for e in plans if (e.chunk, e.blocks_per_stage, e.storage)

@@ -119,7 +119,7 @@ class Cluster:
             lost: list[Chunk] = []
             try:
                 for future in as_completed(futures):
-                    if future.cancelled() and self._lost([*stages, remote]):
+                    if future.cancelled() and (lost or self._lost([*stages, remote])):  # asked once per round
                         lost.append(futures[future])
                         continue
                     future.result()
