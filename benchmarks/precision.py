@@ -16,12 +16,13 @@ import torch
 from skimage import data
 
 import lpdask
+from lpdask.device import ieee_fp32
 from lpdask.models.names import MODELS
 
 
 def run(net: torch.nn.Module, image: np.ndarray, device: str, dtype: torch.dtype) -> np.ndarray:
     x = torch.from_numpy(image.astype(np.float32) / 255).permute(2, 0, 1)[None]
-    with torch.inference_mode():
+    with torch.inference_mode(), ieee_fp32(torch.device(device)):
         out = net.to(device, dtype)(x.to(device, dtype)).float()
     return (out[0].clamp(0, 1).cpu().numpy() * 255).round().astype(int)
 

@@ -611,7 +611,7 @@ def tables(report: dict) -> str:
     if "skipped" in g:
         add(f"| 5 | GPU, x4plus MP/s fp32 / fp16 | skipped | {g['skipped']} | |")
     elif g.get("rows"):
-        by = {r["precision"]: r for r in g["rows"]}
+        by = {r["precision"]: r for r in g["rows"] if r.get("chunk") != "planner"}
         fp32, fp16 = by.get("fp32"), by.get("fp16")
         speedup = fp16["input_mp_per_s"] / fp32["input_mp_per_s"] if fp32 and fp16 else None
         add(f"| 5 | GPU ({g.get('device')}), x4plus MP/s fp32 / fp16 | "

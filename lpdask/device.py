@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 
 from .errors import LpdaskError
@@ -32,3 +36,39 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     if precision != "fp32" and device.type != "cuda":
         raise LpdaskError(f"--precision {precision} needs a CUDA device; on {device.type} use fp32")
     return PRECISIONS[precision]
+
+
+_fp32_lock = threading.Lock()
+_fp32_users = 0
+_fp32_saved: object = None
+
+
+def _conv_fp32() -> tuple[object, str, object]:
+    """Where cuDNN's fp32 convolution setting lives in this torch, and the value that means IEEE."""
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if conv is not None and hasattr(conv, "fp32_precision"):  # torch >= 2.9
+        return conv, "fp32_precision", "ieee"
+    return torch.backends.cudnn, "allow_tf32", False
+
+
+@contextmanager
+def ieee_fp32(device: torch.device) -> Iterator[None]:
+    """fp32 convolutions on CUDA in IEEE float32 rather than TF32 (torch's default for cuDNN, 10-bit
+    mantissa), so fp32 output matches a CPU's; the setting is put back when the last user leaves."""
+    global _fp32_users, _fp32_saved
+    if device.type != "cuda":
+        yield
+        return
+    owner, name, ieee = _conv_fp32()
+    with _fp32_lock:
+        if _fp32_users == 0:
+            _fp32_saved = getattr(owner, name)
+            setattr(owner, name, ieee)
+        _fp32_users += 1
+    try:
+        yield
+    finally:
+        with _fp32_lock:
+            _fp32_users -= 1
+            if _fp32_users == 0:
+                setattr(owner, name, _fp32_saved)

@@ -17,6 +17,7 @@ from torch.nn import functional as F
 
 from .channels import Pass
 from .chunks import Box, Grid, reflect
+from .device import ieee_fp32
 from .errors import LpdaskError
 from .io.omezarr import OmeZarrSink
 from .io.sources import Source
@@ -108,7 +109,7 @@ def run_window(stage: Stage, inputs: Sequence[Tensor], inner: Box, device: torch
                precision: torch.dtype = torch.float32) -> Tensor:
     """Run ``stage`` on window tensors and keep ``inner`` (the chunk, in window coordinates)."""
     layout = torch.channels_last if device.type == "cuda" else torch.contiguous_format  # tensor cores want NHWC
-    with torch.inference_mode():
+    with torch.inference_mode(), ieee_fp32(device):
         out = stage.module(*(t.to(device, precision, memory_format=layout) for t in inputs))
     s = stage.scale
     return out[:, :, inner.y0 * s : inner.y1 * s, inner.x0 * s : inner.x1 * s].float()

@@ -70,14 +70,17 @@ def to_unit(pixels: np.ndarray, value_range: ValueRange | None = None, where: st
 def from_unit(values: np.ndarray, dtype: np.dtype, value_range: ValueRange | None = None) -> np.ndarray:
     """(c, h, w) network output to pixels: clamp to [0, 1], scale (to ``value_range`` if given), round
     half to even (integers), cast."""
-    values = np.clip(values, 0, 1)
+    values = np.clip(values, 0, 1)  # the one copy; the rest works in place
     dtype = np.dtype(dtype)
     if value_range:
         low, high = value_range
-        values = values * np.float32(high - low) + np.float32(low)
+        values *= np.float32(high - low)
+        values += np.float32(low)
     elif dtype.kind != "f":
-        values = values * np.float32(max_value(dtype))
+        values *= np.float32(max_value(dtype))
     if dtype.kind == "f":
         return values.astype(dtype, copy=False)
     info = np.iinfo(dtype)
-    return np.clip(values.round(), info.min, info.max).astype(dtype)
+    np.rint(values, out=values)
+    np.clip(values, info.min, info.max, out=values)
+    return values.astype(dtype)

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .device import ieee_fp32
 from .errors import PlanWarning
 from .models.checkpoint import cache_dir
 from .models.network import Network
@@ -134,7 +135,7 @@ def profile(stages: Sequence[Stage], image_channels: int, device: torch.device) 
         def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
             weight = module.weight  # type: ignore[union-attr]
             macs = weight.numel() * output.shape[-2] * output.shape[-1]
-            convs.append((float(macs), float(inputs[0].numel() + output.numel()) * 4))
+            convs.append((float(macs), float(inputs[0].numel() + output.numel()) * output.element_size()))
 
         handles = [m.register_forward_hook(hook) for m in stage.module.modules() if isinstance(m, nn.Conv2d)]
         dtype = next((p.dtype for p in stage.module.parameters()), torch.float32)
@@ -146,7 +147,7 @@ def profile(stages: Sequence[Stage], image_channels: int, device: torch.device) 
             for handle in handles:
                 handle.remove()
         pixels = PROBE * PROBE
-        read = sum(channels[name] * 4 for name in stage.inputs)
+        read = sum(channels[name] * 4 for name in stage.inputs)  # stored and read as float32
         own = stage.channels * stage.scale**2 * 4
         largest = max((m for _, m in convs), default=0.0) / pixels
         costs.append(StageCost(stage.name, stage.halo, stage.scale, sum(m for m, _ in convs) / pixels,
@@ -192,7 +193,7 @@ def _measure(device: torch.device, disk: Path) -> tuple[float, int, float, float
 
     def rate() -> float:
         times = []
-        with torch.inference_mode():
+        with torch.inference_mode(), ieee_fp32(device):
             for _ in range(3):
                 x = torch.rand(1, 64, side, side, device=device)
                 start = time.perf_counter()
