@@ -7,7 +7,7 @@
   prediction, and what the planner picks when left to choose (fp16);
 - each precision's error against fp32 whole-image output on a crop (8-bit levels).
 
-Run on a CUDA machine: ``.venv/bin/python benchmarks/gpu.py [--size 1024] [--chunk 512]``.
+Run on a CUDA machine: ``.venv/bin/python benchmarks/gpu.py [--size 1024] [--chunk 512] [--precisions fp16]``.
 Prints a table and writes benchmarks/results/gpu.json.
 """
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import tempfile
 import time
@@ -82,6 +83,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--size", type=int, default=1024, help="input side in pixels")
     parser.add_argument("--chunk", type=int, default=512)
+    parser.add_argument("--precisions", default="fp32,fp16,bf16", help="comma-separated")
     parser.add_argument("--reference-size", type=int, default=512, help="side of the crop whose error is measured")
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -96,7 +98,7 @@ def main() -> None:
         src, crop = Path(tmp) / "in.tif", Path(tmp) / "crop.tif"
         tifffile.imwrite(src, photo, tile=(256, 256))
         tifffile.imwrite(crop, small)
-        for precision in ("fp32", "fp16", "bf16"):
+        for precision in args.precisions.split(","):
             _, whole_seconds = whole(net, photo, PRECISIONS[precision])
             written = whole_and_write(net, photo, PRECISIONS[precision], Path(tmp) / f"whole-{precision}.zarr")
             run = staged(net, src, Path(tmp) / f"{precision}.zarr", args.chunk, precision)
@@ -130,7 +132,8 @@ def main() -> None:
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
     (out / "gpu.json").write_text(json.dumps({"device": torch.cuda.get_device_name(), "args": vars(args),
-                                              "torch": torch.__version__, "rows": rows}, indent=1))
+                                              "torch": torch.__version__,
+                                              "alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"), "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from torch.nn import functional as F
 
 from . import __version__
 from .channels import AlphaMode, ChannelMode, Pass, passes, photometric_of
-from .chunks import Box
+from .chunks import Box, stored_chunk
 from .device import resolve_device, resolve_precision
 from .errors import LpdaskError, MetadataWarning
 from .export import TIFF_SUFFIXES, check_compression, partial_tiff_path, publish, wants_ome
@@ -216,7 +216,7 @@ def _run(state: str, output: Location, work: WorkFolder, identity: dict[str, Any
     result = work.path / "result.zarr" if as_tiff else output
     if not resumed:
         result.remove()
-    sink = OmeZarrSink(result, source.output_axes, shape, source.dtype, plan.chunk * scale,
+    sink = OmeZarrSink(result, source.output_axes, shape, source.dtype, stored_chunk(plan.chunk * scale),
                        source.channels if meta.photometric != "minisblack" else 1,
                        {"job": identity["digest"], "plan": identity["plan"]}, resume=resumed)
     if isinstance(runner, Cluster) and on_cluster:

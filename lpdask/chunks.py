@@ -75,3 +75,14 @@ class Grid:
 def reflect(indices: np.ndarray, length: int) -> np.ndarray:
     """Indices past the end mirrored about the last pixel (numpy/torch ``reflect`` padding)."""
     return np.where(indices < length, indices, 2 * (length - 1) - indices)
+
+
+STORED_CHUNK = 1024
+"""Most pixels a side of the output's stored chunks: what viewers and the codecs' threads like,
+whatever the compute chunk."""
+
+
+def stored_chunk(compute: int, most: int = STORED_CHUNK) -> int:
+    """Side of the output's stored chunks for compute chunks of ``compute`` output pixels a side:
+    its largest divisor up to ``most``, so that no two chunk tasks write one stored chunk."""
+    return max(d for d in range(1, min(compute, most) + 1) if compute % d == 0)

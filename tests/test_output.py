@@ -9,9 +9,10 @@ import zarr
 from ome_zarr_models.v05 import Image
 
 from lpdask import upscale
+from lpdask.chunks import stored_chunk
 from lpdask.io.omezarr import is_complete
 
-from .reference import smooth_image, whole_image
+from .reference import assert_exact, smooth_image, whole_image
 
 
 def test_ome_zarr_is_valid_with_pyramid(small_net, tmp_path):
@@ -33,6 +34,22 @@ def test_ome_zarr_is_valid_with_pyramid(small_net, tmp_path):
     full = level0[:].astype(np.float32)
     expected = (full[:, 0::2, 0::2] + full[:, 1::2, 0::2] + full[:, 0::2, 1::2] + full[:, 1::2, 1::2]) / 4
     assert np.array_equal(level1[:], expected.round().astype(np.uint8))
+
+
+@pytest.mark.parametrize(("compute", "stored"), [(1200, 600), (1024, 1024), (4096, 1024), (768, 768), (130, 130)])
+def test_stored_chunks_divide_the_compute_chunks(compute, stored):
+    assert stored_chunk(compute) == stored
+
+
+def test_big_compute_chunks_are_stored_in_viewer_sized_chunks(small_net, tmp_path):
+    """Chunks of 300 px write 1200 px of output each, stored as 600 px chunks (at most 1024, and
+    dividing 1200 so no two tasks share one); against the whole image."""
+    image = smooth_image(310, 330, seed=5)
+    tifffile.imwrite(tmp_path / "in.tif", image)
+    upscale(tmp_path / "in.tif", tmp_path / "out.zarr", model=small_net, chunk=300, threads=2)
+    level0 = zarr.open_array(str(tmp_path / "out.zarr" / "0"))
+    assert level0.chunks == (3, 600, 600)
+    assert_exact(level0[:], whole_image(small_net, image))
 
 
 def test_tile_mode_shows_seams_that_exact_mode_removes(default_net, tmp_path):
