@@ -9,6 +9,7 @@ import click
 
 from . import __version__
 from .channels import ALPHA_MODES, CHANNEL_MODES, photometric_of
+from .device import prefer_expandable_segments
 from .errors import LpdaskError, MetadataWarning, PlanWarning
 from .export import COMPRESSIONS, check_compression
 from .io.sources import open_source
@@ -223,6 +224,7 @@ def compare_command(input: str, model: str | None, chunk: int, size: int, tile_p
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user mistakes become one line on stderr and exit code 2."""
     warnings.showwarning = _show_warning
+    prefer_expandable_segments()
     try:
         cli.main(args=argv, prog_name="lpdask", standalone_mode=False)
     except LpdaskError as exc:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
 
 import torch
@@ -24,6 +25,14 @@ def resolve_device(device: str) -> torch.device:
     if chosen.type not in ("cpu", "cuda"):
         raise LpdaskError(f"device {device!r} is not supported (use cpu, cuda, cuda:N or auto)")
     return chosen
+
+
+def prefer_expandable_segments(environ: MutableMapping[str, str] = os.environ) -> None:
+    """Ask torch's CUDA allocator for expandable segments, unless the user configured the allocator:
+    windows of varying size otherwise leave its cache 1.5-2.5x the memory in use (measured on an
+    H200), past the planner's prediction. Takes effect only before the process's first CUDA use."""
+    if "PYTORCH_CUDA_ALLOC_CONF" not in environ and "PYTORCH_ALLOC_CONF" not in environ:
+        environ["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"
 
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}

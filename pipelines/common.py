@@ -77,7 +77,9 @@ def upscale(src: Path, dst: Path, args: argparse.Namespace, ignore: Callable[[st
             **options: Any) -> Any:
     """``lpdask.upscale(src, dst)`` with the pipeline's model, chunk and device; prints what it did."""
     import lpdask
+    from lpdask.device import prefer_expandable_segments
 
+    prefer_expandable_segments()  # before this process first uses CUDA
     print(f"lpdask.upscale({str(src)!r}, {str(dst)!r}, model={args.model!r}, chunk={args.chunk})")
     dst.parent.mkdir(parents=True, exist_ok=True)
     with shown_warnings(ignore):

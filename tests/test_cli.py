@@ -196,3 +196,20 @@ def test_dropped_metadata_is_one_warning_line(tmp_path: Path, small_checkpoint) 
     warning = [line for line in result.stderr.splitlines() if "warning" in line]
     assert len(warning) == 1 and warning[0].startswith("lpdask: warning: input metadata not carried") \
         and "ICC" in warning[0], result.stderr
+
+
+def test_cuda_allocator_gets_expandable_segments_unless_configured(monkeypatch):
+    """The CLI asks for expandable segments (torch's cache otherwise grows past the planner's
+    prediction); a user's own allocator settings win."""
+    from lpdask.cli import main
+    from lpdask.device import prefer_expandable_segments
+
+    for name in ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF"):
+        monkeypatch.setenv(name, "")  # so that the environment is put back afterwards
+        monkeypatch.delenv(name)
+    assert main(["--version"]) == 0
+    assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"
+    for own in ({"PYTORCH_CUDA_ALLOC_CONF": "backend:cudaMallocAsync"}, {"PYTORCH_ALLOC_CONF": "roundup_power2_divisions:4"}):
+        environ = dict(own)
+        prefer_expandable_segments(environ)
+        assert environ == own
