@@ -117,8 +117,8 @@ def main() -> None:
         planned = staged(net, src, Path(tmp) / "planned.zarr", None, "fp16")
         rows.append({"precision": "fp16", "chunk": "planner", **planned,
                      "input_mp_per_s": args.size**2 / 1e6 / planned["seconds"]})
-    print(f"{'precision':>9} {'chunk':>7} {'MP/s':>7} {'whole MP/s':>10} {'+write MP/s':>11} {'GiB reserved':>12} {'predicted':>9} "
-          f"{'max err':>7} {'mean err':>8} {'>1 level':>8}")
+    print(f"{'precision':>9} {'chunk':>7} {'MP/s':>7} {'whole MP/s':>10} {'+write MP/s':>11} {'GiB reserved':>12} "
+          f"{'predicted':>9} {'max err':>7} {'mean err':>8} {'>1 level':>8}")
     for r in rows:
         pred = f"{r['predicted'] / 2**30:9.2f}" if r.get("predicted") else f"{'n/a':>9}"
         whole_rate = (f"{r['whole_mp_per_s']:10.3f} {r['whole_and_write_mp_per_s']:11.3f}" if "whole_mp_per_s" in r
@@ -133,7 +133,8 @@ def main() -> None:
     out.mkdir(exist_ok=True)
     (out / "gpu.json").write_text(json.dumps({"device": torch.cuda.get_device_name(), "args": vars(args),
                                               "torch": torch.__version__,
-                                              "alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"), "rows": rows}, indent=1))
+                                              "alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),
+                                              "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from torch.nn import functional as F
 from . import __version__
 from .channels import AlphaMode, ChannelMode, Pass, passes, photometric_of
 from .chunks import Box, stored_chunk
-from .device import resolve_device, resolve_precision
+from .device import resolve_device, resolve_precision, storage_dtype
 from .errors import LpdaskError, MetadataWarning
 from .export import TIFF_SUFFIXES, check_compression, partial_tiff_path, publish, wants_ome
 from .graph import Job, run_job, run_window
@@ -207,7 +207,8 @@ def _run(state: str, output: Location, work: WorkFolder, identity: dict[str, Any
     _warn_dropped(meta, as_tiff)
     resumed = state == "resume" and work.identity() == identity["digest"]
     if not resumed:
-        check_disk(work.path, output, _work_bytes(network_stages, source, net.input_factor, plan.chunk, as_tiff, shape),
+        check_disk(work.path, output, _work_bytes(network_stages, source, net.input_factor, as_tiff, shape,
+                                                  storage_dtype(compute).itemsize),
                    math.prod(shape) * source.dtype.itemsize * 4 // 3)
     if state == "new":
         output.remove()
@@ -318,15 +319,15 @@ def _model_digest(net: Network) -> str:
     return h.hexdigest()[:32]
 
 
-def _work_bytes(stages: list[Stage], source: Source, d: int, chunk: int, as_tiff: bool,
-                shape: tuple[int, ...]) -> int:
+def _work_bytes(stages: list[Stage], source: Source, d: int, as_tiff: bool, shape: tuple[int, ...],
+                itemsize: int = 4) -> int:
     """Disk the work folder needs at most: the three largest activations (no more are ever kept
     at once), plus the result before it becomes a TIFF."""
     height, width = -(-source.height // d), -(-source.width // d)
     sizes, factor = [], 1
     for stage in stages[:-1]:
         factor *= stage.scale
-        sizes.append(stage.channels * height * factor * width * factor * 4)
+        sizes.append(stage.channels * height * factor * width * factor * itemsize)
     need = sum(sorted(sizes)[-3:])
     if as_tiff:
         need += math.prod(shape) * source.dtype.itemsize * 4 // 3

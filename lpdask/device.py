@@ -35,6 +35,13 @@ def prefer_expandable_segments(environ: MutableMapping[str, str] = os.environ) -
         environ["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"
 
 
+def storage_dtype(precision: torch.dtype) -> torch.dtype:
+    """What stage outputs are stored as between stages: float16 when computing in fp16 (its
+    activations round-trip exactly and the activation I/O halves), else float32 (NumPy has no
+    bfloat16)."""
+    return torch.float16 if precision == torch.float16 else torch.float32
+
+
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 

@@ -17,7 +17,7 @@ from torch.nn import functional as F
 
 from .channels import Pass
 from .chunks import Box, Grid, reflect
-from .device import ieee_fp32
+from .device import ieee_fp32, storage_dtype
 from .errors import LpdaskError
 from .io.omezarr import OmeZarrSink
 from .io.sources import Source
@@ -41,7 +41,7 @@ class Job:
     input_factor: int = 1
     """Pixel-unshuffle factor: stages work on the image grid divided by it (``chunk`` too)."""
     precision: torch.dtype = torch.float32
-    """What the stages compute in; stored activations are float32 whatever it is."""
+    """What the stages compute in; activations are stored as :func:`~lpdask.device.storage_dtype`."""
     plane: dict[str, int] = field(default_factory=dict)
     """Which t / z plane of the source this job runs on."""
     pass_: Pass = Pass("rgb", (0, 1, 2))
@@ -132,7 +132,7 @@ def run_chunk(job: Job, index: int, i: int, j: int) -> None:
         job.write_result(kept, out[0, :, : kept.shape[0], : kept.shape[1]].cpu().numpy())
     else:
         ys, xs = target.slices()
-        job.work[stage.name][:, ys, xs] = out[0].cpu().numpy()
+        job.work[stage.name][:, ys, xs] = out[0].to(storage_dtype(job.precision)).cpu().numpy()
     job.work.mark_chunk(job.run, stage.name, i, j)
     del inputs, out
     trim()
@@ -167,7 +167,8 @@ def run_job(job: Job, scheduler: Scheduler, progress: Callable[[int, Stage, int]
         else:
             if index < len(job.stages) - 1:
                 out = Grid(grid.height * stage.scale, grid.width * stage.scale, grid.chunk * stage.scale)
-                job.work.create(stage.name, stage.channels, out.height, out.width, out.chunk)
+                job.work.create(stage.name, stage.channels, out.height, out.width, out.chunk,
+                                str(storage_dtype(job.precision)).removeprefix("torch."))
             done = job.work.chunks_done(job.run, stage.name)
         for _ in done:
             tick()

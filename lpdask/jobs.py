@@ -12,6 +12,7 @@ import json
 import os
 from typing import Any, Literal
 
+import numpy as np
 import zarr
 
 from .errors import LpdaskError
@@ -29,7 +30,7 @@ def default_workdir(output: str | os.PathLike[str] | Location) -> Location:
 
 
 class WorkFolder:
-    """Intermediate stage outputs as float32 (c, y, x) Zarr v3 arrays, chunked like the stage grid,
+    """Intermediate stage outputs as float32 or float16 (c, y, x) Zarr v3 arrays, chunked like the stage grid,
     and the markers of finished chunks and stages (under ``markers/r<run>/``)."""
 
     def __init__(self, path: str | os.PathLike[str] | Location) -> None:
@@ -39,16 +40,17 @@ class WorkFolder:
     def __getstate__(self) -> dict[str, Any]:
         return {"path": self.path, "_arrays": {}}  # workers reopen the arrays themselves
 
-    def create(self, name: str, channels: int, height: int, width: int, chunk: int) -> zarr.Array:
-        """The array for stage ``name``: kept if it exists with this shape (a resumed stage)."""
+    def create(self, name: str, channels: int, height: int, width: int, chunk: int,
+               dtype: str = "float32") -> zarr.Array:
+        """The array for stage ``name``: kept if it exists with this shape and type (a resumed stage)."""
         location = str(self.path / f"{name}.zarr")
         shape, chunks = (channels, height, width), (channels, chunk, chunk)
         try:
             array = zarr.open_array(location, mode="r+")
-            if array.shape != shape or array.chunks != chunks:
+            if array.shape != shape or array.chunks != chunks or array.dtype != np.dtype(dtype):
                 raise ValueError("another shape")
         except (FileNotFoundError, ValueError, KeyError, zarr.errors.NodeTypeValidationError):
-            array = zarr.create_array(location, shape=shape, chunks=chunks, dtype="float32", compressors=None,
+            array = zarr.create_array(location, shape=shape, chunks=chunks, dtype=dtype, compressors=None,
                                       fill_value=0.0, overwrite=True)
         self._arrays[name] = array
         return array

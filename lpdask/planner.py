@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .device import ieee_fp32
+from .device import ieee_fp32, storage_dtype
 from .errors import PlanWarning
 from .models.checkpoint import cache_dir
 from .models.network import Network
@@ -150,8 +150,9 @@ def profile(stages: Sequence[Stage], image_channels: int, device: torch.device) 
             for handle in handles:
                 handle.remove()
         pixels = PROBE * PROBE
-        read = sum(channels[name] * 4 for name in stage.inputs)  # stored and read as float32
-        own = stage.channels * stage.scale**2 * 4
+        stored = storage_dtype(dtype).itemsize
+        read = sum(channels[name] * (4 if name == IMAGE else stored) for name in stage.inputs)
+        own = stage.channels * stage.scale**2 * stored
         largest = max((m for _, m in convs), default=0.0) / pixels
         costs.append(StageCost(stage.name, stage.halo, stage.scale, sum(m for m, _ in convs) / pixels,
                                WORKING_MEMORY * (read + largest + own), own, read))

@@ -209,7 +209,8 @@ def test_cuda_allocator_gets_expandable_segments_unless_configured(monkeypatch):
         monkeypatch.delenv(name)
     assert main(["--version"]) == 0
     assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"
-    for own in ({"PYTORCH_CUDA_ALLOC_CONF": "backend:cudaMallocAsync"}, {"PYTORCH_ALLOC_CONF": "roundup_power2_divisions:4"}):
+    for own in ({"PYTORCH_CUDA_ALLOC_CONF": "backend:cudaMallocAsync"},
+                {"PYTORCH_ALLOC_CONF": "roundup_power2_divisions:4"}):
         environ = dict(own)
         prefer_expandable_segments(environ)
         assert environ == own
