@@ -14,6 +14,7 @@ Prints a table and writes benchmarks/results/gpu.json.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import re
@@ -36,7 +37,7 @@ def whole(net: torch.nn.Module, image: np.ndarray, dtype: torch.dtype, repeat: i
     """Whole-image output in 8-bit levels, and the seconds of the last of ``repeat`` runs (the first
     warms up)."""
     x = torch.from_numpy(image.astype(np.float32) / 255).permute(2, 0, 1)[None].cuda()
-    net = net.cuda().to(dtype)
+    net = copy.deepcopy(net).cuda().to(dtype)  # a copy: fp16 would round the caller's weights
     seconds = 0.0
     with torch.inference_mode(), ieee_fp32(torch.device("cuda")):
         for _ in range(repeat):
@@ -46,8 +47,7 @@ def whole(net: torch.nn.Module, image: np.ndarray, dtype: torch.dtype, repeat: i
             torch.cuda.synchronize()
             seconds = time.perf_counter() - start
     pixels = (out[0].float().clamp(0, 1).cpu().numpy() * 255).round().astype(int)
-    del out
-    net.float()
+    del out, net
     torch.cuda.empty_cache()
     return pixels, seconds
 
@@ -71,7 +71,6 @@ def staged(net: torch.nn.Module, src: Path, dst: Path, chunk: int | None, precis
     lpdask.upscale(src, dst, model=net, chunk=chunk, device="cuda", precision=precision, on_plan=plans.append,
                    overwrite=True)
     seconds = time.perf_counter() - start
-    net.float()
     plan = plans[0] if plans else ""
     predicted = re.search(r"peak memory ([\d.]+) GiB", plan)
     return {"seconds": seconds, "reserved": torch.cuda.max_memory_reserved(),
@@ -104,7 +103,6 @@ def main() -> None:
             run = staged(net, src, Path(tmp) / f"{precision}.zarr", args.chunk, precision)
             lpdask.upscale(crop, Path(tmp) / f"crop-{precision}.zarr", model=net, chunk=args.chunk // 2,
                            device="cuda", precision=precision, overwrite=True)
-            net.float()
             out = zarr.open_array(str(Path(tmp) / f"crop-{precision}.zarr" / "0"))[:].astype(int)
             diff = np.abs(out - reference)
             rows.append({"precision": precision, "chunk": args.chunk, **run, "whole_seconds": whole_seconds,

@@ -8,6 +8,7 @@ Prints a table (8-bit levels) and writes benchmarks/results/precision.json.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from lpdask.models.names import MODELS
 def run(net: torch.nn.Module, image: np.ndarray, device: str, dtype: torch.dtype) -> np.ndarray:
     x = torch.from_numpy(image.astype(np.float32) / 255).permute(2, 0, 1)[None]
     with torch.inference_mode(), ieee_fp32(torch.device(device)):
-        out = net.to(device, dtype)(x.to(device, dtype)).float()
+        out = copy.deepcopy(net).to(device, dtype)(x.to(device, dtype)).float()  # a copy: fp16 rounds weights
     return (out[0].clamp(0, 1).cpu().numpy() * 255).round().astype(int)
 
 

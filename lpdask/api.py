@@ -24,7 +24,7 @@ from torch.nn import functional as F
 from . import __version__
 from .channels import AlphaMode, ChannelMode, Pass, passes, photometric_of
 from .chunks import Box, stored_chunk
-from .device import resolve_device, resolve_precision, storage_dtype
+from .device import network_on, resolve_device, resolve_precision, storage_dtype
 from .errors import LpdaskError, MetadataWarning
 from .export import TIFF_SUFFIXES, check_compression, partial_tiff_path, publish, wants_ome
 from .graph import Job, run_job, run_window
@@ -154,10 +154,10 @@ def upscale(
     photometric = photometric_of(source.channels, channels, source.photometric)
     runs = passes(source.channels, photometric, alpha)
     output = check_output(src, dst, overwrite)
-    net = model if isinstance(model, Network) else load_model(model)
     torch_device = resolve_device(device)
     compute = resolve_precision(precision, torch_device)
-    net.to(torch_device, compute)
+    net = network_on(model if isinstance(model, Network) else load_model(model), torch_device, compute,
+                     owned=not isinstance(model, Network))
     if torch_device.type == "cuda":
         net.to(memory_format=torch.channels_last)  # type: ignore[call-arg]
     scale = net.scale
@@ -393,10 +393,11 @@ def upscale_array(
     hint = {3: "rgb", 4: "rgba"}.get(image.shape[2], "minisblack")
     runs = passes(image.shape[2], photometric_of(image.shape[2], channels, hint), alpha)  # type: ignore[arg-type]
     plan = Plan(chunk, blocks_per_stage)
-    net = model if isinstance(model, Network) else load_model(model)
     torch_device = resolve_device(device)
     compute = resolve_precision(precision, torch_device)
-    network_stages = stages_for(net.to(torch_device, compute), mode, plan.blocks_per_stage, tile_pad)
+    net = network_on(model if isinstance(model, Network) else load_model(model), torch_device, compute,
+                     owned=not isinstance(model, Network))
+    network_stages = stages_for(net, mode, plan.blocks_per_stage, tile_pad)
     check_grid(plan.chunk, net)
     pixels = image.transpose(2, 0, 1)
     outputs = []

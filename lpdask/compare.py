@@ -34,7 +34,7 @@ from torch.nn import functional as F
 
 from .channels import Pass, passes, photometric_of
 from .chunks import Box, Grid
-from .device import resolve_device
+from .device import network_on, resolve_device
 from .errors import LpdaskError
 from .graph import run_window
 from .io.sources import Source, open_source
@@ -220,6 +220,8 @@ def crop_box(source: Source, size: int, chunk: int, origin: tuple[int, int] | No
 
 def whole_image(net: Network, pixels: np.ndarray, runs: Sequence[Pass], device: torch.device) -> np.ndarray:
     """(h, w, c) pixels -> (c, h*s, w*s) pixels: the network on the whole image in one piece."""
+    net = network_on(net, device, torch.float32)
+
     def run_whole(x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
             return net(x.to(device)).float().cpu()
@@ -232,6 +234,7 @@ def neighbour_patches(net: Network, pixels: np.ndarray, runs: Sequence[Pass], pa
     """(h, w, c) pixels -> (c, h*s, w*s) pixels, each ``patch`` px square computed by the whole
     network on its 3x3 patch neighbourhood (clipped at the image border, as whole-image inference
     is). On the pixel-unshuffled grid of x2 / x1 models, patches are ``patch / input_factor``."""
+    net = network_on(net, device, torch.float32)
     d = net.input_factor
     stage = tile_stages(net, patch // d)[0]
 
@@ -272,7 +275,6 @@ def _each_pass(net: Network, pixels: np.ndarray, runs: Sequence[Pass], device: t
     height, width, channels = pixels.shape
     s, d = net.scale, net.input_factor
     result = np.empty((channels, height * s, width * s), pixels.dtype)
-    net.to(device, torch.float32)
     for one in runs:
         x = torch.from_numpy(np.ascontiguousarray(one.to_network(to_unit(pixels))))[None]
         if (-height) % d or (-width) % d:

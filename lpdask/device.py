@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import threading
 from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
+from typing import TypeVar
 
 import torch
 
@@ -25,6 +27,21 @@ def resolve_device(device: str) -> torch.device:
     if chosen.type not in ("cpu", "cuda"):
         raise LpdaskError(f"device {device!r} is not supported (use cpu, cuda, cuda:N or auto)")
     return chosen
+
+
+Module = TypeVar("Module", bound=torch.nn.Module)
+
+
+def network_on(net: Module, device: torch.device, dtype: torch.dtype, *, owned: bool = False) -> Module:
+    """``net`` on ``device`` in ``dtype``. Unless ``owned``, a network whose weights that would
+    change is copied first: a caller's network is never converted in place (fp16 would round its
+    weights for good)."""
+    weights = next(net.parameters(), None)
+    same_device = weights is None or (weights.device.type == device.type
+                                      and device.index in (None, weights.device.index))
+    if not owned and weights is not None and (weights.dtype != dtype or not same_device):
+        net = copy.deepcopy(net)
+    return net.to(device, dtype)
 
 
 def prefer_expandable_segments(environ: MutableMapping[str, str] = os.environ) -> None:
