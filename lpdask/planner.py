@@ -78,7 +78,7 @@ class StageCost:
     """Working bytes per window pixel while it runs (inputs, the largest convolution's input and
     output, its own output)."""
     written: float
-    """Bytes it stores per input pixel (float32 activations); 0 for the last stage."""
+    """Bytes it stores per input pixel (float32 activations, float16 in fp16 runs); 0 for the last stage."""
     read: float
     """Bytes it reads per window pixel."""
 
