@@ -33,8 +33,8 @@ Module = TypeVar("Module", bound=torch.nn.Module)
 
 
 def network_on(net: Module, device: torch.device, dtype: torch.dtype, *, owned: bool = False) -> Module:
-    """``net`` on ``device`` in ``dtype``. Unless ``owned``, a network whose weights that would
-    change is copied first: a caller's network is never converted in place (fp16 would round its
+    """``net`` on ``device`` in ``dtype``. Unless ``owned``, it is copied first when that moves or
+    converts its weights: a caller's network is never changed in place (fp16 would round its
     weights for good)."""
     weights = next(net.parameters(), None)
     same_device = weights is None or (weights.device.type == device.type
