@@ -100,8 +100,9 @@ class Job:
         return np.ascontiguousarray(local.to_network(to_unit(pixels, self.value_range, where)))
 
     def write_result(self, box: Box, values: np.ndarray) -> None:
-        """Network output (3 or 1, h, w) of ``box`` to the pass's channels of the sink."""
-        pixels = from_unit(self.pass_.from_network(values), self.sink.level0.dtype, self.value_range)
+        """Network output (3 or 1, h, w) of ``box`` to the pass's channels of the sink; ``values`` is
+        used as scratch."""
+        pixels = from_unit(self.pass_.from_network(values), self.sink.level0.dtype, self.value_range, scratch=True)
         self.sink.write(box, pixels, self.plane, self.pass_.channels)
 
 

@@ -67,10 +67,12 @@ def to_unit(pixels: np.ndarray, value_range: ValueRange | None = None, where: st
     return np.ascontiguousarray(values.transpose(2, 0, 1))
 
 
-def from_unit(values: np.ndarray, dtype: np.dtype, value_range: ValueRange | None = None) -> np.ndarray:
+def from_unit(values: np.ndarray, dtype: np.dtype, value_range: ValueRange | None = None, *,
+              scratch: bool = False) -> np.ndarray:
     """(c, h, w) network output to pixels: clamp to [0, 1], scale (to ``value_range`` if given), round
-    half to even (integers), cast."""
-    values = np.clip(values, 0, 1)  # the one copy; the rest works in place
+    half to even (integers), cast. ``scratch``: ``values`` may be overwritten (saves allocating, and
+    faulting in, a copy of a large float array)."""
+    values = np.clip(values, 0, 1, out=values if scratch and values.flags.writeable else None)
     dtype = np.dtype(dtype)
     if value_range:
         low, high = value_range
