@@ -17,12 +17,17 @@ pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 
+def assert_left_alone(net: torch.nn.Module) -> None:
+    """upscale ran a copy on the GPU: the caller's network is still on the CPU, in float32."""
+    assert all(p.device.type == "cpu" and p.dtype == torch.float32 for p in net.parameters())
+
+
 def test_cuda_fp32_matches_cpu_whole_image(small_net, tmp_path):
     image = smooth_image(90, 70, seed=21)
     tifffile.imwrite(tmp_path / "in.tif", image)
-    reference = whole_image(small_net.cpu(), image)
+    reference = whole_image(small_net, image)
     upscale(tmp_path / "in.tif", tmp_path / "out.zarr", model=small_net, chunk=32, device="cuda")
-    small_net.cpu()
+    assert_left_alone(small_net)
     assert_exact(zarr.open_array(str(tmp_path / "out.zarr" / "0"))[:], reference)
 
 
@@ -32,10 +37,10 @@ def test_cuda_fp32_is_ieee_not_tf32(default_net, tmp_path):
     caller's TF32 setting is left as it was."""
     image = smooth_image(48, 40, seed=23, dtype=np.float32)
     tifffile.imwrite(tmp_path / "in.tif", image)
-    reference = whole_image_float(default_net.cpu().float(), image)
+    reference = whole_image_float(default_net, image)
     before = torch.backends.cudnn.allow_tf32
     upscale(tmp_path / "in.tif", tmp_path / "out.zarr", model=default_net, chunk=32, device="cuda")
-    default_net.cpu()
+    assert_left_alone(default_net)
     assert torch.backends.cudnn.allow_tf32 == before
     result = zarr.open_array(str(tmp_path / "out.zarr" / "0"))[:]
     assert result.shape == reference.shape
@@ -50,10 +55,10 @@ def test_half_precision_error_is_bounded(default_net, tmp_path, precision):
 
     image = np.ascontiguousarray(data.astronaut()[100:228, 150:278])
     tifffile.imwrite(tmp_path / "in.tif", image)
-    reference = whole_image(default_net.cpu().float(), image).astype(int)
+    reference = whole_image(default_net, image).astype(int)
     upscale(tmp_path / "in.tif", tmp_path / "out.zarr", model=default_net, chunk=64, device="cuda",
             precision=precision)
-    default_net.cpu().float()
+    assert_left_alone(default_net)
     diff = np.abs(zarr.open_array(str(tmp_path / "out.zarr" / "0"))[:].astype(int) - reference)
     assert diff.mean() < (0.5 if precision == "fp16" else 2.0), diff.mean()
 
@@ -62,9 +67,9 @@ def test_cuda_on_a_local_cluster_with_gpu_resources(small_net, tmp_path):
     """--workers 1 --device cuda --resources GPU=1: the worker's GPU, one task at a time."""
     image = smooth_image(64, 48, seed=22)
     tifffile.imwrite(tmp_path / "in.tif", image)
-    reference = whole_image(small_net.cpu(), image)
+    reference = whole_image(small_net, image)
     summary = upscale(tmp_path / "in.tif", tmp_path / "out.zarr", model=small_net, chunk=32, device="cuda",
                       workers=1, resources={"GPU": 1})
-    small_net.cpu()
+    assert_left_alone(small_net)
     assert summary.computed_chunks == summary.stages * summary.chunks
     assert_exact(zarr.open_array(str(tmp_path / "out.zarr" / "0"))[:], reference)
