@@ -156,8 +156,7 @@ def upscale(
     output = check_output(src, dst, overwrite)
     torch_device = resolve_device(device)
     compute = resolve_precision(precision, torch_device)
-    net = network_on(model if isinstance(model, Network) else load_model(model), torch_device, compute,
-                     owned=not isinstance(model, Network))
+    net = _network(model, torch_device, compute)
     if torch_device.type == "cuda":
         net.to(memory_format=torch.channels_last)  # type: ignore[call-arg]
     scale = net.scale
@@ -260,6 +259,14 @@ def _run(state: str, output: Location, work: WorkFolder, identity: dict[str, Any
     work.clear()
     return Summary(output, time.perf_counter() - start, _megapixels(source), shape, chunks, len(network_stages), levels,
                    _peak_rss(), len(jobs), computed, resumed)
+
+
+def _network(model: str | os.PathLike[str] | Network | None, device: torch.device, dtype: torch.dtype) -> Network:
+    """The model on ``device`` in ``dtype``: loaded by name or path, or the caller's network (a copy
+    where converting would change it)."""
+    if isinstance(model, Network):
+        return network_on(model, device, dtype)
+    return network_on(load_model(model), device, dtype, owned=True)
 
 
 def _choose_plan(net: Network, source: Source, device: torch.device, mode: str, chunk: int | None,
@@ -395,8 +402,7 @@ def upscale_array(
     plan = Plan(chunk, blocks_per_stage)
     torch_device = resolve_device(device)
     compute = resolve_precision(precision, torch_device)
-    net = network_on(model if isinstance(model, Network) else load_model(model), torch_device, compute,
-                     owned=not isinstance(model, Network))
+    net = _network(model, torch_device, compute)
     network_stages = stages_for(net, mode, plan.blocks_per_stage, tile_pad)
     check_grid(plan.chunk, net)
     pixels = image.transpose(2, 0, 1)

@@ -107,13 +107,14 @@ class Job:
 
 
 def run_window(stage: Stage, inputs: Sequence[Tensor], inner: Box, device: torch.device,
-               precision: torch.dtype = torch.float32) -> Tensor:
-    """Run ``stage`` on window tensors and keep ``inner`` (the chunk, in window coordinates)."""
+               precision: torch.dtype = torch.float32, kept: torch.dtype = torch.float32) -> Tensor:
+    """Run ``stage`` on window tensors and keep ``inner`` (the chunk, in window coordinates), as
+    ``kept``."""
     layout = torch.channels_last if device.type == "cuda" else torch.contiguous_format  # tensor cores want NHWC
     with torch.inference_mode(), ieee_fp32(device):
         out = stage.module(*(t.to(device, precision, memory_format=layout) for t in inputs))
     s = stage.scale
-    return out[:, :, inner.y0 * s : inner.y1 * s, inner.x0 * s : inner.x1 * s].float()
+    return out[:, :, inner.y0 * s : inner.y1 * s, inner.x0 * s : inner.x1 * s].to(kept)
 
 
 def run_chunk(job: Job, index: int, i: int, j: int) -> None:
@@ -125,15 +126,17 @@ def run_chunk(job: Job, index: int, i: int, j: int) -> None:
     box = grid.box(i, j)
     window = box.grow(stage.halo, grid.height, grid.width)
     inputs = [job.read(name, window) for name in stage.inputs]
-    out = run_window(stage, inputs, box.within(window), job.device, job.precision)
+    last = index == len(job.stages) - 1
+    out = run_window(stage, inputs, box.within(window), job.device, job.precision,
+                     torch.float32 if last else storage_dtype(job.precision))
     target = box.scaled(stage.scale)
-    if index == len(job.stages) - 1:
+    if last:
         height, width = job.sink.level0.shape[-2:]  # smaller than the grid where it was padded
         kept = Box(target.y0, min(target.y1, height), target.x0, min(target.x1, width))
         job.write_result(kept, out[0, :, : kept.shape[0], : kept.shape[1]].cpu().numpy())
     else:
         ys, xs = target.slices()
-        job.work[stage.name][:, ys, xs] = out[0].to(storage_dtype(job.precision)).cpu().numpy()
+        job.work[stage.name][:, ys, xs] = out[0].cpu().numpy()
     job.work.mark_chunk(job.run, stage.name, i, j)
     del inputs, out
     trim()

@@ -139,7 +139,7 @@ class Cluster:
         worker that holds it cancels the tasks that need it."""
         from concurrent.futures import CancelledError
 
-        if any(future.status != "finished" for future in scattered):
+        if _dropped(scattered):
             return True
         try:
             held = self.client.who_has(scattered)
@@ -149,7 +149,7 @@ class Cluster:
 
     def _scatter(self, stages: Sequence[Stage]) -> list[Any]:
         key = id(stages)
-        if key not in self._stages or any(future.status != "finished" for future in self._stages[key][1]):
+        if key not in self._stages or _dropped(self._stages[key][1]):
             self._stages[key] = (stages, self._send(list(stages)))
         return self._stages[key][1]
 
@@ -169,6 +169,11 @@ class Cluster:
         self.client.close()
         if self.owned is not None:
             self.owned.close()
+
+
+def _dropped(futures: Sequence[Any]) -> bool:
+    """Whether the client already knows any of ``futures``' data is lost."""
+    return any(future.status != "finished" for future in futures)
 
 
 def _run_chunk(job: Job, stages: list[Stage], index: int, i: int, j: int) -> None:
