@@ -11,7 +11,7 @@ Usage:
 
 What it measures:
 1. Memory: lpdask ``upscale`` on two images, the second 4x the area of the first, each in a fresh
-   process that reports its own peak RSS (``ru_maxrss``, the same figure as
+   process that reports its own peak RSS (``VmHWM``, the same figure as
    ``Summary.peak_memory_bytes``). Target: larger <= 1.2x smaller.
 2. Time: whole-image inference (``net(x)`` once, torch's default threads) and lpdask on the same
    image and weights, interleaved ``--repeat`` times. Each child times its work (model load, read,
@@ -56,8 +56,10 @@ MARK = "@@RESULT "
 
 
 def _maxrss_bytes() -> int:
-    scale = 1 if sys.platform == "darwin" else 1024  # Linux reports KiB, macOS bytes
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+    """This process's own peak RSS: ``VmHWM`` (``ru_maxrss`` would include the parent's at fork)."""
+    from lpdask.memory import peak_bytes
+
+    return peak_bytes()
 
 
 def _current_rss_bytes() -> int:
@@ -444,7 +446,7 @@ def print_tables(report: dict) -> None:
     say("=" * 78)
     mem = report.get("memory")
     if mem:
-        say("Memory (lpdask, each run in its own process; peak RSS = ru_maxrss):")
+        say("Memory (lpdask, each run in its own process; peak RSS = VmHWM):")
         say(f"  {'size':>11} {'peak RSS':>12} {'after imports':>14} {'work s':>8} {'chunks':>7}")
         for r in mem["runs"]:
             say(f"  {r['size']:>5}x{r['size']:<5} {mib(r['peak_rss_bytes']):>12} "

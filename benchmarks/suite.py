@@ -6,7 +6,7 @@ Usage:
     .venv/bin/python benchmarks/suite.py --output benchmarks/results/suite.json --repeat 3
 
 Every measured run is its own process (``--child``), which reports its own work time (model load,
-read, run, write; imports excluded), whole-process time, CPU seconds and peak RSS (``ru_maxrss``);
+read, run, write; imports excluded), whole-process time, CPU seconds and peak RSS (``VmHWM``);
 the parent adds the wall time of the whole process. What it measures (see benchmarks/README.md):
 
 1. lpdask with the planner's defaults (``upscale(src, dst, model=PATH)``, no chunk or blocks)
@@ -79,10 +79,10 @@ def _io_counters() -> dict[str, int]:
 
 
 def _children_usage() -> dict:
-    """Largest peak RSS and total CPU of this process's finished children (dask.distributed workers)."""
+    """Total CPU of this process's finished children (dask.distributed workers); their peak memory
+    comes from the run's summary (``ru_maxrss`` of children counts this process's own at fork)."""
     u = resource.getrusage(resource.RUSAGE_CHILDREN)
-    scale = 1 if sys.platform == "darwin" else 1024
-    return {"children_peak_rss_bytes": u.ru_maxrss * scale, "children_cpu_seconds": u.ru_utime + u.ru_stime}
+    return {"children_cpu_seconds": u.ru_utime + u.ru_stime}
 
 
 def _finish(result: dict, usage: tuple, io_before: dict, start: float) -> dict:
@@ -184,6 +184,7 @@ def child_lpdask(spec: dict) -> dict:
                              **options)
     result = _finish({"kind": "lpdask", "options": options, "summary_seconds": summary.seconds,
                       "summary_peak_memory_bytes": summary.peak_memory_bytes,
+                      "children_peak_rss_bytes": max(summary.worker_peak_memory_bytes, default=0),
                       "rss_after_import_bytes": after_import, "chunks": summary.chunks, "stages": summary.stages,
                       "levels": summary.levels, "output_shape": list(summary.output_shape)},
                      usage, io_before, start)

@@ -6,7 +6,6 @@ import hashlib
 import json
 import math
 import os
-import resource
 import shutil
 import time
 import warnings
@@ -25,14 +24,17 @@ from . import __version__
 from .channels import AlphaMode, ChannelMode, Pass, passes, photometric_of
 from .chunks import Box, stored_chunk
 from .device import network_on, resolve_device, resolve_precision, storage_dtype
-from .errors import LpdaskError, MetadataWarning
+from .errors import RESUMES, Fault, InputChanged, LpdaskError, MetadataWarning, OutputBusy, fault_of, writing
 from .export import TIFF_SUFFIXES, check_compression, partial_tiff_path, publish, wants_ome
 from .graph import Job, run_job, run_window
 from .io.locations import Location
 from .io.metadata import ImageMetadata
 from .io.omezarr import OmeZarrSink
 from .io.sources import Source, open_source
-from .jobs import SOFTWARE_PREFIX, WorkFolder, check_output, default_workdir, digest, output_state, stored_plan
+from .jobs import (SOFTWARE_PREFIX, WorkFolder, check_output, check_output_name, default_workdir, digest,
+                   held_places, output_state, stored_plan)
+from .lease import Leases, hold
+from .memory import peak_bytes
 from .models import load_model
 from .models.network import Network
 from .pixels import ValueRange, check_dtype, check_value_range, from_unit, to_unit
@@ -57,12 +59,15 @@ class Summary:
     stages: int
     levels: int
     peak_memory_bytes: int
+    """This process's own peak (``VmHWM``), plus its local cluster's workers'."""
     runs: int = 1
     """Planes times channel passes (each a run of every stage)."""
     computed_chunks: int = 0
     """Chunk tasks computed by this call (fewer than runs x stages x chunks when it resumed)."""
     resumed: bool = False
     already_complete: bool = False
+    worker_peak_memory_bytes: tuple[int, ...] = ()
+    """Each worker's peak, for a local cluster the call started (counted in ``peak_memory_bytes``)."""
 
     @property
     def megapixels_per_second(self) -> float:
@@ -118,6 +123,7 @@ def upscale(
     compression: str = "zlib",
     max_memory: float | None = None,
     progress: bool = False,
+    wait: bool = False,
     on_cluster: Callable[[str], None] | None = None,
     on_plan: Callable[[str], None] | None = None,
 ) -> Summary:
@@ -141,6 +147,11 @@ def upscale(
     the result is complete. A job that dies leaves it and its partial output: the same call again
     resumes, recomputing only unfinished chunks; on a finished job it does nothing. Metadata that
     cannot be carried is named in a :class:`~lpdask.errors.MetadataWarning`.
+
+    One run at a time holds ``dst`` (:mod:`lpdask.lease`): another run on it raises
+    :class:`~lpdask.errors.OutputBusy`, or waits for it with ``wait``. A fault met while running
+    (disk full, a place not writable, the input changed) raises a :class:`~lpdask.errors.Fault` and
+    keeps the finished chunks.
     """
     start = time.perf_counter()
     Plan(Plan.chunk if chunk is None else chunk,  # check what was given
@@ -149,52 +160,54 @@ def upscale(
         raise LpdaskError(f"--workers {workers} must be at least 1 (0: threads in this process)")
     if workers and scheduler:
         raise LpdaskError("--workers starts a local cluster and --scheduler joins one: give only one")
-    source = open_source(src, series, level)
-    value_range = check_value_range(value_range, source.dtype)
-    photometric = photometric_of(source.channels, channels, source.photometric)
-    runs = passes(source.channels, photometric, alpha)
-    output = check_output(src, dst, overwrite)
-    torch_device = resolve_device(device)
-    compute = resolve_precision(precision, torch_device)
-    net = _network(model, torch_device, compute)
-    if torch_device.type == "cuda":
-        net.to(memory_format=torch.channels_last)  # type: ignore[call-arg]
-    scale = net.scale
-    meta = replace(source.meta, photometric=photometric).rescaled(scale)
-    as_tiff = output.name.lower().endswith(TIFF_SUFFIXES)
-    check_compression(compression, source.dtype)
-    work = WorkFolder(Location.of(workdir) / default_workdir(output).name if workdir else default_workdir(output))
-    chosen = _choose_plan(net, source, torch_device, mode, chunk, blocks_per_stage, threads, workers, scheduler,
-                          None if overwrite else stored_plan(output, work), work, max_memory)
-    plan = Plan(chosen["chunk"], chosen["blocks_per_stage"], threads or chosen.get("workers", 0))
-    if on_plan and "estimate" in chosen:
-        on_plan(chosen["estimate"])
-    if chosen["storage"] == "memory":
-        network_stages = whole_stages(net)
-    else:
-        network_stages = stages_for(net, mode, plan.blocks_per_stage, tile_pad)
-    check_grid(plan.chunk, net)
-    stored = {k: chosen[k] for k in ("chunk", "blocks_per_stage", "storage")}
-    identity = digest({
-        "input": _fingerprint(source), "model": _model_digest(net), "scale": scale, "mode": mode,
-        "tile_pad": tile_pad if mode == "tile" else None, "plan": stored,
-        "channels": photometric, "alpha": alpha, "value_range": value_range, "precision": precision,
-        "device": torch_device.type, "output": "tiff" if as_tiff else "zarr", "version": __version__})
-    state = output_state(output, work, identity["digest"], overwrite)
-    runner = _scheduler(plan, torch_device, workers, scheduler, resources)  # before any output: it may fail
-    try:
-        return _run(state, output, work, identity, runner, source, plan, net, network_stages, runs, meta, as_tiff,
-                    value_range, torch_device, compute, src, start, progress, on_cluster, compression)
-    finally:
-        if isinstance(runner, Cluster):
-            runner.close()
+    check_output_name(dst)
+    with hold(held_places(dst, workdir), wait) as leases:
+        source = open_source(src, series, level)
+        value_range = check_value_range(value_range, source.dtype)
+        photometric = photometric_of(source.channels, channels, source.photometric)
+        runs = passes(source.channels, photometric, alpha)
+        output = check_output(src, dst, overwrite)
+        torch_device = resolve_device(device)
+        compute = resolve_precision(precision, torch_device)
+        net = _network(model, torch_device, compute)
+        if torch_device.type == "cuda":
+            net.to(memory_format=torch.channels_last)  # type: ignore[call-arg]
+        scale = net.scale
+        meta = replace(source.meta, photometric=photometric).rescaled(scale)
+        as_tiff = output.name.lower().endswith(TIFF_SUFFIXES)
+        check_compression(compression, source.dtype)
+        work = WorkFolder(Location.of(workdir) / default_workdir(output).name if workdir else default_workdir(output))
+        chosen = _choose_plan(net, source, torch_device, mode, chunk, blocks_per_stage, threads, workers, scheduler,
+                              None if overwrite else stored_plan(output, work), work, max_memory)
+        plan = Plan(chosen["chunk"], chosen["blocks_per_stage"], threads or chosen.get("workers", 0))
+        if on_plan and "estimate" in chosen:
+            on_plan(chosen["estimate"])
+        if chosen["storage"] == "memory":
+            network_stages = whole_stages(net)
+        else:
+            network_stages = stages_for(net, mode, plan.blocks_per_stage, tile_pad)
+        check_grid(plan.chunk, net)
+        stored = {k: chosen[k] for k in ("chunk", "blocks_per_stage", "storage")}
+        identity = digest({
+            "input": _fingerprint(source), "model": _model_digest(net), "scale": scale, "mode": mode,
+            "tile_pad": tile_pad if mode == "tile" else None, "plan": stored,
+            "channels": photometric, "alpha": alpha, "value_range": value_range, "precision": precision,
+            "device": torch_device.type, "output": "tiff" if as_tiff else "zarr", "version": __version__})
+        state = output_state(output, work, identity["digest"], overwrite)
+        runner = _scheduler(plan, torch_device, workers, scheduler, resources)  # before any output: it may fail
+        try:
+            return _run(state, output, work, identity, runner, source, plan, net, network_stages, runs, meta, as_tiff,
+                        value_range, torch_device, compute, src, start, progress, on_cluster, compression, leases)
+        finally:
+            if isinstance(runner, Cluster):
+                runner.close()
 
 
 def _run(state: str, output: Location, work: WorkFolder, identity: dict[str, Any], runner: Threads | Cluster,
          source: Source, plan: Plan, net: Network, network_stages: list[Stage], runs: list[Pass],
          meta: ImageMetadata, as_tiff: bool, value_range: ValueRange | None, torch_device: torch.device,
          compute: torch.dtype, src: str | os.PathLike[str], start: float, progress: bool,
-         on_cluster: Callable[[str], None] | None, compression: str) -> Summary:
+         on_cluster: Callable[[str], None] | None, compression: str, leases: Leases) -> Summary:
     """Run (or resume) the job on ``runner`` and finish its output."""
     scale = net.scale
     shape = tuple(source.channels if a == "c" else source.height * scale if a == "y"
@@ -202,63 +215,132 @@ def _run(state: str, output: Location, work: WorkFolder, identity: dict[str, Any
                   for a in source.output_axes)
     if state == "complete":
         return Summary(output, time.perf_counter() - start, _megapixels(source), shape, 0, len(network_stages), 0,
-                       _peak_rss(), 0, already_complete=True)
+                       peak_bytes(), 0, already_complete=True)
     _warn_dropped(meta, as_tiff)
     resumed = state == "resume" and work.identity() == identity["digest"]
+    need = {work.path: _work_bytes(network_stages, source, net.input_factor, as_tiff, shape,
+                                   storage_dtype(compute).itemsize),
+            output: math.prod(shape) * source.dtype.itemsize * 4 // 3}
     if not resumed:
-        check_disk(work.path, output, _work_bytes(network_stages, source, net.input_factor, as_tiff, shape,
-                                                  storage_dtype(compute).itemsize),
-                   math.prod(shape) * source.dtype.itemsize * 4 // 3)
-    if state == "new":
-        output.remove()
-        work.clear()
-    work.start(identity)
-    result = work.path / "result.zarr" if as_tiff else output
-    if not resumed:
-        result.remove()
-    sink = OmeZarrSink(result, source.output_axes, shape, source.dtype, stored_chunk(plan.chunk * scale),
-                       source.channels if meta.photometric != "minisblack" else 1,
-                       {"job": identity["digest"], "plan": identity["plan"]}, resume=resumed)
-    if isinstance(runner, Cluster) and on_cluster:
-        on_cluster(runner.dashboard_link)
-    torch_threads = max(1, (os.cpu_count() or 1) // runner.workers) if isinstance(runner, Threads) else 0
-    jobs = [Job(source, network_stages if p.uses_network else resize_stages(p.kind, scale), plan.chunk, work,
-                sink, torch_device, net.input_factor if p.uses_network else 1, compute, plane, p, value_range, k,
-                torch_threads)
-            for k, (plane, p) in enumerate((plane, p) for plane in source.planes() for p in runs)]
-    chunks = len(jobs[0].grid(0))
-    bars = Bars([job.stages for job in jobs], chunks, disable=not progress)
-    partial_tiff = partial_tiff_path(output, work.path)
-    computed = 0
+        check_disk(work.path, output, need[work.path], need[output])
     try:
-        with _threads(torch_threads or None):
-            for job in jobs:
-                bars.start(job.run, _label(job, len(jobs)))
-                computed += run_job(job, runner, bars)
-            bars.close()
-            levels = sink.finish(meta, Location.of(src).name, scheduler="threads", num_workers=plan.workers("cpu"))
-            if as_tiff:
-                from .io.tiff import write_tiff
+        if state == "new":
+            output.remove()
+            work.clear()
+        work.start(identity)
+        result = work.path / "result.zarr" if as_tiff else output
+        if not resumed:
+            result.remove()
+        sink = OmeZarrSink(result, source.output_axes, shape, source.dtype, stored_chunk(plan.chunk * scale),
+                           source.channels if meta.photometric != "minisblack" else 1,
+                           {"job": identity["digest"], "plan": identity["plan"]}, resume=resumed)
+        if isinstance(runner, Cluster) and on_cluster:
+            on_cluster(runner.dashboard_link)
+        torch_threads = max(1, (os.cpu_count() or 1) // runner.workers) if isinstance(runner, Threads) else 0
+        jobs = [Job(source, network_stages if p.uses_network else resize_stages(p.kind, scale), plan.chunk, work,
+                    sink, torch_device, net.input_factor if p.uses_network else 1, compute, plane, p, value_range, k,
+                    torch_threads)
+                for k, (plane, p) in enumerate((plane, p) for plane in source.planes() for p in runs)]
+        chunks = len(jobs[0].grid(0))
+        bars = Bars([job.stages for job in jobs], chunks, disable=not progress)
+        partial_tiff = partial_tiff_path(output, work.path)
+        computed = 0
 
-                group = zarr.open_group(str(result), mode="r")
-                write_tiff(partial_tiff, [group[str(k)] for k in range(levels)], meta,
-                           ome=wants_ome(output, source.ome, meta),
-                           software=f"{SOFTWARE_PREFIX}{identity['digest']} {json.dumps(identity['plan'])}",
-                           compression=compression)
-                publish(partial_tiff, output)
-    except LpdaskError:
-        bars.close()  # a user mistake found while running (e.g. float values out of range): nothing to keep
-        partial_tiff.unlink(missing_ok=True)
-        output.remove()
+        def checked() -> None:
+            """Between stages and before the output is finished: the leases are still ours and the input
+            is what it was when the job started."""
+            leases.check()
+            _check_input(source, identity)
+
+        def stage(index: int, stage: Stage, chunks: int) -> Callable[[], None]:
+            checked()
+            tick = bars(index, stage, chunks)
+
+            def ticked() -> None:
+                leases.check()
+                tick()
+
+            return ticked
+
+        try:
+            with _threads(torch_threads or None):
+                for job in jobs:
+                    bars.start(job.run, _label(job, len(jobs)))
+                    computed += run_job(job, runner, stage)
+                bars.close()
+                checked()
+                with writing(result):
+                    levels = sink.finish(meta, Location.of(src).name, scheduler="threads",
+                                         num_workers=plan.workers("cpu"))
+                if as_tiff:
+                    from .io.tiff import write_tiff
+
+                    group = zarr.open_group(str(result), mode="r")
+                    with writing(output):
+                        write_tiff(partial_tiff, [group[str(k)] for k in range(levels)], meta,
+                                   ome=wants_ome(output, source.ome, meta),
+                                   software=f"{SOFTWARE_PREFIX}{identity['digest']} {json.dumps(identity['plan'])}",
+                                   compression=compression)
+                        publish(partial_tiff, output)
+        except BaseException as exc:
+            bars.close()
+            partial_tiff.unlink(missing_ok=True)
+            mistake = isinstance(exc, LpdaskError) and not isinstance(exc, (Fault, OutputBusy))
+            if mistake and not _input_changed(source, identity):
+                output.remove()  # a user mistake found while running (e.g. float values out of range)
+                work.clear()
+            raise  # otherwise the work folder and the unfinished output stay: the same command again resumes
         work.clear()
+        workers = tuple(runner.worker_peaks()) if isinstance(runner, Cluster) else ()
+        return Summary(output, time.perf_counter() - start, _megapixels(source), shape, chunks, len(network_stages),
+                       levels, peak_bytes() + sum(workers), len(jobs), computed, resumed,
+                       worker_peak_memory_bytes=workers)
+    except BaseException as exc:
+        fault = _fault(exc, source, identity, output, work, need, started=state != "new" or work.path.exists())
+        if fault is not None:
+            raise fault from None
         raise
-    except BaseException:
-        bars.close()
-        partial_tiff.unlink(missing_ok=True)
-        raise  # the work folder and the unfinished output stay: the same command again resumes
-    work.clear()
-    return Summary(output, time.perf_counter() - start, _megapixels(source), shape, chunks, len(network_stages), levels,
-                   _peak_rss(), len(jobs), computed, resumed)
+
+
+def _input_changed(source: Source, identity: dict[str, Any]) -> str | None:
+    """How the input differs from when the job started ("changed", "vanished"), or None."""
+    try:
+        return "changed" if _fingerprint(source) != identity["input"] else None
+    except FileNotFoundError:
+        return "vanished"
+
+
+def _check_input(source: Source, identity: dict[str, Any]) -> None:
+    how = _input_changed(source, identity)
+    if how:
+        if how == "vanished":
+            raise InputChanged(f"the input {source.path} vanished during the run; nothing more was written: put it "
+                               f"back as it was and {RESUMES}")
+        raise InputChanged(f"the input {source.path} changed during the run (its size or modification time differ "
+                           "from when it started), so the output would mix two images; nothing more was written: "
+                           "run again with --overwrite to start over from the new input")
+
+
+def _fault(exc: BaseException, source: Source, identity: dict[str, Any], output: Location, work: WorkFolder,
+           need: dict[Location, int], started: bool) -> Fault | None:
+    """The one-line fault behind ``exc``, if it is one: the input changed under the run, or a write
+    failed for want of space or permission."""
+    if isinstance(exc, Fault):
+        return None
+    if isinstance(exc, Exception) and _input_changed(source, identity):
+        try:
+            _check_input(source, identity)
+        except InputChanged as changed:
+            return changed
+    if not isinstance(exc, OSError):
+        return None
+    where = str(getattr(exc, "lpdask_place", None) or exc.filename or "")
+    for place, what in ((work.path, "the work folder"), (output, "the output")):
+        if where and Location.of(where).path.startswith(place.path):
+            size = need[place]
+            return fault_of(exc, f"{what} {place}", started=started,
+                            need=f"{size / 1e9:.1f} GB" if size >= 1e9 else f"{max(size / 1e6, 0.1):.1f} MB")
+    return fault_of(exc, f"the output {output} or its work folder {work.path}", started=started)
 
 
 def _network(model: str | os.PathLike[str] | Network | None, device: torch.device, dtype: torch.dtype) -> Network:
@@ -500,6 +582,3 @@ def _threads(count: int | None) -> Iterator[None]:
     finally:
         torch.set_num_threads(before)
 
-
-def _peak_rss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

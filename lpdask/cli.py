@@ -2,23 +2,26 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+import traceback
 import warnings
+from types import FrameType
 
 import click
 
 from . import __version__
 from .channels import ALPHA_MODES, CHANNEL_MODES, photometric_of
-from .device import prefer_expandable_segments
-from .errors import LpdaskError, MetadataWarning, PlanWarning
+from .errors import INTERRUPTED, RESUMES, TERMINATED, USAGE, LeaseWarning, LpdaskError, MetadataWarning, PlanWarning
 from .export import COMPRESSIONS, check_compression
 from .io.sources import open_source
-from .jobs import check_output
+from .jobs import check_output, check_output_name, held_places
+from .memory import prefer_expandable_segments
 from .pixels import check_value_range
 from .plan import DEFAULT_TILE_PAD, Plan
 from .schedulers import parse_resources
 
-USER_ERROR = 2
+USER_ERROR = USAGE
 
 
 def _value_range(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[float, float] | None:
@@ -32,7 +35,7 @@ def _value_range(ctx: click.Context, param: click.Parameter, value: str | None) 
 
 
 def _show_warning(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> None:
-    if issubclass(category, (MetadataWarning, PlanWarning)):
+    if issubclass(category, (MetadataWarning, PlanWarning, LeaseWarning)):
         click.echo(f"lpdask: warning: {message}", err=True)
     else:
         _default_showwarning(message, category, *args, **kwargs)  # type: ignore[arg-type]
@@ -83,17 +86,22 @@ def cli() -> None:
 @click.option("--resources", metavar="NAME=N,...", help="Worker resources each chunk task needs, e.g. GPU=1.")
 @click.option("--compression", type=click.Choice(COMPRESSIONS), default="zlib", show_default=True,
               help="Codec of a TIFF output (jpeg: 8-bit only).")
+@click.option("--wait", is_flag=True, help="If another run holds OUTPUT, wait for it to end instead of exiting.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def upscale_command(input: str, output: str, model: str | None, chunk: int | None, blocks_per_stage: int | None,
                     max_memory: float | None,
                     threads: int, device: str, precision: str, workdir: str | None, overwrite: bool, mode: str,
                     tile_pad: int, series: int, level: int, channels: str, alpha: str,
                     value_range: tuple[float, float] | None, workers: int, scheduler: str | None,
-                    resources: str | None, compression: str, quiet: bool) -> None:
+                    resources: str | None, compression: str, wait: bool, quiet: bool) -> None:
     """Super-resolve INPUT (TIFF, OME-TIFF, GeoTIFF, Zarr, OME-Zarr) into OUTPUT: an OME-Zarr
     (.zarr) or a tiled pyramidal TIFF (.tif, .ome.tif).
 
-    A job that stops (crash, kill, lost worker) resumes when the same command is run again."""
+    A job that stops (crash, kill, lost worker, full disk) resumes when the same command is run again.
+    One run at a time holds OUTPUT: another exits 2 at once naming the holder, or waits with --wait.
+
+    Exit codes: 0 done, 1 a bug (with a traceback), 2 bad input or options or OUTPUT in use, 3 no space
+    left, 4 a place not writable, 5 the input changed during the run, 130 SIGINT, 143 SIGTERM."""
     # Check what needs no torch first, so mistakes are answered before the slow imports.
     Plan(Plan.chunk if chunk is None else chunk,  # check what was given
          Plan.blocks_per_stage if blocks_per_stage is None else blocks_per_stage, threads)
@@ -102,24 +110,28 @@ def upscale_command(input: str, output: str, model: str | None, chunk: int | Non
     source = open_source(input, series, level)
     check_value_range(value_range, source.dtype)
     photometric_of(source.channels, channels, source.photometric)  # type: ignore[arg-type]
-    check_output(input, output, overwrite)
     check_compression(compression, source.dtype)
     needs = parse_resources(resources)
     if workers < 0:
         raise LpdaskError(f"--workers {workers} must be at least 1 (0: threads in this process)")
     if workers and scheduler:
         raise LpdaskError("--workers starts a local cluster and --scheduler joins one: give only one")
-    from .api import upscale
+    from .lease import hold
 
-    summary = upscale(input, output, model=model, chunk=chunk, blocks_per_stage=blocks_per_stage,
-                      threads=threads, device=device, precision=precision, workdir=workdir, overwrite=overwrite,
-                      mode=mode, tile_pad=tile_pad, series=series, level=level, channels=channels,  # type: ignore[arg-type]
-                      alpha=alpha, value_range=value_range, workers=workers, scheduler=scheduler,  # type: ignore[arg-type]
-                      resources=needs, compression=compression, progress=not quiet,
-                      max_memory=max_memory * 1e9 if max_memory else None,
-                      on_plan=None if quiet else lambda text: click.echo(f"lpdask: {text}", err=True),
-                      on_cluster=lambda link: click.echo(f"Dask dashboard: {link}", err=True))
-    click.echo(str(summary), err=True)
+    check_output_name(output)
+    with hold(held_places(output, workdir), wait):  # before the output is read, and before the slow imports
+        check_output(input, output, overwrite)
+        from .api import upscale
+
+        summary = upscale(input, output, model=model, chunk=chunk, blocks_per_stage=blocks_per_stage,
+                          threads=threads, device=device, precision=precision, workdir=workdir, overwrite=overwrite,
+                          mode=mode, tile_pad=tile_pad, series=series, level=level, channels=channels,  # type: ignore[arg-type]
+                          alpha=alpha, value_range=value_range, workers=workers, scheduler=scheduler,  # type: ignore[arg-type]
+                          resources=needs, compression=compression, progress=not quiet, wait=wait,
+                          max_memory=max_memory * 1e9 if max_memory else None,
+                          on_plan=None if quiet else lambda text: click.echo(f"lpdask: {text}", err=True),
+                          on_cluster=lambda link: click.echo(f"Dask dashboard: {link}", err=True))
+        click.echo(str(summary), err=True)
 
 
 @cli.command(name="plan")
@@ -221,23 +233,47 @@ def compare_command(input: str, model: str | None, chunk: int, size: int, tile_p
             file.write(report.to_json() + "\n")
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread like KeyboardInterrupt for SIGINT."""
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: user mistakes become one line on stderr and exit code 2."""
+    """Entry point: user mistakes and faults become one line on stderr and their exit code
+    (:mod:`lpdask.errors`); only a bug prints a traceback (exit 1)."""
     warnings.showwarning = _show_warning
     prefer_expandable_segments()
+    import threading
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    before = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
         cli.main(args=argv, prog_name="lpdask", standalone_mode=False)
     except LpdaskError as exc:
         click.echo(f"lpdask: error: {exc}", err=True)
-        return USER_ERROR
+        return exc.exit_code
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.ClickException as exc:
         click.echo(f"lpdask: error: {exc.format_message()}", err=True)
         return USER_ERROR
     except (click.exceptions.Abort, KeyboardInterrupt):
-        click.echo("lpdask: interrupted; run the same command again to resume", err=True)
-        return 130
+        click.echo(f"lpdask: interrupted; {RESUMES}", err=True)
+        return INTERRUPTED
+    except Terminated:
+        click.echo(f"lpdask: terminated; {RESUMES}", err=True)
+        return TERMINATED
+    except Exception:
+        traceback.print_exc()
+        click.echo(f"lpdask: internal error (a bug: please report it with the traceback above); finished chunks "
+                   f"are kept: {RESUMES}", err=True)
+        return 1
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, before)
     return 0
 
 

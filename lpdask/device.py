@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import copy
-import os
 import threading
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
 import torch
 
 from .errors import LpdaskError
+from .memory import prefer_expandable_segments  # noqa: F401  (its home is torch-free, for the CLI)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -42,14 +42,6 @@ def network_on(net: Module, device: torch.device, dtype: torch.dtype, *, owned: 
     if not owned and weights is not None and (weights.dtype != dtype or not same_device):
         net = copy.deepcopy(net)
     return net.to(device, dtype)
-
-
-def prefer_expandable_segments(environ: MutableMapping[str, str] = os.environ) -> None:
-    """Ask torch's CUDA allocator for expandable segments, unless the user configured the allocator:
-    windows of varying size otherwise leave its cache 1.5-2.5x the memory in use (measured on an
-    H200), past the planner's prediction. Takes effect only before the process's first CUDA use."""
-    if "PYTORCH_CUDA_ALLOC_CONF" not in environ and "PYTORCH_ALLOC_CONF" not in environ:
-        environ["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"
 
 
 def storage_dtype(precision: torch.dtype) -> torch.dtype:

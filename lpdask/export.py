@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from .errors import LpdaskError
+from .errors import LpdaskError, fault_of
 from .io.locations import Location
 from .io.metadata import ImageMetadata
 
@@ -75,13 +75,19 @@ def export(src: str | os.PathLike[str] | Location, dst: str | os.PathLike[str] |
         meta, paths = read_ngff_metadata(source)
     except (KeyError, IndexError, TypeError, ValueError) as exc:
         raise LpdaskError(f"{source} is not an OME-Zarr image ({exc})") from None
-    partial = partial_tiff_path(output, output.parent)
-    try:
-        levels = [group[p] for p in paths]
-        check_compression(compression, levels[0].dtype)
-        write_tiff(partial, levels, meta, ome=wants_ome(output, True, meta), compression=compression)
-        publish(partial, output)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
+    from .lease import hold
+
+    with hold([output]):  # one writer of the output at a time, as for upscale
+        partial = partial_tiff_path(output, output.parent)
+        try:
+            levels = [group[p] for p in paths]
+            check_compression(compression, levels[0].dtype)
+            write_tiff(partial, levels, meta, ome=wants_ome(output, True, meta), compression=compression)
+            publish(partial, output)
+        except BaseException as exc:
+            partial.unlink(missing_ok=True)
+            fault = fault_of(exc, f"the output {output}", started=False)
+            if fault is not None:
+                raise fault from None
+            raise
     return output

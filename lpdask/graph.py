@@ -18,7 +18,7 @@ from torch.nn import functional as F
 from .channels import Pass
 from .chunks import Box, Grid, reflect
 from .device import ieee_fp32, storage_dtype
-from .errors import LpdaskError
+from .errors import LpdaskError, writing
 from .io.omezarr import OmeZarrSink
 from .io.sources import Source
 from .jobs import WorkFolder
@@ -133,11 +133,14 @@ def run_chunk(job: Job, index: int, i: int, j: int) -> None:
     if last:
         height, width = job.sink.level0.shape[-2:]  # smaller than the grid where it was padded
         kept = Box(target.y0, min(target.y1, height), target.x0, min(target.x1, width))
-        job.write_result(kept, out[0, :, : kept.shape[0], : kept.shape[1]].cpu().numpy())
+        with writing(job.sink.path):
+            job.write_result(kept, out[0, :, : kept.shape[0], : kept.shape[1]].cpu().numpy())
     else:
         ys, xs = target.slices()
-        job.work[stage.name][:, ys, xs] = out[0].cpu().numpy()
-    job.work.mark_chunk(job.run, stage.name, i, j)
+        with writing(job.work.path):
+            job.work[stage.name][:, ys, xs] = out[0].cpu().numpy()
+    with writing(job.work.path):
+        job.work.mark_chunk(job.run, stage.name, i, j)
     del inputs, out
     trim()
 
@@ -171,8 +174,9 @@ def run_job(job: Job, scheduler: Scheduler, progress: Callable[[int, Stage, int]
         else:
             if index < len(job.stages) - 1:
                 out = Grid(grid.height * stage.scale, grid.width * stage.scale, grid.chunk * stage.scale)
-                job.work.create(stage.name, stage.channels, out.height, out.width, out.chunk,
-                                str(storage_dtype(job.precision)).removeprefix("torch."))
+                with writing(job.work.path):
+                    job.work.create(stage.name, stage.channels, out.height, out.width, out.chunk,
+                                    str(storage_dtype(job.precision)).removeprefix("torch."))
             done = job.work.chunks_done(job.run, stage.name)
         for _ in done:
             tick()
@@ -180,7 +184,8 @@ def run_job(job: Job, scheduler: Scheduler, progress: Callable[[int, Stage, int]
         if todo:
             scheduler.run(job, index, todo, tick)
             computed += len(todo)
-        job.work.mark_stage(job.run, stage.name)
-        for name in deletable.get(index, []):
-            job.work.remove(name)
+        with writing(job.work.path):
+            job.work.mark_stage(job.run, stage.name)
+            for name in deletable.get(index, []):
+                job.work.remove(name)
     return computed

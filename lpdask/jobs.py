@@ -29,6 +29,14 @@ def default_workdir(output: str | os.PathLike[str] | Location) -> Location:
     return out.with_name(out.name + ".work")
 
 
+def held_places(output: str | os.PathLike[str] | Location,
+                workdir: str | os.PathLike[str] | None) -> list[Location]:
+    """What a run on ``output`` holds a lease on: the output, and its work folder when ``workdir``
+    puts it elsewhere (two outputs of one name may share that folder)."""
+    out = Location.of(output)
+    return [out] + ([Location.of(workdir) / default_workdir(out).name] if workdir else [])
+
+
 class WorkFolder:
     """Intermediate stage outputs as float32 or float16 (c, y, x) Zarr v3 arrays, chunked like the stage grid,
     and the markers of finished chunks and stages (under ``markers/r<run>/``)."""
@@ -120,9 +128,7 @@ def check_output(src: str | os.PathLike[str] | Location, dst: str | os.PathLike[
                  overwrite: bool) -> Location:
     """Refuse an output that is not .zarr / .tif / .tiff, would hold the input, or exists without
     ``overwrite`` and is not an lpdask result (whose job identity is checked once it is known)."""
-    output, source = Location.of(dst), Location.of(src)
-    if not output.name.lower().endswith((".zarr", ".tif", ".tiff")):
-        raise LpdaskError(f"output {output} must be a .zarr folder (OME-Zarr) or a .tif / .ome.tif file")
+    output, source = check_output_name(dst), Location.of(src)
     if output.exists():
         if output.is_local and source.is_local:
             resolved, inside = output.local_path.resolve(), source.local_path.resolve()
@@ -132,6 +138,14 @@ def check_output(src: str | os.PathLike[str] | Location, dst: str | os.PathLike[
             raise LpdaskError(f"output {output} is or holds the input; refusing to write there")
         if not overwrite and stored_identity(output) is None:
             raise LpdaskError(f"output {output} already exists; use --overwrite to replace it")
+    return output
+
+
+def check_output_name(dst: str | os.PathLike[str] | Location) -> Location:
+    """Refuse an output that is not .zarr / .tif / .tiff (before anything is created for it)."""
+    output = Location.of(dst)
+    if not output.name.lower().endswith((".zarr", ".tif", ".tiff")):
+        raise LpdaskError(f"output {output} must be a .zarr folder (OME-Zarr) or a .tif / .ome.tif file")
     return output
 
 

@@ -165,6 +165,18 @@ class Cluster:
                     raise
                 time.sleep(0.5)
 
+    def worker_peaks(self) -> list[int]:
+        """Each worker's own peak memory, for a local cluster this run started (none for one it
+        joined: those workers' memory is not this run's)."""
+        if self.owned is None:
+            return []
+        from .memory import peak_bytes
+
+        try:
+            return sorted(self.client.run(peak_bytes).values())
+        except OSError:  # a worker died since
+            return []
+
     def close(self) -> None:
         self.client.close()
         if self.owned is not None:

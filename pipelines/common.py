@@ -100,7 +100,8 @@ def report(title: str, rows: list[tuple[str, Any, Any]]) -> None:
 
 def run(main: Callable[[], int]) -> None:
     """Run a pipeline's ``main``: a failed check is one line on stderr and exit code 1, a problem with
-    the input or options (lpdask's own errors) one line and exit code 2."""
+    the input or options, or a fault while running (lpdask's own errors), one line and its exit code
+    (2 for bad input, 3 no space, ...: see ``lpdask.errors``)."""
     from lpdask.errors import LpdaskError
 
     start = time.perf_counter()
@@ -111,6 +112,6 @@ def run(main: Callable[[], int]) -> None:
         raise SystemExit(1) from None
     except LpdaskError as exc:
         print(f"lpdask: error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(exc.exit_code) from None
     print(f"\ndone in {time.perf_counter() - start:.1f} s")
     raise SystemExit(code)

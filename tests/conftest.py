@@ -1,4 +1,5 @@
 import os
+import socket
 
 import numpy as np
 import pytest
@@ -44,3 +45,30 @@ def default_net() -> RRDBNet:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+@pytest.fixture
+def bucket(monkeypatch):
+    """A fresh bucket on a moto S3 server on 127.0.0.1; credentials and endpoint from the environment."""
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    from urllib.request import Request, urlopen
+
+    urlopen(Request(f"http://127.0.0.1:{port}/moto-api/reset", method="POST")).close()  # moto keeps buckets per process
+    for name, value in {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
+                        "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)
+    import fsspec
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+    fs = fsspec.filesystem("s3")
+    fs.mkdir("lpdask-test")
+    yield fs
+    s3fs.S3FileSystem.clear_instance_cache()
+    server.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -214,3 +215,28 @@ def test_cuda_allocator_gets_expandable_segments_unless_configured(monkeypatch):
         environ = dict(own)
         prefer_expandable_segments(environ)
         assert environ == own
+
+
+HOLD_3_GB = """
+import subprocess, sys
+import numpy as np
+held = np.ones(3 * 2**30, np.uint8)  # touched, so resident
+result = subprocess.run(sys.argv[1:], capture_output=True, text=True)
+sys.stderr.write(result.stderr)
+sys.exit(result.returncode)
+"""
+
+
+def test_peak_memory_is_the_runs_own_not_its_parents(tmp_path: Path, rgb_tiff: Path, small_checkpoint) -> None:
+    """Linux carries ru_maxrss over from the parent across fork and exec; the closing line must not."""
+    command = [sys.executable, "-m", "lpdask", "upscale", "in.tif", "out.zarr", "--model", str(small_checkpoint),
+               "--chunk", "16", "--blocks-per-stage", "1", "-q", "--overwrite"]
+    env = {**os.environ, "LPDASK_CACHE_DIR": str(tmp_path / "cache")}
+    peaks = []
+    for parent in ([sys.executable, "-c", HOLD_3_GB], ["/bin/sh", "-c", '"$@"', "sh"]):
+        done = subprocess.run([*parent, *command], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        peaks.append(int(re.search(r"peak memory (\d+) MiB", done.stderr).group(1)))
+    from_big_parent, from_shell = peaks
+    assert abs(from_big_parent - from_shell) <= 0.1 * from_shell, peaks
+    assert from_shell < 2048

@@ -3,10 +3,7 @@ through s3fs, give the same pixels as the local run."""
 
 from __future__ import annotations
 
-import socket
-
 import numpy as np
-import pytest
 import tifffile
 import zarr
 
@@ -14,30 +11,6 @@ from lpdask import upscale
 from lpdask.io.omezarr import is_complete
 
 from .reference import smooth_image
-
-
-@pytest.fixture
-def bucket(monkeypatch):
-    """A fresh bucket on a moto S3 server on 127.0.0.1; credentials and endpoint from the environment."""
-    from moto.server import ThreadedMotoServer
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    for name, value in {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
-                        "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(name, value)
-    import fsspec
-    import s3fs
-
-    s3fs.S3FileSystem.clear_instance_cache()
-    fs = fsspec.filesystem("s3")
-    fs.mkdir("lpdask-test")
-    yield fs
-    s3fs.S3FileSystem.clear_instance_cache()
-    server.stop()
 
 
 def test_s3_round_trip(small_net, tmp_path, bucket):
