@@ -9,7 +9,7 @@ millisecond (every other round the second one with ``--wait``). Whatever the tim
 write the output and the other must either be refused (exit 2, "is in use by another run"), or find
 the output complete, or (with ``--wait``) wait and then find it complete. After every round the output
 must be complete and bit-identical to an uninterrupted run, and no lock file may be left. The model
-is a random-weight 2-block RRDBNet (16 features), the image 96 x 96 in chunks of 16.
+is a random-weight 2-block RRDBNet (16 features), the image 96 x 96 (``--size``) in chunks of 16.
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ def outcome(code: int, stderr: str) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=100)
+    parser.add_argument("--size", type=int, default=96, help="image side in pixels (chunks of 16)")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
 
@@ -65,7 +66,7 @@ def main() -> int:
         net = RRDBNet(RRDBConfig(num_feat=16, num_block=2, num_grow_ch=8))
         torch.save({"params_ema": net.state_dict()}, folder / "model.pth")
         rng = np.random.default_rng(0)
-        tifffile.imwrite(folder / "in.tif", rng.integers(0, 256, (96, 96, 3), np.uint8), tile=(32, 32))
+        tifffile.imwrite(folder / "in.tif", rng.integers(0, 256, (args.size, args.size, 3), np.uint8), tile=(32, 32))
         reference = upscale(folder, "reference.zarr")
         assert reference.wait() == 0, reference.stderr.read()  # type: ignore[union-attr]
         expected = zarr.open_array(str(folder / "reference.zarr" / "0"), mode="r")[:]
@@ -89,7 +90,7 @@ def main() -> int:
             if not fine:
                 bad.append({"round": k, "outcomes": seen, "complete": complete, "identical": identical})
             print(f"round {k + 1}/{args.rounds}: {' / '.join(seen)}{'' if fine else '  <-- WRONG'}", flush=True)
-        report = {"rounds": args.rounds, "bad_rounds": bad, "outcomes": dict(pairs),
+        report = {"rounds": args.rounds, "size": args.size, "bad_rounds": bad, "outcomes": dict(pairs),
                   "seconds": time.perf_counter() - start}
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(report, indent=1) + "\n")

@@ -154,8 +154,7 @@ class _StageLog:
     """Wraps lpdask's per-chunk functions to log where each stage's time goes (this process only)."""
 
     def __init__(self) -> None:
-        import lpdask.api
-        import lpdask.graph
+        import lpdask.task
         from lpdask.io.omezarr import OmeZarrSink
 
         self.lock = threading.Lock()
@@ -163,8 +162,8 @@ class _StageLog:
         self.parts: dict[tuple[int, str], float] = defaultdict(float)
         self.local = threading.local()
         self.finish_seconds = 0.0
-        graph = lpdask.graph
-        # These are lpdask internals (graph.run_chunk/run_window, Job.read, OmeZarrSink.write/finish);
+        graph = lpdask.task
+        # These are lpdask internals (task.run_chunk/run_window, Job.read, OmeZarrSink.write/finish);
         # when they change, the log says so instead of breaking the benchmark.
         self.missing = [name for name, obj in (("run_chunk", graph), ("run_window", graph), ("Job", graph),
                                                ("write", OmeZarrSink), ("finish", OmeZarrSink))
@@ -205,8 +204,10 @@ class _StageLog:
         graph.Job.read = timed("read", read)
         OmeZarrSink.write = timed("write_output", sink_write)
         OmeZarrSink.finish = timed_finish
-        if getattr(lpdask.api, "run_window", None) is run_window:
-            lpdask.api.run_window = graph.run_window
+        import lpdask.executors.lazy as lazy
+
+        if getattr(lazy, "run_window", None) is run_window:
+            lazy.run_window = graph.run_window
 
     def report(self, stage_names: list[str]) -> list[dict]:
         rows = []

@@ -16,7 +16,7 @@ the parent adds the wall time of the whole process. What it measures (see benchm
 2. Real-ESRGAN's tile mode (lpdask ``mode="tile"``, the planner's chunk as tile, tile_pad 10) in
    the same rounds: time ratio and error against the whole-image output. A seam report on smaller
    images (a 3 x 3 grid of patches) compares lpdask exact, tile mode and a RealESRGAN-LP-style
-   neighbour-patch run (error only): from ``lpdask.compare`` when it exists, else computed here.
+   neighbour-patch run (error only), from ``lpdask.compare``.
 3. Scaling: lpdask (planner defaults) at three sizes spanning 16x the area. Target: peak memory at
    16x the area <= 1.2x the peak at 1x.
 4. ``workers=1`` and ``workers=2`` (a local dask.distributed cluster) against the default threaded
@@ -60,9 +60,9 @@ import memory_and_time as mt  # noqa: E402  (the existing benchmark's helpers)
 RESULTS = HERE / "results"
 MARK = mt.MARK
 PLANNER_HOOK = "PLANNER-HOOK"
-"""Marks where the planner's predictions are read (``lpdask.plan.choose``), for when its API changes."""
+"""Marks where the planner's predictions are read (``lpdask.planner.choose``), for when its API changes."""
 COMPARE_HOOK = "COMPARE-HOOK"
-"""Marks where ``lpdask.compare`` is used for the error columns, when it exists."""
+"""Marks where ``lpdask.compare`` is used for the error columns, for when its API changes."""
 
 
 # =========================================================================== children
@@ -100,47 +100,17 @@ def _finish(result: dict, usage: tuple, io_before: dict, start: float) -> dict:
 
 
 def errors(out, reference, step: int | None = None, label: str = "") -> dict:
-    """Error of ``out`` against ``reference`` (both (c, H, W) pixels of one dtype) in levels:
-    ``lpdask.compare.method_error`` where this checkout has it (COMPARE-HOOK), else the same figures
-    computed here. ``step`` is the method's grid in output pixels (for the error at its borders)."""
-    import numpy as np
+    """Error of ``out`` against ``reference`` (both (c, H, W) pixels of one dtype) in levels, by
+    ``lpdask.compare.method_error`` (COMPARE-HOOK). ``step`` is the method's grid in output pixels
+    (for the error at its borders)."""
+    import lpdask.compare as compare
 
     if out.shape != reference.shape:
         return {"error": f"shape {out.shape} against reference {reference.shape}"}
-    compare = _lpdask_compare()
-    if compare is not None and hasattr(compare, "method_error"):
-        try:
-            e = compare.method_error("run", label, out, reference, step or max(out.shape), 0.0)
-            return {"max": e.max_error, "mean": e.mean_error, "over_1_level": e.off_by_more_than_1,
-                    "max_at_border": e.max_at_border, "border_reach": getattr(compare, "SEAM_REACH", None),
-                    "source": "lpdask.compare.method_error"}
-        except Exception as exc:  # an API that changed under us: say so, and fall back
-            note = f"lpdask.compare.method_error failed ({exc!r})"
-    else:
-        note = "lpdask.compare.method_error not found"
-    reach = 4
-    d = np.abs(out.astype(np.int64) - reference.astype(np.int64))
-    result = {"max": int(d.max()), "mean": float(d.mean()), "over_1_level": float((d > 1).mean()),
-              "border_reach": reach, "source": "benchmarks/suite.py", "note": note}
-    if step:
-        def near(length: int) -> np.ndarray:
-            mask = np.zeros(length, bool)
-            for border in range(step, length, step):
-                mask[max(0, border - reach): border + reach] = True
-            return mask
-
-        mask = near(d.shape[-2])[:, None] | near(d.shape[-1])[None, :]
-        result["max_at_border"] = int(d[:, mask].max()) if mask.any() else 0
-    return result
-
-
-def _lpdask_compare():
-    """``lpdask.compare`` if this checkout has it, else None."""
-    try:
-        import lpdask.compare as compare
-    except ImportError:
-        return None
-    return compare
+    e = compare.method_error("run", label, out, reference, step or max(out.shape), 0.0)
+    return {"max": e.max_error, "mean": e.mean_error, "over_1_level": e.off_by_more_than_1,
+            "max_at_border": e.max_at_border, "border_reach": compare.SEAM_REACH,
+            "source": "lpdask.compare.method_error"}
 
 
 def _read_zarr(path: str):
@@ -202,19 +172,16 @@ def child_lpdask(spec: dict) -> dict:
 
 def _capture_planner() -> list[dict]:
     """Wrap ``lpdask.planner.choose`` so every plan it picks in this process is recorded (its
-    Estimate's fields and the seconds the planning took). Empty when there is no planner."""
+    Estimate's fields and the seconds the planning took)."""
+    import lpdask.planner as planner
+
     captured: list[dict] = []
-    try:
-        import lpdask.planner as planner
-    except ImportError:
-        return captured
     choose = planner.choose
 
     def recording(*args: Any, **kwargs: Any):
         t = time.perf_counter()
         best, plans = choose(*args, **kwargs)
-        fields = dataclasses.asdict(best) if dataclasses.is_dataclass(best) else {"text": str(best)}
-        captured.append({**fields, "describe": best.describe() if hasattr(best, "describe") else str(best),
+        captured.append({**dataclasses.asdict(best), "describe": best.describe(),
                          "plan_seconds": time.perf_counter() - t, "alternatives": len(plans)})
         return best, plans
 
@@ -235,53 +202,21 @@ def _du(path: str) -> int:
 
 def child_seams(spec: dict) -> dict:
     """The seam report: tile mode, a RealESRGAN-LP-style neighbour-patch run and lpdask exact against
-    whole-image inference on one image cut into a 3 x 3 grid of ``patch`` px patches. From
-    ``lpdask.compare.compare`` (COMPARE-HOOK) where it exists, else computed here with tile mode
-    standing in for the neighbour-patch run (tile_pad = patch). Errors only: the times are for
-    information (one process, not interleaved)."""
+    whole-image inference on one image cut into a 3 x 3 grid of ``patch`` px patches, by
+    ``lpdask.compare.compare`` (COMPARE-HOOK). Errors only: the times are for information (one
+    process, not interleaved)."""
+    import lpdask.compare as compare
+
     patch, pad = spec["patch"], spec["tile_pad"]
-    compare = _lpdask_compare()
-    if compare is not None and hasattr(compare, "compare"):
-        report = compare.compare(spec["src"], model=spec["model"], chunk=patch, size=spec["size"], tile_pad=pad,
-                                 patch=patch, out=spec["figure"], device="cpu")
-        rows = [{"method": m.label, "key": m.key, "seconds": m.seconds,
-                 "errors": {"max": m.max_error, "mean": m.mean_error, "over_1_level": m.off_by_more_than_1,
-                            "max_at_border": m.max_at_border, "border_reach": getattr(compare, "SEAM_REACH", None),
-                            "source": "lpdask.compare.compare"}} for m in report.methods]
-        rows.insert(0, {"method": "whole image (reference)", "seconds": report.whole_seconds})
-        return {"kind": "seams", "model": spec["model_label"], "size": spec["size"], "patch": patch, "tile_pad": pad,
-                "rows": rows, "figure": report.figure, "source": "lpdask.compare.compare"}
-
-    import numpy as np
-    import tifffile
-    import torch
-
-    import lpdask
-
-    net = lpdask.load_model(spec["model"]).eval()
-    image = tifffile.imread(spec["src"])
-    top = np.float32(np.iinfo(image.dtype).max)
-    x = torch.from_numpy(np.ascontiguousarray((image.astype(np.float32) / top).transpose(2, 0, 1)))[None]
-    t = time.perf_counter()
-    with torch.inference_mode():
-        reference = (net(x)[0].clamp(0, 1).numpy() * top).round().astype(image.dtype)
-    rows = [{"method": "whole image (reference)", "seconds": time.perf_counter() - t}]
-    variants = [
-        (f"tile mode (Real-ESRGAN), tile {patch}, tile_pad {pad}", {"mode": "tile", "chunk": patch, "tile_pad": pad}),
-        (f"neighbour-patch context (tile mode, tile_pad {patch}), patch {patch}",
-         {"mode": "tile", "chunk": patch, "tile_pad": patch}),
-        (f"lpdask exact, chunk {patch}", {"chunk": patch, "blocks_per_stage": 1}),
-    ]
-    for label, options in variants:
-        dst = Path(spec["workdir"]) / "seams.zarr"
-        t = time.perf_counter()
-        lpdask.upscale(spec["src"], dst, model=net, overwrite=True, progress=False, **options)
-        seconds = time.perf_counter() - t
-        out = _read_zarr(str(dst))[:]
-        rows.append({"method": label, "seconds": seconds, "errors": errors(out, reference, step=patch * net.scale)})
-        mt._rmtree(dst)
-    return {"kind": "seams", "model": spec["model_label"], "size": int(image.shape[0]), "patch": patch,
-            "tile_pad": pad, "rows": rows, "source": "benchmarks/suite.py (no lpdask.compare)"}
+    report = compare.compare(spec["src"], model=spec["model"], chunk=patch, size=spec["size"], tile_pad=pad,
+                             patch=patch, out=spec["figure"], device="cpu")
+    rows = [{"method": m.label, "key": m.key, "seconds": m.seconds,
+             "errors": {"max": m.max_error, "mean": m.mean_error, "over_1_level": m.off_by_more_than_1,
+                        "max_at_border": m.max_at_border, "border_reach": compare.SEAM_REACH,
+                        "source": "lpdask.compare.compare"}} for m in report.methods]
+    rows.insert(0, {"method": "whole image (reference)", "seconds": report.whole_seconds})
+    return {"kind": "seams", "model": spec["model_label"], "size": spec["size"], "patch": patch, "tile_pad": pad,
+            "rows": rows, "figure": report.figure, "source": "lpdask.compare.compare"}
 
 
 CHILDREN = {"whole": child_whole, "lpdask": child_lpdask, "seams": child_seams}
@@ -648,8 +583,7 @@ def planner_table(report: dict) -> list[str]:
     runs = planner_runs(report)
     if not any(r.get("planner") for _, r in runs):
         return ["### Planner: predicted vs measured", "",
-                "PLANNER-HOOK: no run recorded a prediction (`lpdask.planner.choose` was not called or does not "
-                "exist in this checkout)."]
+                "PLANNER-HOOK: no run recorded a prediction (`lpdask.planner.choose` was not called)."]
     m = report["main"]
     whole_cpu = median(r["whole"]["cpu_seconds"] for r in m["rounds"] if ok(r.get("whole")))
     out = ["### Planner: predicted vs measured (every planner-default run)", "",

@@ -12,7 +12,6 @@ default model on 2 CPU cores).
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +19,7 @@ from ome_zarr.io import parse_url
 from ome_zarr.reader import Reader
 
 import lpdask
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "pipelines"))
-from samples import write_microscopy_zarr  # noqa: E402  (the synthetic sample beside the pipelines)
+from lpdask.samples import write_microscopy_zarr
 
 
 def main(out: Path = Path("microscopy-output"), model: str | Path | None = None) -> dict[str, Any]:

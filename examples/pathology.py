@@ -11,7 +11,6 @@ Run: ``.venv/bin/python examples/pathology.py`` (writes pathology-output/).
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +19,7 @@ import tifffile
 import lpdask
 from lpdask.export import export
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "pipelines"))
-from samples import write_pathology  # noqa: E402  (the synthetic sample beside the pipelines)
+from lpdask.samples import write_pathology
 
 
 def main(out: Path = Path("pathology-output"), model: str | Path | None = None) -> dict[str, Any]:

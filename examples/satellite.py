@@ -12,7 +12,6 @@ Run: ``.venv/bin/python examples/satellite.py`` (writes satellite-output/).
 
 from __future__ import annotations
 
-import sys
 import threading
 from pathlib import Path
 
@@ -26,9 +25,7 @@ from rasterio.transform import Affine
 from rasterio.windows import Window
 
 import lpdask
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "pipelines"))
-from samples import write_satellite  # noqa: E402  (the synthetic sample beside the pipelines)
+from lpdask.samples import write_satellite
 
 
 class RasterBlocks:

@@ -65,12 +65,6 @@ class Grid:
             for j in range(cols):
                 yield i, j
 
-    def sizes(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        """Chunk sizes down and across, as dask writes them."""
-        rows, cols = self.shape
-        return (tuple(self.box(i, 0).shape[0] for i in range(rows)),
-                tuple(self.box(0, j).shape[1] for j in range(cols)))
-
 
 def reflect(indices: np.ndarray, length: int) -> np.ndarray:
     """Indices past the end mirrored about the last pixel (numpy/torch ``reflect`` padding)."""

@@ -11,13 +11,13 @@ from types import FrameType
 import click
 
 from . import __version__
-from .channels import ALPHA_MODES, CHANNEL_MODES, photometric_of
+from .channels import ALPHA_MODES, CHANNEL_MODES, passes, photometric_of
 from .errors import INTERRUPTED, RESUMES, TERMINATED, USAGE, LeaseWarning, LpdaskError, MetadataWarning, PlanWarning
-from .export import COMPRESSIONS, check_compression
 from .io.sources import open_source
 from .jobs import check_output, check_output_name, held_places
 from .memory import prefer_expandable_segments
-from .pixels import check_value_range
+from .options import (COMPRESSIONS, OptionError, check_chunk, check_compression, check_max_memory,
+                      check_plan_options, check_value_range)
 from .plan import DEFAULT_TILE_PAD, Plan
 from .schedulers import parse_resources
 
@@ -103,19 +103,13 @@ def upscale_command(input: str, output: str, model: str | None, chunk: int | Non
     Exit codes: 0 done, 1 a bug (with a traceback), 2 bad input or options or OUTPUT in use, 3 no space
     left, 4 a place not writable, 5 the input changed during the run, 130 SIGINT, 143 SIGTERM."""
     # Check what needs no torch first, so mistakes are answered before the slow imports.
-    Plan(Plan.chunk if chunk is None else chunk,  # check what was given
-         Plan.blocks_per_stage if blocks_per_stage is None else blocks_per_stage, threads)
-    if max_memory is not None and max_memory <= 0:
-        raise LpdaskError(f"--max-memory {max_memory:g} must be more than 0 GB")
+    check_plan_options(chunk, blocks_per_stage, threads, workers, scheduler, tile_pad)
+    check_max_memory(max_memory)
     source = open_source(input, series, level)
     check_value_range(value_range, source.dtype)
     photometric_of(source.channels, channels, source.photometric)  # type: ignore[arg-type]
     check_compression(compression, source.dtype)
     needs = parse_resources(resources)
-    if workers < 0:
-        raise LpdaskError(f"--workers {workers} must be at least 1 (0: threads in this process)")
-    if workers and scheduler:
-        raise LpdaskError("--workers starts a local cluster and --scheduler joins one: give only one")
     from .lease import hold
 
     check_output_name(output)
@@ -138,41 +132,51 @@ def upscale_command(input: str, output: str, model: str | None, chunk: int | Non
 @click.argument("input", type=click.Path(dir_okay=True, path_type=str))
 @click.option("--model", "model", metavar="NAME|PATH", help="A model name or checkpoint [default: RealESRGAN_x4plus].")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
+              help="Compute precision; fp16 and bf16 need CUDA.")
 @click.option("--series", type=int, default=0, show_default=True, help="TIFF series.")
 @click.option("--level", type=int, default=0, show_default=True, help="Pyramid level of the input.")
+@click.option("--channels", type=click.Choice(CHANNEL_MODES), default="auto", show_default=True,
+              help="How channels go through the network, as for upscale.")
+@click.option("--alpha", type=click.Choice(ALPHA_MODES), default="network", show_default=True,
+              help="How an alpha channel is upscaled, as for upscale.")
 @click.option("--chunk", type=int, default=None, help="Fix the chunk side.")
 @click.option("--blocks-per-stage", type=int, default=None, help="Fix the stage grouping.")
 @click.option("--max-memory", type=float, default=None, metavar="GB", help="Memory budget [default: 4 GiB or half the available if less].")
-@click.option("--workdir", metavar="DIR", help="Where the work folder would go (its disk speed is measured).")
+@click.option("--threads", type=int, default=0, show_default=True, help="Chunks at once (0: one per CPU core).")
+@click.option("--workers", type=int, default=0, show_default=True, help="Worker processes of a local cluster.")
+@click.option("--workdir", metavar="DIR", help="Where the work folder would go (its disk speed is measured) "
+                                               "[default: beside INPUT, where an output beside it puts it].")
 @click.option("--top", type=int, default=8, show_default=True, help="How many alternatives to list.")
-def plan_command(input: str, model: str | None, device: str, series: int, level: int, chunk: int | None,
-                 blocks_per_stage: int | None, max_memory: float | None, workdir: str | None, top: int) -> None:
-    """Print the plan `lpdask upscale` would use for INPUT (chunk, stage grouping, where activations
-    live) with its predicted time, compute overhead, bytes written and peak memory, and the
-    alternatives it weighed."""
-    Plan(Plan.chunk if chunk is None else chunk, Plan.blocks_per_stage if blocks_per_stage is None else blocks_per_stage)
+def plan_command(input: str, model: str | None, device: str, precision: str, series: int, level: int, channels: str,
+                 alpha: str, chunk: int | None, blocks_per_stage: int | None, max_memory: float | None, threads: int,
+                 workers: int, workdir: str | None, top: int) -> None:
+    """Print the plan `lpdask upscale` would use for INPUT with the same options (chunk, stage grouping,
+    where activations live) with its predicted time, compute overhead, bytes written and peak memory,
+    and the alternatives it weighed."""
+    check_plan_options(chunk, blocks_per_stage, threads, workers)
+    check_max_memory(max_memory)
     source = open_source(input, series, level)
-    from .device import resolve_device
-    from .models import load_model
-    from .planner import choose
+    runs = source.plane_count * len(passes(source.channels, photometric_of(source.channels, channels,  # type: ignore[arg-type]
+                                                                           source.photometric), alpha))  # type: ignore[arg-type]
+    from .api import network_for, plan_for
+    from .io.locations import Location
+    from .planner import measure_machine
 
-    net = load_model(model)
-    torch_device = resolve_device(device)
-    net.to(torch_device)
-    best, plans = choose(net, source.height, source.width, torch_device, chunk=chunk, blocks_per_stage=blocks_per_stage,
-                         work=workdir, memory_budget=int(max_memory * 1e9) if max_memory else None)
-    runs = source.plane_count * (1 if source.channels in (3,) else source.channels)
+    net, torch_device = network_for(model, device, precision)
+    work = Location.of(workdir) if workdir else Location.of(input).parent
+    budget = int(max_memory * 1e9) if max_memory else None
+    best, plans = plan_for(net, source, torch_device, chunk=chunk, blocks_per_stage=blocks_per_stage, threads=threads,
+                           workers=workers, work=work, max_memory=budget)
     click.echo(f"{input}: {source.height} x {source.width} px, {source.channels} channel(s), {source.plane_count} plane(s)")
     click.echo(f"plan: {best.describe()}")
     if runs > 1:
-        click.echo(f"  (per channel pass; up to {runs} passes for this input)")
-    click.echo("alternatives (fastest first; * over the memory budget):")
-    from .planner import measure_machine
-
-    budget = measure_machine(torch_device.type, workdir, int(max_memory * 1e9) if max_memory else None).memory_budget
-    for estimate in plans[:top]:
-        mark = "*" if estimate.peak_memory > budget else " "
-        click.echo(f" {mark} {estimate.describe()}")
+        click.echo(f"  (per run; this input takes {runs} runs: planes x channel passes)")
+    if plans:
+        click.echo("alternatives (fastest first; * over the memory budget):")
+        limit = measure_machine(torch_device.type, work.url if work.is_local else None, budget).memory_budget
+        for estimate in plans[:top]:
+            click.echo(f" {'*' if estimate.peak_memory > limit else ' '} {estimate.describe()}")
 
 
 @cli.command(name="export")
@@ -219,7 +223,7 @@ def compare_command(input: str, model: str | None, chunk: int, size: int, tile_p
     the seams across a chunk corner."""
     import os
 
-    Plan(chunk)
+    check_chunk(chunk)
     open_source(input)
     if json_path and not os.path.isdir(os.path.dirname(os.path.abspath(json_path))):
         raise LpdaskError(f"--json {json_path}: its folder does not exist")
@@ -252,6 +256,9 @@ def main(argv: list[str] | None = None) -> int:
     before = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
         cli.main(args=argv, prog_name="lpdask", standalone_mode=False)
+    except OptionError as exc:
+        click.echo(f"lpdask: error: {exc.for_cli()}", err=True)
+        return exc.exit_code
     except LpdaskError as exc:
         click.echo(f"lpdask: error: {exc}", err=True)
         return exc.exit_code

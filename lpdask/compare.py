@@ -36,14 +36,15 @@ from .channels import Pass, passes, photometric_of
 from .chunks import Box, Grid
 from .device import network_on, resolve_device
 from .errors import LpdaskError
-from .graph import run_window
+from .task import run_window
 from .io.sources import Source, open_source
 from .models import load_model
 from .models.names import DEFAULT_MODEL
 from .models.network import Network
 from .pixels import from_unit, to_unit
-from .plan import DEFAULT_TILE_PAD, Plan
-from .tiles import tile_stages
+from .options import check_chunk
+from .plan import DEFAULT_TILE_PAD
+from .executors.staged import tile_stages
 
 MAX_SIZE = 1024
 """Largest crop side: the whole-image reference must fit in memory."""
@@ -142,7 +143,7 @@ def compare(
     (run as lpdask's ``channels="auto"`` does). ``progress`` gets a line as each method finishes.
     """
     patch = chunk if patch is None else patch
-    Plan(chunk)
+    check_chunk(chunk)
     if not 1 <= patch <= MAX_SIZE:
         raise LpdaskError(f"--patch {patch} is out of range (1 to {MAX_SIZE} pixels)")
     if tile_pad < 0:

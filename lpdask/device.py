@@ -33,15 +33,19 @@ Module = TypeVar("Module", bound=torch.nn.Module)
 
 
 def network_on(net: Module, device: torch.device, dtype: torch.dtype, *, owned: bool = False) -> Module:
-    """``net`` on ``device`` in ``dtype``. Unless ``owned``, it is copied first when that moves or
-    converts its weights: a caller's network is never changed in place (fp16 would round its
-    weights for good)."""
+    """``net`` on ``device`` in ``dtype``, channels-last on CUDA (tensor cores want NHWC). Unless
+    ``owned``, it is copied first when that moves, converts or re-lays its weights: a caller's
+    network is never changed in place (fp16 would round its weights for good)."""
     weights = next(net.parameters(), None)
     same_device = weights is None or (weights.device.type == device.type
                                       and device.index in (None, weights.device.index))
-    if not owned and weights is not None and (weights.dtype != dtype or not same_device):
+    layout = torch.channels_last if device.type == "cuda" else None
+    relaid = layout is not None and any(p.dim() == 4 and not p.is_contiguous(memory_format=layout)
+                                        for p in net.parameters())
+    if not owned and weights is not None and (weights.dtype != dtype or not same_device or relaid):
         net = copy.deepcopy(net)
-    return net.to(device, dtype)
+    net = net.to(device, dtype)
+    return net.to(memory_format=layout) if layout is not None else net  # type: ignore[call-arg]
 
 
 def storage_dtype(precision: torch.dtype) -> torch.dtype:

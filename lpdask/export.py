@@ -6,23 +6,14 @@ import os
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import zarr
 
 from .errors import LpdaskError, fault_of
+from .options import check_compression
 from .io.locations import Location
 from .io.metadata import ImageMetadata
 
 TIFF_SUFFIXES = (".tif", ".tiff")
-COMPRESSIONS = ("zlib", "zstd", "lzw", "jpeg", "none")
-
-
-def check_compression(compression: str, dtype: np.dtype) -> None:
-    """TIFF codecs lpdask writes; JPEG only for 8-bit pixels."""
-    if compression not in COMPRESSIONS:
-        raise LpdaskError(f"unknown --compression {compression!r} (use {', '.join(COMPRESSIONS)})")
-    if compression == "jpeg" and np.dtype(dtype) != np.uint8:
-        raise LpdaskError(f"--compression jpeg needs 8-bit pixels; this image is {np.dtype(dtype)}")
 
 
 def wants_ome(output: Location, input_ome: bool, meta: ImageMetadata) -> bool:

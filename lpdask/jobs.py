@@ -1,4 +1,5 @@
-"""Jobs on disk: the work folder (activations and chunk markers), job identity, and resume.
+"""Jobs: their description (:class:`JobSpec`), the work folder (activations and chunk markers), job
+identity, and resume.
 
 A job is identified by its input, its model and every option that changes the result. The work
 folder records which chunks of which stage are fully written (an empty marker file, created only
@@ -10,13 +11,25 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import zarr
 
 from .errors import LpdaskError
 from .io.locations import Location
+
+if TYPE_CHECKING:
+    import torch
+
+    from .channels import Pass
+    from .io.metadata import ImageMetadata
+    from .io.sources import Source
+    from .models.network import Network
+    from .pixels import ValueRange
+    from .plan import Plan
+    from .stages import Stage
 
 IDENTITY_FILE = "job.json"
 State = Literal["new", "resume", "complete"]
@@ -116,6 +129,64 @@ class WorkFolder:
         self.path.mkdir()
         (self.path / IDENTITY_FILE).write_text(json.dumps(identity, indent=1))
         return False
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One job, described once and handed down: what to read, what to run, where to write, how."""
+
+    source: Source
+    output: Location
+    work: WorkFolder
+    identity: dict[str, Any]
+    """What identifies the job (input fingerprint, model digest, options) and its ``digest``."""
+    plan: Plan
+    network: Network
+    stages: list[Stage]
+    passes: list[Pass]
+    meta: ImageMetadata
+    """The output's metadata (already rescaled)."""
+    device: torch.device
+    precision: torch.dtype
+    value_range: ValueRange | None = None
+    compression: str = "zlib"
+
+    @property
+    def as_tiff(self) -> bool:
+        return self.output.name.lower().endswith((".tif", ".tiff"))
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        """Level 0 of the output, in NGFF axis order."""
+        source, scale = self.source, self.network.scale
+        return tuple(source.channels if a == "c" else source.height * scale if a == "y"
+                     else source.width * scale if a == "x" else source.shape[source.axes.index(a)]
+                     for a in source.output_axes)
+
+
+def fingerprint(source: Source) -> dict[str, object]:
+    """What identifies the input: where it is, which image, its shape, and when it last changed
+    (file size and modification time; for Zarr, of the array's metadata document)."""
+    where = Location.of(source.path)
+    stamp = where
+    if source.kind == "zarr":
+        folder = where / source.array_path if source.array_path else where
+        stamp = next((f for f in (folder / "zarr.json", folder / ".zarray") if f.exists()), folder)
+    size, modified = stamp.size_and_mtime()
+    return {"path": source.path, "array": source.array_path, "series": source.series, "level": source.level,
+            "shape": list(source.shape), "dtype": str(source.dtype), "size": size, "modified": modified}
+
+
+def model_digest(net: Network) -> str:
+    """A hash of the network's class and weights."""
+    import torch
+
+    h = hashlib.sha256(type(net).__qualname__.encode())
+    for name, tensor in net.state_dict().items():
+        h.update(name.encode())
+        h.update(str(tuple(tensor.shape)).encode())
+        h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()[:32]
 
 
 def digest(identity: dict[str, Any]) -> dict[str, Any]:

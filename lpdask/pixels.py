@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 
@@ -23,16 +22,6 @@ def check_dtype(dtype: np.dtype) -> np.dtype:
         names = ", ".join(str(d) for d in SUPPORTED_DTYPES)
         raise LpdaskError(f"pixel type {dtype} is not supported (use {names})")
     return dtype
-
-
-def check_value_range(value_range: ValueRange | None, dtype: np.dtype) -> ValueRange | None:
-    """``--value-range LOW,HIGH`` needs finite LOW < HIGH."""
-    if value_range is None:
-        return None
-    low, high = (float(v) for v in value_range)
-    if not (math.isfinite(low) and math.isfinite(high) and low < high):
-        raise LpdaskError(f"--value-range {low:g},{high:g} needs finite LOW < HIGH")
-    return low, high
 
 
 def max_value(dtype: np.dtype) -> float:

@@ -33,12 +33,14 @@ from .device import ieee_fp32, storage_dtype
 from .errors import PlanWarning
 from .models.checkpoint import cache_dir
 from .models.network import Network
-from .plan import GPU_CHUNKS, MAX_CHUNK, MIN_CHUNK
+from .executors.staged import whole_stages
+from .geometry import ceil_div, factors, unshuffled
+from .plan import GPU_CHUNKS, MAX_CHUNK, MIN_CHUNK, Plan
 from .stages import IMAGE, Stage
-from .tiles import whole_stages
 
 CHUNKS = (64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096)
 GROUPINGS = (1, 2, 3, 4, 6, 8, 12, 23)
+"""``blocks_per_stage`` values tried for a network without ``groupings()`` (it is optional)."""
 PROBE = 16
 """Side of the window stages are profiled on."""
 WORKING_MEMORY = 1.65
@@ -95,37 +97,6 @@ class Machine:
     read_bytes_per_s: float
     memory_budget: int
     device_type: str = "cpu"
-
-
-@dataclass(frozen=True)
-class Estimate:
-    """A plan and what it is predicted to cost."""
-
-    chunk: int
-    blocks_per_stage: int
-    storage: str
-    """"zarr": stages pass activations through the work folder; "memory": the whole network is
-    one stage with its full halo, so nothing is stored between stages."""
-    stages: int
-    chunks: int
-    workers: int
-    seconds: float
-    compute_seconds: float
-    io_seconds: float
-    compute_overhead: float
-    """Multiply-adds over those of whole-image inference (halo recomputation)."""
-    bytes_written: int
-    peak_memory: int
-    read_amplification: float
-    """Bytes read from work arrays over the bytes of the windows asked for."""
-
-    def describe(self) -> str:
-        grouping = "whole network, one stage" if self.storage == "memory" else f"{self.blocks_per_stage} per stage"
-        return (f"chunk {self.chunk}, blocks {grouping} ({self.stages} stages), {self.chunks} chunks on "
-                f"{self.workers} worker{'s' if self.workers > 1 else ''}: predicted {self.seconds:.1f} s "
-                f"(compute {self.compute_seconds:.1f} s, activation I/O {self.io_seconds:.1f} s), compute x"
-                f"{self.compute_overhead:.3f} of whole-image, {self.bytes_written / 1e9:.2f} GB written, "
-                f"peak memory {self.peak_memory / 2**30:.2f} GiB, read amplification {self.read_amplification:.2f}")
 
 
 def profile(stages: Sequence[Stage], image_channels: int, device: torch.device) -> list[StageCost]:
@@ -258,20 +229,19 @@ def _disk_speed(existing: Path) -> tuple[float, float]:
 
 def estimate(costs: Sequence[StageCost], height: int, width: int, chunk: int, machine: Machine, *,
              blocks_per_stage: int, storage: str, input_factor: int = 1, model_bytes: int = 0,
-             workers: int | None = None, inner: int = 0) -> Estimate:
+             workers: int | None = None, inner: int = 0) -> Plan:
     """Predict the cost of running ``costs`` (the stages of one grouping) on a ``height`` x ``width``
     image in chunks of ``chunk``. ``inner`` is the work arrays' read granularity (0: whole chunks)."""
     d = input_factor
-    rows, cols = -(-height // d), -(-width // d)
+    rows, cols = unshuffled(height, width, d)
     grid = chunk // d
-    n_rows, n_cols = -(-rows // grid), -(-cols // grid)
+    n_rows, n_cols = ceil_div(rows, grid), ceil_div(cols, grid)
     n = n_rows * n_cols
     gpu = machine.device_type == "cuda"
     workers = workers or min(GPU_CHUNKS if gpu else machine.cores, n)
     macs = whole = written = read = asked = 0.0
     largest_window = 0.0
-    factor = 1
-    for stage in costs:
+    for stage, factor in zip(costs, factors(costs)):
         h, w, c = rows * factor, cols * factor, grid * factor
         row_extent = _extent_sum(h, c, stage.halo)
         col_extent = _extent_sum(w, c, stage.halo)
@@ -283,7 +253,6 @@ def estimate(costs: Sequence[StageCost], height: int, width: int, chunk: int, ma
             granule = inner * factor if inner else c
             read += stage.read * _extent_sum(h, c, stage.halo, granule) * _extent_sum(w, c, stage.halo, granule)
         largest_window = max(largest_window, stage.memory * min(h, c + 2 * stage.halo) * min(w, c + 2 * stage.halo))
-        factor *= stage.scale
     threads = max(1, machine.cores // workers)
     speed = machine.macs_per_core * workers * threads * (machine.parallel_efficiency if threads > 1 else 1.0)
     imbalance = math.ceil(n / workers) * workers / n
@@ -293,8 +262,9 @@ def estimate(costs: Sequence[StageCost], height: int, width: int, chunk: int, ma
     io = written / machine.write_bytes_per_s + read / machine.read_bytes_per_s
     peak = int(workers * largest_window + model_bytes * (2 if storage == "memory" else 1)
                + (GPU_ALLOWANCE if gpu else PROCESS_MEMORY))
-    return Estimate(chunk, blocks_per_stage, storage, len(costs), n, workers, compute + io, compute, io,
-                    macs / whole if whole else 1.0, int(written), peak, read / asked if asked else 1.0)
+    return Plan(chunk, blocks_per_stage, storage, workers, stages=len(costs), chunks=n, seconds=compute + io,  # type: ignore[arg-type]
+                compute_seconds=compute, io_seconds=io, compute_overhead=macs / whole if whole else 1.0,
+                bytes_written=int(written), peak_memory=peak, read_amplification=read / asked if asked else 1.0)
 
 
 def _extent_sum(length: int, chunk: int, halo: int, granule: int = 1) -> float:
@@ -303,13 +273,13 @@ def _extent_sum(length: int, chunk: int, halo: int, granule: int = 1) -> float:
     starts = np.arange(0, length, chunk)
     lo, hi = np.maximum(0, starts - halo), np.minimum(length, starts + chunk + halo)
     if granule > 1:
-        lo, hi = lo // granule * granule, np.minimum(length, -(-hi // granule) * granule)
+        lo, hi = lo // granule * granule, np.minimum(length, (hi + granule - 1) // granule * granule)
     return float((hi - lo).sum())
 
 
 def choose(net: Network, height: int, width: int, device: torch.device, *, chunk: int | None = None,
            blocks_per_stage: int | None = None, workers: int | None = None, work: str | None = None,
-           memory_budget: int | None = None, inner: int = 0) -> tuple[Estimate, list[Estimate]]:
+           memory_budget: int | None = None, inner: int = 0) -> tuple[Plan, list[Plan]]:
     """The plan to use, and every plan considered for this image (fastest first). ``chunk`` /
     ``blocks_per_stage`` fix that part of the plan.
 
@@ -323,7 +293,8 @@ def choose(net: Network, height: int, width: int, device: torch.device, *, chunk
     d = net.input_factor
     groupings: list[tuple[int, str, list[Stage]]] = []
     seen = set()
-    for k in ([] if blocks_per_stage == 0 else [blocks_per_stage] if blocks_per_stage else GROUPINGS):
+    tried = getattr(net, "groupings", lambda: GROUPINGS)()
+    for k in ([] if blocks_per_stage == 0 else [blocks_per_stage] if blocks_per_stage else tried):
         stages = net.stages(k)
         if len(stages) not in seen:
             seen.add(len(stages))
@@ -338,7 +309,7 @@ def choose(net: Network, height: int, width: int, device: torch.device, *, chunk
         return [c for c in CHUNKS if MIN_CHUNK <= c <= MAX_CHUNK and c % d == 0
                 and (c < side or c == min(x for x in CHUNKS if x >= min(side, CHUNKS[-1])))]
 
-    def plans_for(h: int, w: int) -> list[Estimate]:
+    def plans_for(h: int, w: int) -> list[Plan]:
         plans = [estimate(costs, h, w, c, machine, blocks_per_stage=k, storage=storage, input_factor=d,
                           model_bytes=model_bytes, workers=workers, inner=inner)
                  for k, storage, costs in profiled for c in sizes(max(h, w))]
@@ -362,7 +333,7 @@ def choose(net: Network, height: int, width: int, device: torch.device, *, chunk
     return best, plans
 
 
-def _pick(plans: list[Estimate], budget: int) -> Estimate:
+def _pick(plans: list[Plan], budget: int) -> Plan:
     """The least memory among the plans within NEAR of the fastest that fits; if none fits, the
     least memory of all."""
     fitting = [e for e in plans if e.peak_memory <= budget]

@@ -1,19 +1,23 @@
 """Where chunk tasks run: threads of this process (the default), or a dask.distributed cluster.
 
-The default is Dask's threaded scheduler with one chunk per CPU core (one per GPU) and torch's
+The default is Dask's threaded scheduler with one chunk per CPU core (two per GPU) and torch's
 threads divided among them: torch releases the GIL while it computes, so threads keep every core
 busy with one copy of the model in memory and nothing pickled. A cluster (``--workers N`` starts a
 local one; ``--scheduler ADDRESS`` joins an existing one) runs the same tasks in worker processes,
 which open the input and load the stages themselves, once per process.
+
+A scheduler knows nothing of the engine: it runs a task callable ``task(shared, i, j)`` for each chunk
+``(i, j)``, where ``shared`` (the stages: the model's weights) is sent to a cluster once, not with
+every task.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import LpdaskError
@@ -21,19 +25,27 @@ from .errors import LpdaskError
 if TYPE_CHECKING:
     from distributed import Client
 
-    from .graph import Job
-    from .stages import Stage
-
 Chunk = tuple[int, int]
+Task = Callable[[Any, int, int], None]
+"""``task(shared, i, j)`` computes chunk (i, j)."""
 
 
 class Scheduler(Protocol):
-    """Runs the chunk tasks of one stage and calls ``tick`` as each finishes."""
+    """Runs one task per chunk and calls ``tick`` as each finishes."""
 
     workers: int
     """Chunks computed at once."""
 
-    def run(self, job: Job, index: int, chunks: Sequence[Chunk], tick: Callable[[], None]) -> None: ...
+    def run(self, key: str, task: Task, shared: Any, chunks: Sequence[Chunk], tick: Callable[[], None],
+            torch_threads: int = 0) -> None:
+        """Run ``task(shared, i, j)`` for every chunk; ``key`` names the tasks (unique per stage and
+        run), ``torch_threads`` is torch's thread count where they run (0: as it is)."""
+        ...
+
+    def compute(self, collection: Any, tick: Callable[[], None] | None = None) -> None:
+        """Compute a whole dask collection (a lazy executor's graph); ``tick`` after each of its
+        output chunks where the scheduler can tell."""
+        ...
 
 
 class Threads:
@@ -42,23 +54,40 @@ class Threads:
     def __init__(self, workers: int) -> None:
         self.workers = workers
 
-    def run(self, job: Job, index: int, chunks: Sequence[Chunk], tick: Callable[[], None]) -> None:
+    def run(self, key: str, task: Task, shared: Any, chunks: Sequence[Chunk], tick: Callable[[], None],
+            torch_threads: int = 0) -> None:
         import dask
         from dask.callbacks import Callback
-
-        from .graph import run_chunk
 
         class Ticks(Callback):
             def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
                 tick()
 
-        name = job.stages[index].name
-        graph = {(name, i, j): (run_chunk, job, index, i, j) for i, j in chunks}
+        call = partial(_call, task, shared)  # opaque to dask, which would otherwise walk the stages
+        graph = {(key, i, j): (call, i, j, torch_threads) for i, j in chunks}
         pool = ThreadPoolExecutor(self.workers)
         try:
             with Ticks():
                 dask.threaded.get(graph, list(graph), pool=pool)
         finally:  # on a failure, let the chunks already running finish before anyone cleans up
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def compute(self, collection: Any, tick: Callable[[], None] | None = None) -> None:
+        import dask
+        from dask.callbacks import Callback
+
+        name = collection.name
+
+        class Ticks(Callback):
+            def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
+                if tick is not None and isinstance(key, tuple) and key[0] == name:
+                    tick()
+
+        pool = ThreadPoolExecutor(self.workers)
+        try:
+            with Ticks():
+                dask.compute(collection, scheduler="threads", pool=pool)
+        finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
 
@@ -75,7 +104,7 @@ class Cluster:
         self.resources = resources or None
         self.owned = owned
         self.torch_threads = torch_threads
-        self._stages: dict[int, Any] = {}
+        self._shared: dict[int, Any] = {}
 
     @classmethod
     def local(cls, workers: int, resources: dict[str, float] | None = None) -> Cluster:
@@ -105,21 +134,22 @@ class Cluster:
     def dashboard_link(self) -> str:
         return str(self.client.dashboard_link)
 
-    def run(self, job: Job, index: int, chunks: Sequence[Chunk], tick: Callable[[], None]) -> None:
+    def run(self, key: str, task: Task, shared: Any, chunks: Sequence[Chunk], tick: Callable[[], None],
+            torch_threads: int = 0) -> None:
         from distributed import as_completed
 
         todo, rounds = list(chunks), 0
+        threads = self.torch_threads or torch_threads
         while todo:
-            stages = self._scatter(job.stages)
-            light = dataclasses.replace(job, stages=(), torch_threads=self.torch_threads or job.torch_threads)
-            remote = self._send(light)
-            name = job.stages[index].name
-            futures = {self.client.submit(_run_chunk, remote, stages, index, i, j, pure=False, resources=self.resources,
-                                          key=f"{name}-r{job.run}-{i}-{j}-{id(light):x}"): (i, j) for i, j in todo}
+            scattered = self._scatter(shared)
+            remote = self._send(task)
+            futures = {self.client.submit(_call, remote, scattered, i, j, threads, pure=False,
+                                          resources=self.resources, key=f"{key}-{i}-{j}-{id(remote):x}"): (i, j)
+                       for i, j in todo}
             lost: list[Chunk] = []
             try:
                 for future in as_completed(futures):
-                    if future.cancelled() and (lost or self._lost([*stages, remote])):  # asked once per round
+                    if future.cancelled() and (lost or self._lost([*scattered, remote])):  # asked once per round
                         lost.append(futures[future])
                         continue
                     future.result()
@@ -132,6 +162,19 @@ class Cluster:
                 raise LpdaskError(f"the cluster lost the scattered model with a dying worker {rounds} times "
                                   "in a row, before any chunk finished; check its workers' logs")
             todo = lost
+
+    def compute(self, collection: Any, tick: Callable[[], None] | None = None) -> None:
+        from distributed import as_completed
+
+        futures = self.client.compute(collection.to_delayed().ravel().tolist(), resources=self.resources)
+        try:
+            for future in as_completed(futures):
+                future.result()
+                if tick is not None:
+                    tick()
+        except BaseException:
+            self.client.cancel(futures)
+            raise
 
     def _lost(self, scattered: list[Any]) -> bool:
         """Whether data this client scattered is gone. Distributed keeps one copy of scattered data
@@ -147,11 +190,12 @@ class Cluster:
             return True
         return not all(held.get(future.key) for future in scattered)
 
-    def _scatter(self, stages: Sequence[Stage]) -> list[Any]:
-        key = id(stages)
-        if key not in self._stages or _dropped(self._stages[key][1]):
-            self._stages[key] = (stages, self._send(list(stages)))
-        return self._stages[key][1]
+    def _scatter(self, shared: Any) -> list[Any]:
+        """``shared`` on the cluster, sent once for as long as it lives there (one future per item)."""
+        key = id(shared)
+        if key not in self._shared or _dropped(self._shared[key][1]):
+            self._shared[key] = (shared, self._send(list(shared)))
+        return self._shared[key][1]
 
     def _send(self, data: Any) -> Any:
         """Scatter ``data`` to a worker, retrying while the scheduler still lists one that has just
@@ -188,10 +232,14 @@ def _dropped(futures: Sequence[Any]) -> bool:
     return any(future.status != "finished" for future in futures)
 
 
-def _run_chunk(job: Job, stages: list[Stage], index: int, i: int, j: int) -> None:
-    from .graph import run_chunk
+def _call(task: Task, shared: Any, i: int, j: int, torch_threads: int) -> None:
+    """Run one chunk task where it landed, with torch's threads set first."""
+    if torch_threads:
+        import torch
 
-    run_chunk(dataclasses.replace(job, stages=stages), index, i, j)
+        if torch.get_num_threads() != torch_threads:
+            torch.set_num_threads(torch_threads)
+    task(shared, i, j)
 
 
 def parse_resources(text: str | None) -> dict[str, float] | None:

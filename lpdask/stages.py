@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from .errors import LpdaskError
+
 IMAGE = "image"
 """Name of the network input (the normalised image) among a stage's inputs."""
 
@@ -29,6 +31,8 @@ class Stage:
     scale: output pixels per input pixel.
     inputs: names of the arrays it reads: ``IMAGE`` or earlier stages' names.
     channels: output channels.
+    alignment: window sides must be multiples of this (window-attention networks such as SwinIR);
+        lpdask runs only stages with 1, since its windows are clipped at the image border.
     """
 
     name: str
@@ -37,6 +41,7 @@ class Stage:
     scale: int
     inputs: tuple[str, ...]
     channels: int
+    alignment: int = 1
 
 
 def conv_radius(kernel_size: int, dilation: int = 1) -> int:
@@ -63,7 +68,7 @@ def chain_radius(layers: Sequence[tuple[str, int]]) -> int:
 
 
 def validate(stages: Sequence[Stage]) -> None:
-    """Check that each stage reads only the image or earlier stages."""
+    """Check that each stage reads only the image or earlier stages, and takes windows of any size."""
     seen = {IMAGE}
     for stage in stages:
         missing = [name for name in stage.inputs if name not in seen]
@@ -71,6 +76,11 @@ def validate(stages: Sequence[Stage]) -> None:
             raise ValueError(f"stage {stage.name!r} reads {missing} before they are computed")
         if stage.halo < 0 or stage.scale < 1:
             raise ValueError(f"stage {stage.name!r} has halo {stage.halo} and scale {stage.scale}")
+        if stage.alignment < 1:
+            raise ValueError(f"stage {stage.name!r} has alignment {stage.alignment}")
+        if stage.alignment > 1:
+            raise LpdaskError(f"stage {stage.name!r} needs windows in multiples of {stage.alignment} px, but lpdask's "
+                              "windows are clipped at the image border and so have any size")
         seen.add(stage.name)
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import tifffile
 
 from common import close, expect, parser, paths, report, run, upscale
-from samples import write_microscopy, write_microscopy_zarr
+from lpdask.samples import write_microscopy, write_microscopy_zarr
 
 
 def describe_tiff(path: Path) -> dict[str, Any]:

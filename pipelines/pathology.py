@@ -18,7 +18,7 @@ from typing import Any
 import tifffile
 
 from common import close, expect, parser, paths, report, run, upscale
-from samples import write_pathology
+from lpdask.samples import write_pathology
 
 MICRONS = {"µm": 1.0, "um": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}
 

@@ -29,7 +29,7 @@ import zarr
 from rasterio.windows import Window
 
 from common import close, expect, parser, paths, report, run, upscale
-from samples import write_satellite
+from lpdask.samples import write_satellite
 
 ROWS = 256
 """Rows handled at once when stretching, masking and checking: memory stays bounded."""

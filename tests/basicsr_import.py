@@ -1,4 +1,5 @@
-"""Import basicsr's RRDBNet despite current torchvision (see DESIGN.md section 3)."""
+"""Import basicsr's RRDBNet, the independent reference for RRDBNet, despite current torchvision
+(which removed a module basicsr 1.4.2 still imports)."""
 
 from __future__ import annotations
 

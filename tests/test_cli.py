@@ -111,7 +111,11 @@ def case_names() -> list[str]:
         return list(make_cases(Path(tmp)))
 
 
-@pytest.mark.parametrize("name", case_names())
+SLOW_CASES = {"unreachable scheduler", "float outside [0, 1]", "truncated tiff"}  # they load torch and the model
+
+
+@pytest.mark.parametrize("name", [pytest.param(name, marks=pytest.mark.slow) if name in SLOW_CASES else name
+                                  for name in case_names()])
 def test_bad_input(tmp_path: Path, rgb_tiff: Path, name: str) -> None:
     args, words = make_cases(tmp_path)[name]
     before = tree(tmp_path)
@@ -134,6 +138,7 @@ def test_cuda_without_gpu_is_refused(tmp_path: Path, rgb_tiff: Path) -> None:
     assert not (tmp_path / "out.zarr").exists()
 
 
+@pytest.mark.slow
 def test_upscale_end_to_end(tmp_path: Path, small_net, small_checkpoint) -> None:
     """A good run: exit 0, a summary line, the input untouched, no work folder left."""
     image = smooth_image(40, 36, seed=2)
@@ -227,6 +232,7 @@ sys.exit(result.returncode)
 """
 
 
+@pytest.mark.slow
 def test_peak_memory_is_the_runs_own_not_its_parents(tmp_path: Path, rgb_tiff: Path, small_checkpoint) -> None:
     """Linux carries ru_maxrss over from the parent across fork and exec; the closing line must not."""
     command = [sys.executable, "-m", "lpdask", "upscale", "in.tif", "out.zarr", "--model", str(small_checkpoint),

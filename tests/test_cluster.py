@@ -18,8 +18,9 @@ import tifffile
 import zarr
 
 from lpdask import upscale
-from lpdask.api import stages_for
-from lpdask.graph import Job, run_job
+from lpdask.executors.staged import stages_for
+from lpdask.executors.staged import run_job
+from lpdask.task import Job
 from lpdask.io.omezarr import OmeZarrSink
 from lpdask.io.sources import open_source
 from lpdask.jobs import WorkFolder
@@ -61,6 +62,7 @@ def local_reference(small_net, tmp_path: Path) -> np.ndarray:
     return zarr.open_array(str(tmp_path / "local.zarr" / "0"))[:]
 
 
+@pytest.mark.slow  # a scheduler and two worker processes
 def test_two_workers_on_loopback_match_local(small_net, tmp_path, cluster):
     address, _ = cluster
     tifffile.imwrite(tmp_path / "in.tif", smooth_image(48, 56, seed=60), tile=(16, 16))
@@ -72,6 +74,7 @@ def test_two_workers_on_loopback_match_local(small_net, tmp_path, cluster):
     assert np.array_equal(zarr.open_array(str(tmp_path / "cluster.zarr" / "0"))[:], local_reference(small_net, tmp_path))
 
 
+@pytest.mark.slow  # a scheduler and two worker processes, one killed
 def test_a_worker_killed_half_way(small_net, tmp_path, cluster):
     address, workers = cluster
     tifffile.imwrite(tmp_path / "in.tif", smooth_image(128, 128, seed=61), tile=(32, 32))
@@ -109,9 +112,9 @@ class KillsTheModelsHolder(Cluster):
         self.wait = wait
         self.killed: list[str] = []
 
-    def run(self, job, index, chunks, tick):
-        if index == 1:
-            stages = self._scatter(job.stages)
+    def run(self, key, task, shared, chunks, tick, torch_threads=0):
+        if key.startswith(f"{shared[1].name}-"):  # stage 1's tasks
+            stages = self._scatter(shared)
             deadline = time.monotonic() + 60
             while len(held := self.client.who_has(stages[:1])[stages[0].key]) != 1:
                 assert time.monotonic() < deadline, "the first stage stayed on both workers"
@@ -122,7 +125,7 @@ class KillsTheModelsHolder(Cluster):
                 assert time.monotonic() < deadline, "the scheduler did not notice the worker die"
                 time.sleep(0.1)
             self.killed.append(name)
-        super().run(job, index, chunks, tick)
+        super().run(key, task, shared, chunks, tick, torch_threads)
 
 
 @pytest.mark.parametrize("wait", [True, False], ids=["loss-known", "loss-unknown"])

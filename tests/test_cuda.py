@@ -73,3 +73,24 @@ def test_cuda_on_a_local_cluster_with_gpu_resources(small_net, tmp_path):
     assert_left_alone(small_net)
     assert summary.computed_chunks == summary.stages * summary.chunks
     assert_exact(zarr.open_array(str(tmp_path / "out.zarr" / "0"))[:], reference)
+
+
+def test_a_callers_cuda_network_keeps_its_layout(small_net, tmp_path):
+    """upscale runs channels-last on CUDA; a network the caller already has on the GPU in fp32 is
+    copied for that, not re-laid in place."""
+    import copy
+
+    net = copy.deepcopy(small_net).cuda()
+    image = smooth_image(40, 36, seed=24)
+    tifffile.imwrite(tmp_path / "in.tif", image)
+    upscale(tmp_path / "in.tif", tmp_path / "out.zarr", model=net, chunk=16, blocks_per_stage=1, device="cuda")
+    assert all(p.is_contiguous() for p in net.parameters())
+    assert_exact(zarr.open_array(str(tmp_path / "out.zarr" / "0"))[:], whole_image(small_net, image))
+
+
+def test_plan_command_states_the_fp16_plan_upscale_runs(tmp_path, small_checkpoint):
+    from .test_planner import plan_and_run
+
+    tifffile.imwrite(tmp_path / "in.tif", smooth_image(40, 36, seed=25))
+    plan, runs, used = plan_and_run(tmp_path, small_checkpoint, "in.tif", "--device", "cuda", "--precision", "fp16")
+    assert plan == used and runs == 1

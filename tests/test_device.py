@@ -43,3 +43,16 @@ def test_a_callers_network_is_copied_before_it_would_change():
     assert half is not net and half.weight.dtype == torch.float16 and net.weight.dtype == torch.float32
     assert network_on(net, torch.device("cpu"), torch.float16, owned=True) is net
     assert net.weight.dtype == torch.float16
+
+
+def test_a_callers_network_is_copied_before_it_is_re_laid():
+    """On CUDA the network runs channels-last; the layout change is a change like any other."""
+    if not torch.cuda.is_available():
+        net = torch.nn.Conv2d(3, 3, 3)
+        relaid = network_on(net, torch.device("cpu"), torch.float32)
+        assert relaid is net and net.weight.is_contiguous()  # the CPU keeps the default layout
+        return
+    net = torch.nn.Conv2d(3, 3, 3).cuda()
+    relaid = network_on(net, torch.device("cuda"), torch.float32)
+    assert relaid is not net and net.weight.is_contiguous()
+    assert relaid.weight.is_contiguous(memory_format=torch.channels_last)

@@ -13,15 +13,16 @@ import torch
 import zarr
 
 from lpdask import upscale, upscale_array
-from lpdask.api import stages_for
+from lpdask.executors.staged import stages_for
 from lpdask.chunks import Box
-from lpdask.graph import Job, run_job
+from lpdask.executors.staged import run_job
+from lpdask.task import Job
 from lpdask.io.omezarr import OmeZarrSink
 from lpdask.io.sources import open_source
 from lpdask.jobs import WorkFolder
 from lpdask.schedulers import Threads
 
-from .reference import assert_exact, smooth_image, whole_image, whole_image_float
+from .reference import assert_exact, smooth_image, whole_image, whole_image_any, whole_image_float
 
 
 def level0(path) -> np.ndarray:
@@ -116,8 +117,9 @@ def test_pixel_unshuffle_models_match_real_esrgan(tmp_path, scale, height, width
     assert_exact(np.moveaxis(lazy, -1, 0), expected)
 
 
+@pytest.mark.slow  # the real x4plus weights
 def test_default_model_on_a_real_image(default_net, tmp_path):
-    """The real x4plus weights (23 RRDBs, halo 347 px) on a real photograph, chunks of 24 px."""
+    """The real x4plus weights (23 RRDBs, reach 349 px) on a real photograph, chunks of 24 px."""
     from skimage import data
 
     image = np.ascontiguousarray(data.astronaut()[90:134, 170:206])
@@ -150,3 +152,20 @@ def test_uint16_normalised_by_65535(small_net, tmp_path):
     result = level0(tmp_path / "out.zarr")
     assert result.dtype == np.uint16 and int(result.max()) > 255
     assert_exact(result, whole_image(small_net, image))
+
+
+@pytest.mark.parametrize("channels", [3, 4])
+def test_the_lazy_executor_runs_a_job_exactly(small_net, tmp_path, channels):
+    """The lazy executor plugs into the same runner: one dask graph per channel pass (RGBA: two),
+    written into the same output; against whole-image inference within 1 level (rounding)."""
+    image = smooth_image(70, 60, seed=91)
+    if channels == 4:
+        image = np.concatenate([image, image[..., 1:2]], axis=-1)
+        tifffile.imwrite(tmp_path / "in.tif", image, photometric="rgb", extrasamples=["unassalpha"])
+    else:
+        tifffile.imwrite(tmp_path / "in.tif", image)
+    summary = upscale(tmp_path / "in.tif", tmp_path / "out.zarr", model=small_net, chunk=32, blocks_per_stage=1,
+                      executor="lazy")
+    assert summary.runs == (2 if channels == 4 else 1)
+    assert_exact(zarr.open_array(str(tmp_path / "out.zarr" / "0"))[:], whole_image_any(small_net, image))
+    assert not (tmp_path / "out.zarr.work").exists()

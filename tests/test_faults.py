@@ -27,6 +27,8 @@ from lpdask.io.omezarr import is_complete
 from .reference import smooth_image
 from .test_resume import chunks_done
 
+pytestmark = pytest.mark.slow  # the real command in subprocesses: up to 18 s a test, after 18 s of reference runs
+
 RUN = ["--chunk", "16", "--blocks-per-stage", "1", "--threads", "1", "-q"]
 CHUNKS = 36  # (96 / 16) squared, in each of 4 stages
 RESUMES = "run the same command again to resume"
@@ -292,7 +294,7 @@ def test_an_input_replaced_during_the_run_stops_it_and_overwrite_starts_over(cas
 
 A_BUG = """
 import itertools, sys
-import lpdask.graph as graph
+import lpdask.task as graph
 from lpdask.cli import main
 window, calls = graph.run_window, itertools.count()
 def broken(*args, **kwargs):

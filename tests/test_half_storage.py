@@ -14,7 +14,8 @@ import torch
 import zarr
 
 import lpdask.api
-import lpdask.graph
+import lpdask.executors.staged
+import lpdask.task
 from lpdask import upscale
 from lpdask.jobs import WorkFolder
 
@@ -38,7 +39,8 @@ def run(net, src, dst, monkeypatch, storage=None) -> tuple[np.ndarray, set[str]]
     with monkeypatch.context() as patch:
         patch.setattr(WorkFolder, "create", recording)
         if storage is not None:
-            patch.setattr(lpdask.graph, "storage_dtype", lambda precision: storage)
+            for module in (lpdask.task, lpdask.executors.staged):
+                patch.setattr(module, "storage_dtype", lambda precision: storage)
         upscale(src, dst, model=net, chunk=32, blocks_per_stage=1, precision="fp16", threads=2)
     return zarr.open_array(str(dst / "0"))[:], made
 

@@ -95,7 +95,8 @@ def test_conversion_matches_ncnn_graph(nets, name):
     assert metrics.peak_signal_noise_ratio(crop, pooled, data_range=1) > 25
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "RealESRGAN_x4plus" else n
+                                  for n in NAMES])  # x4plus: 23 RRDBs
 def test_chunked_equals_whole_image(nets, tmp_path, name):
     image = face(36, 30)  # chunks of 16: 3 x 2, the last ones narrow
     tifffile.imwrite(tmp_path / "in.tif", image)

@@ -52,6 +52,7 @@ def test_big_compute_chunks_are_stored_in_viewer_sized_chunks(small_net, tmp_pat
     assert_exact(level0[:], whole_image(small_net, image))
 
 
+@pytest.mark.slow  # the real x4plus weights, twice
 def test_tile_mode_shows_seams_that_exact_mode_removes(default_net, tmp_path):
     """Real-ESRGAN x4plus on a real photo crop, 32 px tiles with Real-ESRGAN's tile_pad of 10:
     tile mode is far from whole-image output along the tile borders; lpdask is within 1 level."""
@@ -74,12 +75,12 @@ def test_tile_mode_shows_seams_that_exact_mode_removes(default_net, tmp_path):
 def test_failed_run_leaves_nothing_that_looks_complete_and_resumes(small_net, tmp_path, monkeypatch):
     """A run that dies leaves an unfinished output (no `ome` metadata, not complete) and its work
     folder; the same call again recomputes only the missing chunks and gives the same pixels."""
-    import lpdask.graph
+    import lpdask.task
 
     tifffile.imwrite(tmp_path / "in.tif", smooth_image(40, 40))
     upscale(tmp_path / "in.tif", tmp_path / "reference.zarr", model=small_net, chunk=16, blocks_per_stage=1)
     calls = {"n": 0}
-    real = lpdask.graph.run_window
+    real = lpdask.task.run_window
 
     def flaky(*args, **kwargs):
         calls["n"] += 1
@@ -87,13 +88,13 @@ def test_failed_run_leaves_nothing_that_looks_complete_and_resumes(small_net, tm
             raise OSError("disk on fire")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(lpdask.graph, "run_window", flaky)
+    monkeypatch.setattr(lpdask.task, "run_window", flaky)
     with pytest.raises(OSError, match="disk on fire"):
         upscale(tmp_path / "in.tif", tmp_path / "out.zarr", model=small_net, chunk=16, blocks_per_stage=1)
     assert not is_complete(tmp_path / "out.zarr")
     assert "ome" not in zarr.open_group(str(tmp_path / "out.zarr"), mode="r").attrs
     assert (tmp_path / "out.zarr.work").is_dir()
-    monkeypatch.setattr(lpdask.graph, "run_window", real)
+    monkeypatch.setattr(lpdask.task, "run_window", real)
     summary = upscale(tmp_path / "in.tif", tmp_path / "out.zarr", model=small_net, chunk=16)  # keeps its plan
     total = summary.stages * summary.chunks
     assert summary.resumed and summary.computed_chunks == total - 19  # the 19 finished before the failure

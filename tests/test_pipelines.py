@@ -36,13 +36,15 @@ def load(path: Path, name: str) -> ModuleType:
 def pipelines() -> dict[str, ModuleType]:
     """The pipeline modules, imported under the names the scripts import each other by
     (``from common import ...``)."""
-    names = ("samples", "common", "microscopy", "satellite", "pathology")
+    import lpdask.samples
+
+    names = ("common", "microscopy", "satellite", "pathology")
     sys.path.insert(0, str(PIPELINES))
     try:
-        yield {name: importlib.import_module(name) for name in names}
+        yield {"samples": lpdask.samples, **{name: importlib.import_module(name) for name in names}}
     finally:
         sys.path.remove(str(PIPELINES))
-        for name in names[1:]:  # examples import samples themselves
+        for name in names:
             sys.modules.pop(name, None)
 
 
@@ -119,6 +121,7 @@ def ome_zarr_image(path: Path):
     return next(iter(Reader(parse_url(str(path)))()))
 
 
+@pytest.mark.slow  # the pipeline script in a subprocess
 def test_microscopy_pipeline_is_exact_and_opens_in_ome_zarr_reader(microscopy_run, small_net):
     folder, stdout = microscopy_run
     out = folder / "cells_sr.zarr"
@@ -137,6 +140,7 @@ def test_microscopy_pipeline_is_exact_and_opens_in_ome_zarr_reader(microscopy_ru
         assert_exact(result[:, z], whole_image_any(small_net, stack[z].transpose(1, 2, 0), "separate"))
 
 
+@pytest.mark.slow  # the pipeline script in a subprocess
 def test_satellite_pipeline_is_exact_georeferenced_and_keeps_nodata(satellite_run, small_net):
     folder, _ = satellite_run
     with rasterio.open(folder / "field.tif") as ds:
@@ -171,6 +175,7 @@ def test_satellite_pipeline_is_exact_georeferenced_and_keeps_nodata(satellite_ru
     assert (reduced == 0).any()
 
 
+@pytest.mark.slow  # the pipeline script in a subprocess
 def test_pathology_pipeline_is_exact_pyramidal_ome_tiff(pathology_run, small_net):
     folder, stdout = pathology_run
     assert "Aperio properties" in stdout  # lpdask's warning about what it could not carry is shown
@@ -186,12 +191,14 @@ def test_pathology_pipeline_is_exact_pyramidal_ome_tiff(pathology_run, small_net
     assert_exact(result.transpose(2, 0, 1), whole_image_any(small_net, slide))
 
 
+@pytest.mark.slow  # the three pipeline scripts in subprocesses
 def test_pipelines_print_their_report(microscopy_run, satellite_run, pathology_run):
     assert "['DAPI', 'GFP', 'mCherry']" in microscopy_run[1] and "0.08125 µm" in microscopy_run[1]
     assert "(2.5, -2.5)" in satellite_run[1] and "EPSG:32633" in satellite_run[1]
     assert "0.12475" in pathology_run[1] and "[(384, 512), (192, 256)]" in pathology_run[1]
 
 
+@pytest.mark.slow  # the three pipeline scripts in subprocesses
 def test_checks_fail_on_wrong_outputs(microscopy_run, satellite_run, pathology_run, pipelines, tmp_path):
     """Each pipeline's own check accepts its output and refuses one with the metadata broken."""
     CheckFailed = pipelines["common"].CheckFailed

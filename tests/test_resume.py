@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import tifffile
 import zarr
 
@@ -45,6 +46,7 @@ def chunks_done(work: Path, chunks: int) -> int:
             continue
 
 
+@pytest.mark.slow  # the CLI in subprocesses, killed and rerun
 def test_sigkill_half_way_then_resume(tmp_path, small_checkpoint):
     tifffile.imwrite(tmp_path / "in.tif", smooth_image(160, 160, seed=50), tile=(32, 32))
     chunks, stages = 100, 4  # 160 / 16 squared; head, body.0, body.1 + conv_body, tail
@@ -79,6 +81,7 @@ def test_sigkill_half_way_then_resume(tmp_path, small_checkpoint):
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "out.zarr").rglob("*")} == before
 
 
+@pytest.mark.slow  # the CLI in subprocesses
 def test_a_different_job_is_refused(tmp_path, small_checkpoint):
     tifffile.imwrite(tmp_path / "in.tif", smooth_image(20, 20, seed=51))
     first = start(tmp_path, small_checkpoint, "out.zarr")

@@ -13,8 +13,8 @@ from lpdask.stages import chain_radius
 
 def positive(net: RRDBNet) -> RRDBNet:
     """Strictly positive weights and no bias, in float64: every path through the network adds to
-    the output, so an impulse's footprint is exactly the receptive field (DESIGN.md warns that a
-    trained network hides it)."""
+    the output, so an impulse's footprint is exactly the receptive field (a trained network's
+    weights can cancel along some paths and make the footprint look smaller than the reach)."""
     with torch.no_grad():
         for module in net.modules():
             if isinstance(module, torch.nn.Conv2d):
@@ -45,7 +45,7 @@ def test_stage_halo_equals_measured_reach(blocks_per_stage):
 
 
 def test_real_esrgan_radii():
-    """DESIGN.md section 2: x4plus 349 LR px per side, anime_6B 94."""
+    """The reach `lpdask models` prints: x4plus 349 input px per side, anime_6B 94."""
     x4plus = RRDBNet(RRDBConfig(num_block=23)).stages(1)
     assert sum(s.halo for s in x4plus) == 349
     assert sum(s.halo for s in RRDBNet(RRDBConfig(num_block=6)).stages(3)) == 94

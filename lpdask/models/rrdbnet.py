@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ..errors import LpdaskError
 from ..stages import IMAGE, Stage, chain_radius
+from .layouts import to_basicsr_rrdbnet
+from .registry import Architecture, register
 
 
 class ResidualDenseBlock(nn.Module):
@@ -51,12 +55,15 @@ RRDB_RADIUS = 3 * RDB_RADIUS
 TAIL_RADIUS = chain_radius(
     [("up", 2), ("conv", 3), ("up", 2), ("conv", 3), ("conv", 3), ("conv", 3)]
 )
+GROUPINGS = (1, 2, 3, 4, 6, 8, 12)
+"""RRDBs per trunk stage worth planning, below the whole trunk."""
 
 
 @dataclass(frozen=True)
 class RRDBConfig:
     """Shape of an RRDBNet, as read from its state dict."""
 
+    architecture: ClassVar[str] = "RRDBNet"
     num_in_ch: int = 3
     num_out_ch: int = 3
     scale: int = 4
@@ -116,6 +123,11 @@ class RRDBNet(nn.Module):
         feat = self.conv_first(x)
         feat = feat + self.conv_body(self.body(feat))
         return _upsample(self, feat)
+
+    def groupings(self) -> tuple[int, ...]:
+        """``blocks_per_stage`` values worth planning: a few trunk cuts, and the whole trunk as one."""
+        blocks = max(1, self.config.num_block)
+        return tuple(k for k in GROUPINGS if k < blocks) + (blocks,)
 
     def stages(self, blocks_per_stage: int = 1) -> list[Stage]:
         """The network as stages: head conv, trunk groups of RRDBs, conv_body + long skip, tail.
@@ -183,7 +195,28 @@ def config_from_state_dict(state: Mapping[str, Tensor]) -> RRDBConfig:
     blocks = {int(key.split(".")[1]) for key in state if key.startswith("body.") and ".rdb" in key}
     num_grow_ch = int(state["body.0.rdb1.conv1.weight"].shape[0]) if blocks else 32
     out_ch = int(state["conv_last.weight"].shape[0])
-    # Pixel-unshuffle models (x2, x1) feed 4 or 16 times the image channels to conv_first.
-    scale, unshuffled = {12: (2, 3), 48: (1, 3)}.get(in_ch, (4, in_ch))
-    in_ch = unshuffled
-    return RRDBConfig(in_ch, out_ch, scale, num_feat, len(blocks), num_grow_ch)
+    scale, image_ch = _scale_and_channels(in_ch, out_ch)
+    return RRDBConfig(image_ch, out_ch, scale, num_feat, len(blocks), num_grow_ch)
+
+
+def _scale_and_channels(in_ch: int, out_ch: int) -> tuple[int, int]:
+    """Scale and image channels from conv_first's inputs. Pixel-unshuffle models (x2, x1) feed it 4
+    or 16 times the image channels, so 4 inputs are grey x2 or RGBA x4: the image channels are taken
+    to be the output channels (as in every Real-ESRGAN model), else RGB."""
+    for image_ch in (out_ch, 3):
+        for factor, scale in ((1, 4), (2, 2), (4, 1)):
+            if in_ch == image_ch * factor**2:
+                return scale, image_ch
+    return 4, in_ch
+
+
+def is_rrdbnet(state: Mapping[str, Tensor]) -> bool:
+    """Whether the weights are RRDBNet's, in any layout lpdask reads (even a variant it cannot run)."""
+    try:
+        return to_basicsr_rrdbnet(state) is not None
+    except LpdaskError:
+        return True  # loading says why it cannot run
+
+
+ARCHITECTURE = register(Architecture("RRDBNet", detect=is_rrdbnet, config=config_from_state_dict, build=RRDBNet,
+                                     convert=to_basicsr_rrdbnet))

@@ -12,12 +12,13 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import ClassVar, cast
 
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ..errors import LpdaskError
 from ..stages import IMAGE, Stage, chain_radius
+from .registry import Architecture, register
 
 CONVS_PER_BLOCK = 15
 """Convolutions per "block" when cutting the chain into stages: 15 chained 3x3 convs reach 15 px,
@@ -34,6 +35,7 @@ class SRVGGConfig:
     act_type: ``prelu`` (per-channel learned slopes), ``relu`` or ``leakyrelu`` (slope 0.1).
     """
 
+    architecture: ClassVar[str] = "SRVGGNetCompact"
     num_in_ch: int = 3
     num_out_ch: int = 3
     num_feat: int = 64
@@ -96,6 +98,13 @@ class SRVGGNetCompact(nn.Module):
         """Same as ``forward``: there is no pixel-unshuffle."""
         return self.forward(x)
 
+    def groupings(self) -> tuple[int, ...]:
+        """The least ``blocks_per_stage`` for each number of stages the chain can be cut into."""
+        found: dict[int, int] = {}
+        for blocks in range(1, math.ceil(self.num_convs / CONVS_PER_BLOCK) + 1):
+            found.setdefault(_stage_count(self.num_convs, blocks), blocks)
+        return tuple(found.values())
+
     def stages(self, blocks_per_stage: int = 1) -> list[Stage]:
         """The conv chain cut into stages of at most ``blocks_per_stage * CONVS_PER_BLOCK`` convs.
 
@@ -107,7 +116,7 @@ class SRVGGNetCompact(nn.Module):
         if blocks_per_stage < 1:
             raise ValueError(f"blocks_per_stage must be at least 1, got {blocks_per_stage}")
         total = self.num_convs
-        count = math.ceil(total / (blocks_per_stage * CONVS_PER_BLOCK))
+        count = _stage_count(total, blocks_per_stage)
         sizes = [total // count + (1 if i < total % count else 0) for i in range(count)]
         body = list(self.body)
         stages: list[Stage] = []
@@ -124,6 +133,10 @@ class SRVGGNetCompact(nn.Module):
                 stages.append(Stage(name, module, halo, self.scale, (previous, IMAGE), self.config.num_out_ch))
             previous, start = name, end
         return stages
+
+
+def _stage_count(convs: int, blocks_per_stage: int) -> int:
+    return math.ceil(convs / (blocks_per_stage * CONVS_PER_BLOCK))
 
 
 class _Tail(nn.Module):
@@ -180,19 +193,8 @@ def config_from_state_dict(state: Mapping[str, Tensor]) -> SRVGGConfig:
 
 def network_from_state_dict(state: Mapping[str, Tensor], origin: str = "state dict") -> SRVGGNetCompact:
     """Build the SRVGGNetCompact these weights belong to and load them with strict key matching."""
-    try:
-        net = SRVGGNetCompact(config_from_state_dict(state))
-    except (ValueError, KeyError) as exc:
-        raise LpdaskError(f"{origin}: weights do not match SRVGGNetCompact ({exc})") from None
-    expected = net.state_dict()
-    missing = [key for key in expected if key not in state]
-    unexpected = [key for key in state if key not in expected]
-    shapes = [f"{key} {tuple(state[key].shape)} for {tuple(value.shape)}"
-              for key, value in expected.items() if key in state and state[key].shape != value.shape]
-    problems = [f"{what} {', '.join(items[:3])}{', ...' if len(items) > 3 else ''}"
-                for what, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes))
-                if items]
-    if problems:
-        raise LpdaskError(f"{origin}: weights do not match SRVGGNetCompact ({'; '.join(problems)})")
-    net.load_state_dict(state, strict=True)
-    return net.eval().requires_grad_(False)
+    return cast(SRVGGNetCompact, ARCHITECTURE.load(state, origin))
+
+
+ARCHITECTURE = register(Architecture("SRVGGNetCompact", detect=is_compact, config=config_from_state_dict,
+                                     build=SRVGGNetCompact))

@@ -1,14 +1,14 @@
-"""The staged Dask graph: one task per stage and chunk, each reading its own halo from the store.
+"""The chunk task: the path of one chunk through one stage.
 
-The path of one chunk through a stage is :func:`run_chunk`: read the window (chunk plus halo,
-clipped at the image border) of every input, run the stage, crop the halo, write the chunk.
+:func:`run_chunk` reads the window (the chunk plus the stage's halo, clipped at the image border) of
+every input the stage reads, runs the stage, crops the halo away and writes the chunk, then marks it
+done. :class:`Job` is everything such a task needs; :func:`run_window` is the stage on a window.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -17,6 +17,7 @@ from torch.nn import functional as F
 
 from .channels import Pass
 from .chunks import Box, Grid, reflect
+from .geometry import factors, stage_grid
 from .device import ieee_fp32, storage_dtype
 from .errors import LpdaskError, writing
 from .io.omezarr import OmeZarrSink
@@ -24,7 +25,6 @@ from .io.sources import Source
 from .jobs import WorkFolder
 from .memory import trim
 from .pixels import ValueRange, from_unit, to_unit
-from .schedulers import Scheduler
 from .stages import IMAGE, Stage
 
 
@@ -54,15 +54,11 @@ class Job:
 
     def factor(self, index: int) -> int:
         """Resolution of stage ``index``'s input relative to the image."""
-        factor = 1
-        for stage in self.stages[:index]:
-            factor *= stage.scale
-        return factor
+        return factors(self.stages[:index])[-1]
 
     def grid(self, index: int) -> Grid:
         """The chunk grid of stage ``index``'s input (its output grid is this one scaled)."""
-        f, d = self.factor(index), self.input_factor
-        return Grid(-(-self.source.height // d) * f, -(-self.source.width // d) * f, self.chunk // d * f)
+        return stage_grid(self.source.height, self.source.width, self.chunk, self.input_factor, self.factor(index))
 
     def read(self, name: str, window: Box) -> Tensor:
         if name == IMAGE:
@@ -145,47 +141,6 @@ def run_chunk(job: Job, index: int, i: int, j: int) -> None:
     trim()
 
 
-def last_use(stages: Sequence[Stage]) -> dict[int, list[str]]:
-    """For each stage index, the arrays no later stage reads (safe to delete after it)."""
-    last: dict[str, int] = {}
-    for index, stage in enumerate(stages):
-        for name in stage.inputs:
-            last[name] = index
-    done: dict[int, list[str]] = {}
-    for name, index in last.items():
-        if name != IMAGE:
-            done.setdefault(index, []).append(name)
-    return done
-
-
-def run_job(job: Job, scheduler: Scheduler, progress: Callable[[int, Stage, int], Any] | None = None) -> int:
-    """Run every stage in order, skipping chunks (and whole stages) already done; the work arrays
-    a stage was last to read are removed after it. Returns the number of chunks computed.
-
-    ``progress(index, stage, chunks)`` returns a callable invoked once per finished chunk.
-    """
-    deletable = last_use(job.stages)
-    computed = 0
-    for index, stage in enumerate(job.stages):
-        grid = job.grid(index)
-        tick = progress(index, stage, len(grid)) if progress else (lambda: None)
-        if job.work.stage_done(job.run, stage.name):
-            done = set(grid.indices())
-        else:
-            if index < len(job.stages) - 1:
-                out = Grid(grid.height * stage.scale, grid.width * stage.scale, grid.chunk * stage.scale)
-                with writing(job.work.path):
-                    job.work.create(stage.name, stage.channels, out.height, out.width, out.chunk,
-                                    str(storage_dtype(job.precision)).removeprefix("torch."))
-            done = job.work.chunks_done(job.run, stage.name)
-        for _ in done:
-            tick()
-        todo = [(i, j) for i, j in grid.indices() if (i, j) not in done]
-        if todo:
-            scheduler.run(job, index, todo, tick)
-            computed += len(todo)
-        with writing(job.work.path):
-            job.work.mark_stage(job.run, stage.name)
-            for name in deletable.get(index, []):
-                job.work.remove(name)
-    return computed
+def run_chunk_of(job: Job, index: int, stages: Sequence[Stage], i: int, j: int) -> None:
+    """:func:`run_chunk` for a job sent without its stages (a cluster scatters them once)."""
+    run_chunk(replace(job, stages=stages), index, i, j)

@@ -8,7 +8,7 @@ fields and roads, stained tissue) in the formats of each field, so everything ru
 - :func:`write_pathology`: an Aperio SVS-like slide: RGB JPEG tiles, a 3-level pyramid, thumbnail,
   label and macro images, ``MPP = 0.499``.
 
-Run ``python pipelines/samples.py FOLDER`` to write all of them.
+Run ``python -m lpdask.samples FOLDER`` to write all of them.
 """
 
 from __future__ import annotations

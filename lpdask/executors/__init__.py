@@ -1,0 +1,32 @@
+"""Executors: how one run (a plane and channel pass of a job) is computed into the output.
+
+The runner (:mod:`lpdask.runner`) owns everything around a run (work folder, resume, progress,
+scheduler, sink); an executor only computes. A new way of computing is one new module here that
+satisfies :class:`Executor`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from ..schedulers import Scheduler
+    from ..stages import Stage  # noqa: F401  (in a string below)
+    from ..task import Job
+
+Progress = Callable[[int, "Stage", int], Callable[[], None]]
+"""``progress(index, stage, chunks)`` at the start of each stage; returns the tick for each chunk done."""
+
+
+class Executor(Protocol):
+    """Computes one run of a job into its sink, skipping what earlier attempts finished."""
+
+    name: str
+
+    def run(self, job: Job, scheduler: Scheduler, progress: Progress | None = None) -> int:
+        """Compute ``job`` and return the number of chunk tasks computed."""
+        ...
+
+
+__all__ = ["Executor", "Progress"]

@@ -1,0 +1,123 @@
+"""The staged executor: the network as a chain of stages, each run chunk by chunk over the whole
+image, activations passed between stages through the work folder.
+
+The whole network as one stage (its halo the full reach, nothing stored between stages) and
+Real-ESRGAN's tile mode (the whole network on each tile plus ``tile_pad`` pixels of context, the
+baseline whose too-small halo makes the seams lpdask removes) are this executor with other stage
+lists: :func:`stages_for`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from functools import partial
+from typing import Literal
+
+from torch import Tensor, nn
+
+from ..chunks import Grid
+from ..device import storage_dtype
+from ..errors import LpdaskError, writing
+from ..geometry import reach
+from ..options import check_tile_pad
+from ..models.network import Network
+from ..plan import DEFAULT_TILE_PAD
+from ..schedulers import Scheduler
+from ..stages import IMAGE, Stage, validate
+from ..task import Job, run_chunk_of
+from . import Progress
+
+Mode = Literal["exact", "tile"]
+
+
+def stages_for(net: Network, mode: Mode, blocks_per_stage: int, tile_pad: int) -> list[Stage]:
+    """The exact staged network, or Real-ESRGAN's tile mode for comparison."""
+    if mode == "exact":
+        stages = net.stages(blocks_per_stage)
+    elif mode == "tile":
+        stages = tile_stages(net, check_tile_pad(tile_pad))
+    else:
+        raise LpdaskError(f"unknown mode {mode!r} (use exact or tile)")
+    validate(stages)
+    return stages
+
+
+class _WholeNetwork(nn.Module):
+    def __init__(self, net: Network) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net.forward_unshuffled(x)
+
+
+def tile_stages(net: Network, tile_pad: int = DEFAULT_TILE_PAD) -> list[Stage]:
+    """One stage: the whole network with ``tile_pad`` of context (on the unshuffled grid)."""
+    scale = net.scale * net.input_factor
+    return [Stage("tiles", _WholeNetwork(net), tile_pad, scale, (IMAGE,), net.out_channels)]
+
+
+def whole_stages(net: Network) -> list[Stage]:
+    """The whole network as one exact stage: its halo is the network's full reach, so nothing is
+    stored between stages (the planner's "memory" storage)."""
+    full = reach(net.stages(1))
+    stage = tile_stages(net, full)[0]
+    return [Stage("whole", stage.module, full, stage.scale, stage.inputs, stage.channels)]
+
+
+def last_use(stages: Sequence[Stage]) -> dict[int, list[str]]:
+    """For each stage index, the arrays no later stage reads (safe to delete after it)."""
+    last: dict[str, int] = {}
+    for index, stage in enumerate(stages):
+        for name in stage.inputs:
+            last[name] = index
+    done: dict[int, list[str]] = {}
+    for name, index in last.items():
+        if name != IMAGE:
+            done.setdefault(index, []).append(name)
+    return done
+
+
+class Staged:
+    """Every stage in order over the whole image, the activations in the work folder."""
+
+    name = "staged"
+
+    def run(self, job: Job, scheduler: Scheduler, progress: Progress | None = None) -> int:
+        return run_job(job, scheduler, progress)
+
+
+def run_job(job: Job, scheduler: Scheduler, progress: Progress | None = None) -> int:
+    """Run every stage in order, skipping chunks (and whole stages) already done; the work arrays
+    a stage was last to read are removed after it. Returns the number of chunks computed.
+
+    ``progress(index, stage, chunks)`` returns a callable invoked once per finished chunk.
+    """
+    deletable = last_use(job.stages)
+    computed = 0
+    for index, stage in enumerate(job.stages):
+        grid = job.grid(index)
+        tick = progress(index, stage, len(grid)) if progress else (lambda: None)
+        if job.work.stage_done(job.run, stage.name):
+            done = set(grid.indices())
+        else:
+            if index < len(job.stages) - 1:
+                out = Grid(grid.height * stage.scale, grid.width * stage.scale, grid.chunk * stage.scale)
+                with writing(job.work.path):
+                    job.work.create(stage.name, stage.channels, out.height, out.width, out.chunk,
+                                    str(storage_dtype(job.precision)).removeprefix("torch."))
+            done = job.work.chunks_done(job.run, stage.name)
+        for _ in done:
+            tick()
+        todo = [(i, j) for i, j in grid.indices() if (i, j) not in done]
+        if todo:
+            light = replace(job, stages=())  # a cluster gets the stages once, not with every task
+            scheduler.run(f"{stage.name}-r{job.run}", partial(run_chunk_of, light, index), job.stages, todo,
+                          tick, job.torch_threads)
+            computed += len(todo)
+        with writing(job.work.path):
+            job.work.mark_stage(job.run, stage.name)
+            for name in deletable.get(index, []):
+                job.work.remove(name)
+    return computed

@@ -1,0 +1,71 @@
+"""Stage geometry: the grid each stage runs on, the network's reach, activation sizes and the chunk
+sizes of the lazy graph. The engine, the lazy API, the planner and the disk check all ask here.
+
+Stages work on the image's grid divided by the network's pixel-unshuffle factor ``d`` (1 for most
+networks); stage ``k``'s input is that grid times the scales of the stages before it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Protocol
+
+from .chunks import Grid
+from .errors import LpdaskError
+from .stages import Stage
+
+
+class Scaled(Protocol):
+    @property
+    def scale(self) -> int: ...
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def factors(stages: Sequence[Scaled]) -> list[int]:
+    """The resolution of each stage's input relative to the unshuffled image, then the output's:
+    ``[1, s0, s0 * s1, ...]``, one more entry than stages."""
+    out = [1]
+    for stage in stages:
+        out.append(out[-1] * stage.scale)
+    return out
+
+
+def unshuffled(height: int, width: int, d: int) -> tuple[int, int]:
+    """The image's size on the stages' grid: divided by ``d``, rounded up (the image is
+    reflect-padded to a multiple of ``d``)."""
+    return ceil_div(height, d), ceil_div(width, d)
+
+
+def stage_grid(height: int, width: int, chunk: int, d: int, factor: int) -> Grid:
+    """The chunk grid of a stage whose input is ``factor`` times the unshuffled image; ``chunk`` is
+    in image pixels."""
+    rows, cols = unshuffled(height, width, d)
+    return Grid(rows * factor, cols * factor, chunk // d * factor)
+
+
+def reach(stages: Sequence[Stage]) -> int:
+    """The receptive-field radius of a chain of stages, in pixels of the first stage's input."""
+    radius = sum(stage.halo / factor for stage, factor in zip(stages, factors(stages)))
+    return math.ceil(radius - 1e-9)
+
+
+def activation_bytes(stages: Sequence[Stage], height: int, width: int, d: int, itemsize: int) -> list[int]:
+    """Bytes of each stored activation (every stage's output but the last's)."""
+    rows, cols = unshuffled(height, width, d)
+    return [stage.channels * rows * f * cols * f * itemsize
+            for stage, f in zip(stages[:-1], factors(stages)[1:])]
+
+
+def chunk_sizes(length: int, chunk: int, halo: int) -> tuple[int, ...]:
+    """Dask chunk sizes along one axis; a last chunk narrower than the halo joins the one before it."""
+    sizes = [chunk] * (length // chunk) + ([length % chunk] if length % chunk else [])
+    if len(sizes) > 1 and sizes[-1] < halo:
+        sizes[-2:] = [sizes[-2] + sizes[-1]]
+    if len(sizes) > 1 and min(sizes) < halo:
+        raise LpdaskError(f"chunk {chunk} is smaller than the widest stage halo {halo}; "
+                          "use a larger chunk or fewer blocks per stage")
+    return tuple(sizes)

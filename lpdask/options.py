@@ -1,0 +1,130 @@
+"""Checks of the options a job takes, shared by the command line and the Python API; no torch, no zarr.
+
+A bad value raises :class:`OptionError`, which names the Python parameter (``chunk=8 is out of
+range``) where Python called, and the command line turns into the flag (``--chunk 8 is out of range``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .errors import LpdaskError
+
+MIN_CHUNK = 16
+MAX_CHUNK = 8192
+COMPRESSIONS = ("zlib", "zstd", "lzw", "jpeg", "none")
+EXECUTORS = ("staged", "lazy")
+ValueRange = tuple[float, float]
+
+
+class _Names(dict):  # type: ignore[type-arg]
+    """Other options named in a message (``{scheduler}``): as parameters, or as flags."""
+
+    def __init__(self, flags: bool) -> None:
+        super().__init__()
+        self.flags = flags
+
+    def __missing__(self, name: str) -> str:
+        return flag(name) if self.flags else name
+
+
+def flag(option: str) -> str:
+    return "--" + option.replace("_", "-")
+
+
+class OptionError(LpdaskError):
+    """A bad option value. ``detail`` may name other options as ``{name}``."""
+
+    def __init__(self, option: str, value: object, detail: str, shown: str | None = None) -> None:
+        self.option, self.value, self.detail = option, value, detail
+        self.shown = str(value) if shown is None else shown
+        super().__init__(f"{option}={self.shown} {detail.format_map(_Names(flags=False))}")
+
+    def __reduce__(self) -> tuple[type, tuple[object, ...]]:
+        return OptionError, (self.option, self.value, self.detail, self.shown)
+
+    def for_cli(self) -> str:
+        """The message with the command line's flags."""
+        return f"{flag(self.option)} {self.shown} {self.detail.format_map(_Names(flags=True))}"
+
+
+def check_chunk(chunk: int) -> int:
+    if not MIN_CHUNK <= chunk <= MAX_CHUNK:
+        raise OptionError("chunk", chunk, f"is out of range ({MIN_CHUNK} to {MAX_CHUNK} pixels)")
+    return chunk
+
+
+def check_grouping(blocks_per_stage: int) -> int:
+    if blocks_per_stage < 0:
+        raise OptionError("blocks_per_stage", blocks_per_stage,
+                          "must be at least 0 (0: the whole network as one stage)")
+    return blocks_per_stage
+
+
+def check_threads(threads: int) -> int:
+    if threads < 0:
+        raise OptionError("threads", threads, "must be at least 1 (0 picks one per core)")
+    return threads
+
+
+def check_workers(workers: int, scheduler: str | None) -> None:
+    if workers < 0:
+        raise OptionError("workers", workers, "must be at least 1 (0: threads in this process)")
+    if workers and scheduler:
+        raise OptionError("workers", workers, "starts a local cluster and {scheduler} joins one: give only one")
+
+
+def check_max_memory(gigabytes: float | None) -> None:
+    if gigabytes is not None and not gigabytes > 0:
+        raise OptionError("max_memory", gigabytes, "must be more than 0 GB", f"{gigabytes:g}")
+
+
+def check_tile_pad(tile_pad: int) -> int:
+    if tile_pad < 0:
+        raise OptionError("tile_pad", tile_pad, "must be at least 0")
+    return tile_pad
+
+
+def check_value_range(value_range: ValueRange | None, dtype: np.dtype | None = None) -> ValueRange | None:
+    """LOW maps to 0 and HIGH to 1: finite, LOW < HIGH."""
+    if value_range is None:
+        return None
+    low, high = (float(v) for v in value_range)
+    if not (math.isfinite(low) and math.isfinite(high) and low < high):
+        raise OptionError("value_range", value_range, "needs finite LOW < HIGH", f"{low:g},{high:g}")
+    return low, high
+
+
+def check_compression(compression: str, dtype: np.dtype) -> None:
+    """TIFF codecs lpdask writes; JPEG only for 8-bit pixels."""
+    if compression not in COMPRESSIONS:
+        raise OptionError("compression", compression, f"is not one of {', '.join(COMPRESSIONS)}")
+    if compression == "jpeg" and np.dtype(dtype) != np.uint8:
+        raise OptionError("compression", compression, f"needs 8-bit pixels; this image is {np.dtype(dtype)}")
+
+
+def check_grid(chunk: int, input_factor: int, scale: int) -> None:
+    """Chunks of pixel-unshuffle models must hold whole unshuffle cells."""
+    if chunk % input_factor:
+        raise OptionError("chunk", chunk, f"must be a multiple of {input_factor} for this x{scale} model "
+                                          f"(it pixel-unshuffles by {input_factor})")
+
+
+def check_plan_options(chunk: int | None, blocks_per_stage: int | None, threads: int = 0, workers: int = 0,
+                       scheduler: str | None = None, tile_pad: int = 0) -> None:
+    """What can be checked of the plan's options before anything is opened."""
+    if chunk is not None:
+        check_chunk(chunk)
+    if blocks_per_stage is not None:
+        check_grouping(blocks_per_stage)
+    check_threads(threads)
+    check_workers(workers, scheduler)
+    check_tile_pad(tile_pad)
+
+
+def check_executor(executor: str) -> str:
+    if executor not in EXECUTORS:
+        raise OptionError("executor", executor, f"is not one of {', '.join(EXECUTORS)}")
+    return executor

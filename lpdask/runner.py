@@ -1,0 +1,271 @@
+"""The runner: runs a job (:class:`~lpdask.jobs.JobSpec`) with any executor over a scheduler: resume
+bookkeeping (work folder, chunk markers), the disk check, progress, the output sink and the TIFF it
+may become, and the faults met on the way. Executors (:mod:`lpdask.executors`) compute one run (a
+plane and channel pass) each.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import zarr
+
+from .chunks import stored_chunk
+from .device import storage_dtype
+from .errors import RESUMES, Fault, InputChanged, LpdaskError, MetadataWarning, OutputBusy, fault_of, writing
+from .executors import Executor
+from .export import partial_tiff_path, publish, wants_ome
+from .geometry import activation_bytes
+from .io.locations import Location
+from .io.metadata import ImageMetadata
+from .io.omezarr import OmeZarrSink
+from .io.sources import Source
+from .jobs import SOFTWARE_PREFIX, JobSpec, State, WorkFolder, fingerprint
+from .lease import Leases
+from .memory import peak_bytes
+from .progress import Bars
+from .schedulers import Cluster, Threads
+from .stages import Stage, resize_stages
+from .task import Job
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What a finished ``upscale`` did."""
+
+    output: Location
+    seconds: float
+    input_megapixels: float
+    output_shape: tuple[int, ...]
+    chunks: int
+    stages: int
+    levels: int
+    peak_memory_bytes: int
+    """This process's own peak (``VmHWM``), plus its local cluster's workers'."""
+    runs: int = 1
+    """Planes times channel passes (each a run of every stage)."""
+    computed_chunks: int = 0
+    """Chunk tasks computed by this call (fewer than runs x stages x chunks when it resumed)."""
+    resumed: bool = False
+    already_complete: bool = False
+    worker_peak_memory_bytes: tuple[int, ...] = ()
+    """Each worker's peak, for a local cluster the call started (counted in ``peak_memory_bytes``)."""
+
+    @property
+    def megapixels_per_second(self) -> float:
+        return self.input_megapixels / self.seconds if self.seconds else float("inf")
+
+    def __str__(self) -> str:
+        if self.already_complete:
+            return f"{self.output} is already complete for this input, model and options; nothing to do"
+        resumed = f" (resumed: {self.computed_chunks} chunk tasks recomputed)" if self.resumed else ""
+        return (f"wrote {self.output} {self.output_shape} in {self.seconds:.1f} s: "
+                f"{self.input_megapixels:.3f} input megapixels, {self.megapixels_per_second:.4f} MP/s, "
+                f"{self.runs} run{'s' if self.runs > 1 else ''} x {self.stages} stages x {self.chunks} chunks, "
+                f"{self.levels} pyramid levels, "
+                f"peak memory {self.peak_memory_bytes / 2**20:.0f} MiB{resumed}")
+
+
+def run(spec: JobSpec, state: State, executor: Executor, scheduler: Threads | Cluster, leases: Leases,
+        started: float, progress: bool = False, on_cluster: Callable[[str], None] | None = None) -> Summary:
+    """Run (or resume, or find complete) ``spec`` on ``scheduler`` with ``executor`` and finish its output."""
+    source, output, work, identity, plan, meta = spec.source, spec.output, spec.work, spec.identity, spec.plan, spec.meta
+    network_stages, scale, as_tiff = spec.stages, spec.network.scale, spec.as_tiff
+    shape = spec.output_shape
+    if state == "complete":
+        return Summary(output, time.perf_counter() - started, _megapixels(source), shape, 0, len(network_stages), 0,
+                       peak_bytes(), 0, already_complete=True)
+    _warn_dropped(meta, as_tiff)
+    resumed = state == "resume" and work.identity() == identity["digest"]
+    need = {work.path: _work_bytes(network_stages, source, spec.network.input_factor, as_tiff, shape,
+                                   storage_dtype(spec.precision).itemsize),
+            output: math.prod(shape) * source.dtype.itemsize * 4 // 3}
+    if not resumed:
+        check_disk(work.path, output, need[work.path], need[output])
+    try:
+        if state == "new":
+            output.remove()
+            work.clear()
+        work.start(identity)
+        result = work.path / "result.zarr" if as_tiff else output
+        if not resumed:
+            result.remove()
+        sink = OmeZarrSink(result, source.output_axes, shape, source.dtype, stored_chunk(plan.chunk * scale),
+                           source.channels if meta.photometric != "minisblack" else 1,
+                           {"job": identity["digest"], "plan": identity["plan"]}, resume=resumed)
+        if isinstance(scheduler, Cluster) and on_cluster:
+            on_cluster(scheduler.dashboard_link)
+        torch_threads = max(1, (os.cpu_count() or 1) // scheduler.workers) if isinstance(scheduler, Threads) else 0
+        jobs = [Job(source, network_stages if p.uses_network else resize_stages(p.kind, scale), plan.chunk, work,
+                    sink, spec.device, spec.network.input_factor if p.uses_network else 1, spec.precision, plane, p,
+                    spec.value_range, k, torch_threads)
+                for k, (plane, p) in enumerate((plane, p) for plane in source.planes() for p in spec.passes)]
+        chunks = len(jobs[0].grid(0))
+        bars = Bars([job.stages for job in jobs], chunks, disable=not progress)
+        partial_tiff = partial_tiff_path(output, work.path)
+        computed = 0
+
+        def checked() -> None:
+            """Between stages and before the output is finished: the leases are still ours and the input
+            is what it was when the job started."""
+            leases.check()
+            _check_input(source, identity)
+
+        def stage(index: int, stage: Stage, chunks: int) -> Callable[[], None]:
+            checked()
+            tick = bars(index, stage, chunks)
+
+            def ticked() -> None:
+                leases.check()
+                tick()
+
+            return ticked
+
+        try:
+            with _threads(torch_threads or None):
+                for job in jobs:
+                    bars.start(job.run, _label(job, len(jobs)))
+                    computed += executor.run(job, scheduler, stage)
+                bars.close()
+                checked()
+                with writing(result):
+                    levels = sink.finish(meta, Location.of(source.path).name, scheduler="threads",
+                                         num_workers=plan.chunks_at_once("cpu"))
+                if as_tiff:
+                    from .io.tiff import write_tiff
+
+                    group = zarr.open_group(str(result), mode="r")
+                    with writing(output):
+                        write_tiff(partial_tiff, [group[str(k)] for k in range(levels)], meta,
+                                   ome=wants_ome(output, source.ome, meta),
+                                   software=f"{SOFTWARE_PREFIX}{identity['digest']} {json.dumps(identity['plan'])}",
+                                   compression=spec.compression)
+                        publish(partial_tiff, output)
+        except BaseException as exc:
+            bars.close()
+            partial_tiff.unlink(missing_ok=True)
+            mistake = isinstance(exc, LpdaskError) and not isinstance(exc, (Fault, OutputBusy))
+            if mistake and not _input_changed(source, identity):
+                output.remove()  # a user mistake found while running (e.g. float values out of range)
+                work.clear()
+            raise  # otherwise the work folder and the unfinished output stay: the same command again resumes
+        work.clear()
+        workers = tuple(scheduler.worker_peaks()) if isinstance(scheduler, Cluster) else ()
+        return Summary(output, time.perf_counter() - started, _megapixels(source), shape, chunks, len(network_stages),
+                       levels, peak_bytes() + sum(workers), len(jobs), computed, resumed,
+                       worker_peak_memory_bytes=workers)
+    except BaseException as exc:
+        fault = _fault(exc, source, identity, output, work, need, started=state != "new" or work.path.exists())
+        if fault is not None:
+            raise fault from None
+        raise
+
+
+def _input_changed(source: Source, identity: dict[str, Any]) -> str | None:
+    """How the input differs from when the job started ("changed", "vanished"), or None."""
+    try:
+        return "changed" if fingerprint(source) != identity["input"] else None
+    except FileNotFoundError:
+        return "vanished"
+
+
+def _check_input(source: Source, identity: dict[str, Any]) -> None:
+    how = _input_changed(source, identity)
+    if how:
+        if how == "vanished":
+            raise InputChanged(f"the input {source.path} vanished during the run; nothing more was written: put it "
+                               f"back as it was and {RESUMES}")
+        raise InputChanged(f"the input {source.path} changed during the run (its size or modification time differ "
+                           "from when it started), so the output would mix two images; nothing more was written: "
+                           "run again with --overwrite to start over from the new input")
+
+
+def _fault(exc: BaseException, source: Source, identity: dict[str, Any], output: Location, work: WorkFolder,
+           need: dict[Location, int], started: bool) -> Fault | None:
+    """The one-line fault behind ``exc``, if it is one: the input changed under the run, or a write
+    failed for want of space or permission."""
+    if isinstance(exc, Fault):
+        return None
+    if isinstance(exc, Exception) and _input_changed(source, identity):
+        try:
+            _check_input(source, identity)
+        except InputChanged as changed:
+            return changed
+    if not isinstance(exc, OSError):
+        return None
+    where = str(getattr(exc, "lpdask_place", None) or exc.filename or "")
+    for place, what in ((work.path, "the work folder"), (output, "the output")):
+        if where and Location.of(where).path.startswith(place.path):
+            size = need[place]
+            return fault_of(exc, f"{what} {place}", started=started,
+                            need=f"{size / 1e9:.1f} GB" if size >= 1e9 else f"{max(size / 1e6, 0.1):.1f} MB")
+    return fault_of(exc, f"the output {output} or its work folder {work.path}", started=started)
+
+
+def _megapixels(source: Source) -> float:
+    return source.height * source.width * source.plane_count / 1e6
+
+
+def _work_bytes(stages: list[Stage], source: Source, d: int, as_tiff: bool, shape: tuple[int, ...],
+                itemsize: int = 4) -> int:
+    """Disk the work folder needs at most: the three largest activations (no more are ever kept
+    at once), plus the result before it becomes a TIFF."""
+    need = sum(sorted(activation_bytes(stages, source.height, source.width, d, itemsize))[-3:])
+    if as_tiff:
+        need += math.prod(shape) * source.dtype.itemsize * 4 // 3
+    return need
+
+
+def check_disk(work: Location, output: Location, work_bytes: int, output_bytes: int) -> None:
+    """Refuse up front a job whose work folder (or output) will not fit on its disk (object
+    stores are not checked)."""
+    for what, where, need in (("work folder", work, work_bytes), ("output", output, output_bytes)):
+        if not where.is_local:
+            continue
+        folder = where.local_path
+        existing = next(p for p in (folder, *folder.parents) if p.exists())
+        free = shutil.disk_usage(existing).free
+        if need > free:
+            raise LpdaskError(f"not enough disk for the {what}: it needs about {need / 1e9:.1f} GB and "
+                              f"{existing} has {free / 1e9:.1f} GB free; use --workdir on a larger disk or a "
+                              "smaller input")
+
+
+def _warn_dropped(meta: ImageMetadata, as_tiff: bool) -> None:
+    if meta.dropped:
+        warnings.warn(f"input metadata not carried to the output: {', '.join(meta.dropped)}", MetadataWarning,
+                      stacklevel=3)
+    if meta.geotiff and not as_tiff:
+        warnings.warn("GeoTIFF georeferencing has no OME-Zarr equivalent: kept under the group's "
+                      "lpdask.geotiff attribute, which GIS tools do not read; write a .tif output "
+                      "(or `lpdask export`) for a GeoTIFF", MetadataWarning, stacklevel=3)
+
+
+def _label(job: Job, runs: int) -> str:
+    if runs == 1:
+        return ""
+    plane = " ".join(f"{a}={i}" for a, i in job.plane.items())
+    return f"{plane} {job.pass_.describe()}".strip()
+
+
+@contextmanager
+def _threads(count: int | None) -> Iterator[None]:
+    """Give torch ``count`` threads (the cores divided among the chunks running at once) and
+    restore it after."""
+    before = torch.get_num_threads()
+    if count:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
