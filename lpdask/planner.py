@@ -39,8 +39,8 @@ from .plan import GPU_CHUNKS, MAX_CHUNK, MIN_CHUNK, Plan
 from .stages import IMAGE, Stage
 
 CHUNKS = (64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096)
-GROUPINGS = (1, 2, 3, 4, 6, 8, 12, 23)
-"""``blocks_per_stage`` values tried for a network without ``groupings()`` (it is optional)."""
+DEFAULT_GROUPINGS = (1,)
+"""``blocks_per_stage`` values tried for a network that does not say its own (``groupings()``)."""
 PROBE = 16
 """Side of the window stages are profiled on."""
 WORKING_MEMORY = 1.65
@@ -293,7 +293,7 @@ def choose(net: Network, height: int, width: int, device: torch.device, *, chunk
     d = net.input_factor
     groupings: list[tuple[int, str, list[Stage]]] = []
     seen = set()
-    tried = getattr(net, "groupings", lambda: GROUPINGS)()
+    tried = getattr(net, "groupings", lambda: DEFAULT_GROUPINGS)()
     for k in ([] if blocks_per_stage == 0 else [blocks_per_stage] if blocks_per_stage else tried):
         stages = net.stages(k)
         if len(stages) not in seen:

@@ -63,12 +63,19 @@ def lively(net: torch.nn.Module, seed: int = 0, reach: float = 4.0) -> torch.nn.
         for name, module in net.named_modules():
             if name.endswith("conv5"):
                 module.weight.mul_(reach)
+        spread_output(net, net.conv_last, seed)
+    return net.eval()
+
+
+def spread_output(net: torch.nn.Module, last: torch.nn.Conv2d, seed: int = 0) -> None:
+    """Scale the last conv so the outputs on a smooth image spread over [0, 1] (mean 0.5, sd 0.25)
+    instead of clamping flat."""
+    with torch.no_grad():
         probe = torch.from_numpy(smooth_image(48, 48, seed).astype(np.float32) / 255).permute(2, 0, 1)[None]
         out = net(probe)
         gain = 0.25 / float(out.std())
-        net.conv_last.weight.mul_(gain)
-        net.conv_last.bias.mul_(gain).add_(0.5 - gain * float(out.mean()))
-    return net.eval()
+        last.weight.mul_(gain)
+        last.bias.mul_(gain).add_(0.5 - gain * float(out.mean()))
 
 
 def smooth_image(height: int, width: int, seed: int = 0, dtype: type = np.uint8) -> np.ndarray:

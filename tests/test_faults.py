@@ -30,7 +30,7 @@ from .test_resume import chunks_done
 pytestmark = pytest.mark.slow  # the real command in subprocesses: up to 18 s a test, after 18 s of reference runs
 
 RUN = ["--chunk", "16", "--blocks-per-stage", "1", "--threads", "1", "-q"]
-CHUNKS = 36  # (96 / 16) squared, in each of 4 stages
+CHUNKS = 25  # (80 / 16) squared, in each of 4 stages
 RESUMES = "run the same command again to resume"
 
 
@@ -101,8 +101,8 @@ def holds_lease(output: Path, process: subprocess.Popen[str]) -> bool:
 @pytest.fixture(scope="module")
 def case(tmp_path_factory: pytest.TempPathFactory, small_checkpoint: Path) -> Case:
     folder = tmp_path_factory.mktemp("faults")
-    tifffile.imwrite(folder / "in.tif", smooth_image(96, 96, seed=60), tile=(32, 32))
-    tifffile.imwrite(folder / "other.tif", smooth_image(96, 96, seed=61), tile=(32, 32))
+    tifffile.imwrite(folder / "in.tif", smooth_image(80, 80, seed=60), tile=(32, 32))
+    tifffile.imwrite(folder / "other.tif", smooth_image(80, 80, seed=61), tile=(32, 32))
     made = Case(folder, small_checkpoint, np.empty(0), folder / "other.tif", np.empty(0))
     code, stderr = run(made, folder, "reference.zarr")
     assert code == 0, stderr

@@ -25,7 +25,7 @@ from lpdask.models import Architecture, architectures, register, unregister
 from lpdask.models.network import Network
 from lpdask.stages import IMAGE, Stage, chain_radius, validate
 
-from .reference import assert_exact, smooth_image, whole_image
+from .reference import assert_exact, smooth_image, spread_output, whole_image
 
 
 @dataclass(frozen=True)
@@ -111,11 +111,7 @@ def lively_plain(seed: int = 0, reach: float = 1.5) -> PlainConv:
             nn.init.kaiming_normal_(conv.weight, a=0.2)
             for c in range(conv.out_channels):
                 conv.weight[(c, c % conv.in_channels, *corners[c % 4])] += reach
-        probe = torch.from_numpy(smooth_image(48, 48, seed).astype(np.float32) / 255).permute(2, 0, 1)[None]
-        out = net(probe)
-        gain = 0.25 / float(out.std())
-        net.conv2.weight.mul_(gain)
-        net.conv2.bias.mul_(gain).add_(0.5 - gain * float(out.mean()))
+        spread_output(net, net.conv2, seed)
     return net.eval()
 
 
