@@ -11,7 +11,7 @@ import dask.array as da
 import torch
 
 from . import __version__
-from .channels import AlphaMode, ChannelMode, passes, photometric_of
+from .channels import passes, photometric_of
 from .device import network_on, resolve_device, resolve_precision
 from .errors import LpdaskError
 from .executors.staged import Mode, Staged, stages_for, whole_stages
@@ -24,7 +24,7 @@ from .jobs import (JobSpec, WorkFolder, check_output, check_output_name, default
 from .lease import hold
 from .models import load_model
 from .models.network import Network
-from .options import check_compression, check_executor, check_grid, check_plan_options, check_value_range
+from .options import AlphaMode, ChannelMode, check_compression, check_executor, check_grid, check_plan_options, check_value_range
 from .pixels import ValueRange, check_dtype
 from .plan import DEFAULT_TILE_PAD, Plan
 from . import runner

@@ -9,17 +9,13 @@ as its own grey pass, so channel order and count are kept.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 
 from .errors import LpdaskError
 from .io.metadata import Photometric
+from .options import ALPHA_MODES, CHANNEL_MODES, AlphaMode, ChannelMode
 
-ChannelMode = Literal["auto", "rgb", "rgba", "separate"]
-AlphaMode = Literal["network", "nearest", "bilinear"]
-CHANNEL_MODES = ("auto", "rgb", "rgba", "separate")
-ALPHA_MODES = ("network", "nearest", "bilinear")
 
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 

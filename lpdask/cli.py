@@ -11,15 +11,15 @@ from types import FrameType
 import click
 
 from . import __version__
-from .channels import ALPHA_MODES, CHANNEL_MODES, passes, photometric_of
 from .errors import INTERRUPTED, RESUMES, TERMINATED, USAGE, LeaseWarning, LpdaskError, MetadataWarning, PlanWarning
-from .io.sources import open_source
-from .jobs import check_output, check_output_name, held_places
 from .memory import prefer_expandable_segments
-from .options import (COMPRESSIONS, OptionError, check_chunk, check_compression, check_max_memory,
-                      check_plan_options, check_value_range)
+from .options import (ALPHA_MODES, CHANNEL_MODES, COMPRESSIONS, OptionError, check_chunk, check_compression,
+                      check_max_memory, check_plan_options, check_value_range)
 from .plan import DEFAULT_TILE_PAD, Plan
 from .schedulers import parse_resources
+
+# Only what checks the options is imported here: numpy, zarr and tifffile load once they pass, torch
+# once the input is found, so mistakes are answered at once.
 
 USER_ERROR = USAGE
 
@@ -105,12 +105,19 @@ def upscale_command(input: str, output: str, model: str | None, chunk: int | Non
     # Check what needs no torch first, so mistakes are answered before the slow imports.
     check_plan_options(chunk, blocks_per_stage, threads, workers, scheduler, tile_pad)
     check_max_memory(max_memory)
+    check_value_range(value_range)
+    needs = parse_resources(resources)
+    from .io.locations import find_input
+
+    find_input(input)
+    from .channels import photometric_of
+    from .io.sources import open_source
+    from .jobs import check_output, check_output_name, held_places
+    from .lease import hold
+
     source = open_source(input, series, level)
-    check_value_range(value_range, source.dtype)
     photometric_of(source.channels, channels, source.photometric)  # type: ignore[arg-type]
     check_compression(compression, source.dtype)
-    needs = parse_resources(resources)
-    from .lease import hold
 
     check_output_name(output)
     with hold(held_places(output, workdir), wait):  # before the output is read, and before the slow imports
@@ -156,6 +163,9 @@ def plan_command(input: str, model: str | None, device: str, precision: str, ser
     and the alternatives it weighed."""
     check_plan_options(chunk, blocks_per_stage, threads, workers)
     check_max_memory(max_memory)
+    from .channels import passes, photometric_of
+    from .io.sources import open_source
+
     source = open_source(input, series, level)
     runs = source.plane_count * len(passes(source.channels, photometric_of(source.channels, channels,  # type: ignore[arg-type]
                                                                            source.photometric), alpha))  # type: ignore[arg-type]
@@ -224,6 +234,8 @@ def compare_command(input: str, model: str | None, chunk: int, size: int, tile_p
     import os
 
     check_chunk(chunk)
+    from .io.sources import open_source
+
     open_source(input)
     if json_path and not os.path.isdir(os.path.dirname(os.path.abspath(json_path))):
         raise LpdaskError(f"--json {json_path}: its folder does not exist")

@@ -7,14 +7,20 @@ range``) where Python called, and the command line turns into the flag (``--chun
 from __future__ import annotations
 
 import math
-
-import numpy as np
+from typing import TYPE_CHECKING, Literal
 
 from .errors import LpdaskError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 MIN_CHUNK = 16
 MAX_CHUNK = 8192
 COMPRESSIONS = ("zlib", "zstd", "lzw", "jpeg", "none")
+ChannelMode = Literal["auto", "rgb", "rgba", "separate"]
+AlphaMode = Literal["network", "nearest", "bilinear"]
+CHANNEL_MODES = ("auto", "rgb", "rgba", "separate")
+ALPHA_MODES = ("network", "nearest", "bilinear")
 EXECUTORS = ("staged", "lazy")
 ValueRange = tuple[float, float]
 
@@ -101,6 +107,8 @@ def check_compression(compression: str, dtype: np.dtype) -> None:
     """TIFF codecs lpdask writes; JPEG only for 8-bit pixels."""
     if compression not in COMPRESSIONS:
         raise OptionError("compression", compression, f"is not one of {', '.join(COMPRESSIONS)}")
+    import numpy as np
+
     if compression == "jpeg" and np.dtype(dtype) != np.uint8:
         raise OptionError("compression", compression, f"needs 8-bit pixels; this image is {np.dtype(dtype)}")
 

@@ -74,3 +74,12 @@ def test_a_missing_input_is_answered_before_torch_is_imported(tmp_path: Path) ->
     assert done.stderr.strip() == "lpdask: error: input not found: missing.tif"
     assert done.stdout.strip() == "False"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_bad_option_is_answered_before_numpy_zarr_or_torch_load(tmp_path: Path) -> None:
+    probe = ("import sys\nfrom lpdask.cli import main\ncode = main(['upscale', 'in.tif', 'out.zarr', '--chunk', '8'])\n"
+             "print(sorted(m for m in ('numpy', 'zarr', 'tifffile', 'torch') if m in sys.modules))\nsys.exit(code)\n")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip() == "lpdask: error: --chunk 8 is out of range (16 to 8192 pixels)"
+    assert done.stdout.strip() == "[]"

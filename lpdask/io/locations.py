@@ -143,3 +143,17 @@ class Location:
         info = self.fs.info(self.path)
         stamp = info.get("LastModified") or info.get("mtime") or info.get("ETag") or ""
         return int(info.get("size") or 0), str(stamp)
+
+
+def find_input(path: str | os.PathLike[str]) -> Location:
+    """The input at ``path``, or the one-line error that it is not there (or cannot be reached)."""
+    from ..errors import LpdaskError
+
+    where = Location.of(path)
+    try:
+        exists = where.exists()
+    except OSError as exc:  # an object store that cannot be reached, or refuses us
+        raise LpdaskError(f"cannot reach input {where}: {exc}") from None
+    if not exists:
+        raise LpdaskError(f"input not found: {where}")
+    return where

@@ -21,7 +21,7 @@ import zarr
 from ..chunks import Box
 from ..errors import LpdaskError
 from ..pixels import check_dtype
-from .locations import Location
+from .locations import Location, find_input
 from .metadata import NGFF_ORDER, ImageMetadata, Photometric
 from .ngff import ome_attributes, zarr_metadata
 
@@ -105,13 +105,8 @@ def open_source(path: str | os.PathLike[str] | Location, series: int = 0, level:
     ``series`` and ``level`` pick a TIFF series and pyramid level (OME-Zarr: a bioformats2raw
     series and a multiscale level); the default is the full-resolution image of the first series.
     """
-    where = Location.of(path)
-    try:
-        exists, folder = where.exists(), where.is_dir()
-    except OSError as exc:  # an object store that cannot be reached, or refuses us
-        raise LpdaskError(f"cannot reach input {where}: {exc}") from None
-    if not exists:
-        raise LpdaskError(f"input not found: {where}")
+    where = find_input(path)
+    folder = where.is_dir()
     if series < 0 or level < 0:
         raise LpdaskError(f"--series {series} and --level {level} must be at least 0")
     if folder:
