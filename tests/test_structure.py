@@ -66,20 +66,23 @@ def test_the_package_has_no_import_cycles() -> None:
     assert cycles == [], "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
 
 
+def answer(folder: Path, *args: str) -> tuple[int, str, list[str]]:
+    """Run the command in a fresh process: its exit code, its stderr, and which of the heavy
+    libraries it had imported by the time it answered."""
+    probe = (f"import sys\nfrom lpdask.cli import main\ncode = main({list(args)!r})\n"
+             "print(sorted(m for m in ('numpy', 'zarr', 'tifffile', 'torch') if m in sys.modules))\nsys.exit(code)\n")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=folder, capture_output=True, text=True, timeout=120)
+    return done.returncode, done.stderr.strip(), ast.literal_eval(done.stdout.strip())
+
+
 def test_a_missing_input_is_answered_before_torch_is_imported(tmp_path: Path) -> None:
-    probe = ("import sys\nfrom lpdask.cli import main\ncode = main(['upscale', 'missing.tif', 'out.zarr'])\n"
-             "print('torch' in sys.modules)\nsys.exit(code)\n")
-    done = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2
-    assert done.stderr.strip() == "lpdask: error: input not found: missing.tif"
-    assert done.stdout.strip() == "False"
+    code, message, loaded = answer(tmp_path, "upscale", "missing.tif", "out.zarr")
+    assert (code, message) == (2, "lpdask: error: input not found: missing.tif")
+    assert "torch" not in loaded
     assert list(tmp_path.iterdir()) == []
 
 
 def test_a_bad_option_is_answered_before_numpy_zarr_or_torch_load(tmp_path: Path) -> None:
-    probe = ("import sys\nfrom lpdask.cli import main\ncode = main(['upscale', 'in.tif', 'out.zarr', '--chunk', '8'])\n"
-             "print(sorted(m for m in ('numpy', 'zarr', 'tifffile', 'torch') if m in sys.modules))\nsys.exit(code)\n")
-    done = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2
-    assert done.stderr.strip() == "lpdask: error: --chunk 8 is out of range (16 to 8192 pixels)"
-    assert done.stdout.strip() == "[]"
+    code, message, loaded = answer(tmp_path, "upscale", "in.tif", "out.zarr", "--chunk", "8")
+    assert (code, message) == (2, "lpdask: error: --chunk 8 is out of range (16 to 8192 pixels)")
+    assert loaded == []
