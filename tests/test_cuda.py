@@ -88,9 +88,10 @@ def test_a_callers_cuda_network_keeps_its_layout(small_net, tmp_path):
     assert_exact(zarr.open_array(str(tmp_path / "out.zarr" / "0"))[:], whole_image(small_net, image))
 
 
-def test_plan_command_states_the_fp16_plan_upscale_runs(tmp_path, small_checkpoint):
+def test_plan_command_states_the_fp16_plan_upscale_runs(capsys, tmp_path, small_checkpoint):
     from .test_planner import plan_and_run
 
     tifffile.imwrite(tmp_path / "in.tif", smooth_image(40, 36, seed=25))
-    plan, runs, used = plan_and_run(tmp_path, small_checkpoint, "in.tif", "--device", "cuda", "--precision", "fp16")
+    plan, runs, used = plan_and_run(capsys, tmp_path, small_checkpoint, "in.tif", "--device", "cuda",
+                                    "--precision", "fp16")
     assert plan == used and runs == 1

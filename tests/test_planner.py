@@ -113,30 +113,36 @@ def test_machine_is_measured_once(tmp_path, monkeypatch):
     planner.measure_machine.cache_clear()
 
 
-def plan_and_run(folder, checkpoint, name: str, *options: str) -> tuple[str, int, str]:
-    """``lpdask plan`` and ``lpdask upscale`` on one input with the same options: the plan each states,
-    and the runs (planes x channel passes) the plan command announces and upscale's summary counts."""
-    env = {**os.environ, "LPDASK_CACHE_DIR": str(folder / "cache")}
+def plan_and_run(capsys, folder, checkpoint, name: str, *options: str) -> tuple[str, int, str]:
+    """``lpdask plan`` and ``lpdask upscale`` on one input with the same options (the command line's
+    entry point, in this process): the plan each states, and the runs (planes x channel passes) the
+    plan command announces and upscale's summary counts."""
+    from lpdask.cli import main
+
     common = ["--model", str(checkpoint), *options]
-    planned = subprocess.run([sys.executable, "-m", "lpdask", "plan", name, *common], cwd=folder, env=env,
-                             capture_output=True, text=True, timeout=300)
-    ran = subprocess.run([sys.executable, "-m", "lpdask", "upscale", name, "out.zarr", *common], cwd=folder, env=env,
-                         capture_output=True, text=True, timeout=300)
-    assert planned.returncode == 0 and ran.returncode == 0, planned.stderr + ran.stderr
-    plan = next(line for line in planned.stdout.splitlines() if line.startswith("plan: "))
-    announced = [int(n) for n in re.findall(r"this input takes (\d+) runs", planned.stdout)] or [1]
-    runs = int(re.search(r" (\d+) runs? x ", ran.stderr).group(1))
-    used = next(line.removeprefix("lpdask: ") for line in ran.stderr.splitlines() if line.startswith("lpdask: plan: "))
-    assert announced == [runs], (planned.stdout, ran.stderr)
+    here = os.getcwd()
+    os.chdir(folder)
+    try:
+        capsys.readouterr()
+        assert main(["plan", name, *common]) == 0, capsys.readouterr()
+        planned = capsys.readouterr().out
+        assert main(["upscale", name, "out.zarr", *common]) == 0, capsys.readouterr()
+        ran = capsys.readouterr().err
+    finally:
+        os.chdir(here)
+    plan = next(line for line in planned.splitlines() if line.startswith("plan: "))
+    announced = [int(n) for n in re.findall(r"this input takes (\d+) runs", planned)] or [1]
+    runs = int(re.search(r" (\d+) runs? x ", ran).group(1))
+    used = next(line.removeprefix("lpdask: ") for line in ran.splitlines() if line.startswith("lpdask: plan: "))
+    assert announced == [runs], (planned, ran)
     return plan, runs, used
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("kind, options, runs", [
     ("rgba", ("--threads", "1", "--max-memory", "2"), 2),  # colour through the network, then alpha as grey
     ("ome", (), 3),  # microscopy: each channel as a grey image
 ])
-def test_plan_command_states_the_plan_upscale_runs(tmp_path, small_checkpoint, kind, options, runs):
+def test_plan_command_states_the_plan_upscale_runs(capsys, tmp_path, small_checkpoint, kind, options, runs):
     image = smooth_image(40, 36, seed=82)
     if kind == "rgba":
         image = np.concatenate([image, image[..., :1]], axis=-1)
@@ -145,15 +151,19 @@ def test_plan_command_states_the_plan_upscale_runs(tmp_path, small_checkpoint, k
         tifffile.imwrite(tmp_path / "in.tif", np.moveaxis(image, -1, 0), ome=True, metadata={"axes": "CYX"})
     else:
         tifffile.imwrite(tmp_path / "in.tif", image)
-    plan, counted, used = plan_and_run(tmp_path, small_checkpoint, "in.tif", "--blocks-per-stage", "1", *options)
+    plan, counted, used = plan_and_run(capsys, tmp_path, small_checkpoint, "in.tif", "--blocks-per-stage", "1",
+                                       *options)
     assert plan == used
     assert counted == runs
 
 
-def test_plan_command_refuses_what_upscale_refuses(tmp_path, small_checkpoint):
+def test_plan_command_refuses_what_upscale_refuses(capsys, monkeypatch, tmp_path, small_checkpoint):
+    from lpdask.cli import main
+
     tifffile.imwrite(tmp_path / "in.tif", smooth_image(20, 20, seed=83))
+    monkeypatch.chdir(tmp_path)
     for command in (["plan", "in.tif"], ["upscale", "in.tif", "out.zarr"]):
-        done = subprocess.run([sys.executable, "-m", "lpdask", *command, "--model", str(small_checkpoint),
-                               "--precision", "fp16", "--device", "cpu"], cwd=tmp_path, capture_output=True,
-                              text=True, timeout=300)
-        assert done.returncode == 2 and "--precision fp16 needs a CUDA device" in done.stderr, done.stderr
+        code = main([*command, "--model", str(small_checkpoint), "--precision", "fp16", "--device", "cpu"])
+        stderr = capsys.readouterr().err
+        assert code == 2 and "--precision fp16 needs a CUDA device" in stderr, stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif"]
