@@ -179,15 +179,23 @@ def _input_changed(source: Source, identity: dict[str, Any]) -> str | None:
         return "vanished"
 
 
-def _check_input(source: Source, identity: dict[str, Any]) -> None:
+def _input_fault(source: Source, identity: dict[str, Any]) -> InputChanged | None:
+    """The fault to raise if the input is not what it was when the job started (one stat)."""
     how = _input_changed(source, identity)
+    if how == "vanished":
+        return InputChanged(f"the input {source.path} vanished during the run; nothing more was written: put it "
+                            f"back as it was and {RESUMES}")
     if how:
-        if how == "vanished":
-            raise InputChanged(f"the input {source.path} vanished during the run; nothing more was written: put it "
-                               f"back as it was and {RESUMES}")
-        raise InputChanged(f"the input {source.path} changed during the run (its size or modification time differ "
-                           "from when it started), so the output would mix two images; nothing more was written: "
-                           "run again with --overwrite to start over from the new input")
+        return InputChanged(f"the input {source.path} changed during the run (its size or modification time differ "
+                            "from when it started), so the output would mix two images; nothing more was written: "
+                            "run again with --overwrite to start over from the new input")
+    return None
+
+
+def _check_input(source: Source, identity: dict[str, Any]) -> None:
+    fault = _input_fault(source, identity)
+    if fault is not None:
+        raise fault
 
 
 def _fault(exc: BaseException, source: Source, identity: dict[str, Any], output: Location, work: WorkFolder,
@@ -196,11 +204,9 @@ def _fault(exc: BaseException, source: Source, identity: dict[str, Any], output:
     failed for want of space or permission."""
     if isinstance(exc, Fault):
         return None
-    if isinstance(exc, Exception) and _input_changed(source, identity):
-        try:
-            _check_input(source, identity)
-        except InputChanged as changed:
-            return changed
+    changed = _input_fault(source, identity) if isinstance(exc, Exception) else None
+    if changed is not None:
+        return changed
     if not isinstance(exc, OSError):
         return None
     where = str(getattr(exc, "lpdask_place", None) or exc.filename or "")
