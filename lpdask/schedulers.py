@@ -35,6 +35,8 @@ class Scheduler(Protocol):
 
     workers: int
     """Chunks computed at once."""
+    in_process: bool
+    """Whether tasks run in this process (so they may call back into it, e.g. to tick progress)."""
 
     def run(self, key: str, task: Task, shared: Any, chunks: Sequence[Chunk], tick: Callable[[], None],
             torch_threads: int = 0) -> None:
@@ -50,6 +52,8 @@ class Scheduler(Protocol):
 
 class Threads:
     """Dask's threaded scheduler in this process."""
+
+    in_process = True
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
@@ -95,8 +99,10 @@ class Cluster:
     """A dask.distributed cluster. The stages are scattered once, not sent with every task, and
     workers fetch them from each other as they need them. A task that fails because its worker
     died is rerun elsewhere by distributed, which is safe because a chunk task always writes the
-    same bytes to the same place; chunks cancelled because the worker holding the scattered stages
-    died are resubmitted with the stages scattered again."""
+    same bytes to the same place; chunks the cluster cancels (as it does when the worker holding
+    the scattered stages dies) are resubmitted, with the stages scattered again where lost."""
+
+    in_process = False
 
     def __init__(self, client: Client, resources: dict[str, float] | None = None, owned: Any = None,
                  torch_threads: int = 0) -> None:
@@ -148,19 +154,24 @@ class Cluster:
                        for i, j in todo}
             lost: list[Chunk] = []
             try:
+                # A task's result is None, so its status says all: gathering it would only fail
+                # when the worker that ran it has died since, though its chunk is written.
                 for future in as_completed(futures):
-                    if future.cancelled() and (lost or self._lost([*scattered, remote])):  # asked once per round
+                    if future.status == "cancelled":
                         lost.append(futures[future])
-                        continue
-                    future.result()
-                    tick()
+                    elif future.status == "error":
+                        future.result()
+                    else:
+                        tick()
             except BaseException:
                 self.client.cancel(list(futures))
                 raise
+            if lost and self._lost([*scattered, remote]):
+                self._shared.pop(id(shared), None)
             rounds = 0 if len(lost) < len(todo) else rounds + 1
             if lost and rounds >= 3:
-                raise LpdaskError(f"the cluster lost the scattered model with a dying worker {rounds} times "
-                                  "in a row, before any chunk finished; check its workers' logs")
+                raise LpdaskError(f"the cluster cancelled every remaining chunk {rounds} times in a row, "
+                                  "before any of them finished; check its workers' logs")
             todo = lost
 
     def compute(self, collection: Any, tick: Callable[[], None] | None = None) -> None:
