@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 from dataclasses import replace
 from typing import Any, Callable
 
@@ -16,6 +17,7 @@ from .device import network_on, resolve_device, resolve_precision
 from .errors import LpdaskError
 from .executors.staged import Mode, Staged, stages_for, whole_stages
 from .executors.lazy import Lazy, denormalise, lazy_pass
+from .executors.stream import Stream
 from .export import TIFF_SUFFIXES
 from .io.locations import Location
 from .io.sources import Source, open_source
@@ -26,7 +28,7 @@ from .models import load_model
 from .models.network import Network
 from .options import AlphaMode, ChannelMode, check_compression, check_executor, check_grid, check_plan_options, check_value_range
 from .pixels import ValueRange, check_dtype
-from .plan import DEFAULT_TILE_PAD, Plan
+from .plan import DEFAULT_TILE_PAD, EXECUTOR_STORAGE, Plan
 from . import runner
 from .runner import Summary
 from .schedulers import Cluster, Threads
@@ -60,7 +62,8 @@ def upscale(
     max_memory: float | None = None,
     progress: bool = False,
     wait: bool = False,
-    executor: str = "staged",
+    executor: str = "auto",
+    strip: int | None = None,
     on_cluster: Callable[[str], None] | None = None,
     on_plan: Callable[[str], None] | None = None,
 ) -> Summary:
@@ -90,12 +93,16 @@ def upscale(
     (disk full, a place not writable, the input changed) raises a :class:`~lpdask.errors.Fault` and
     keeps the finished chunks.
 
-    ``executor`` is how each run is computed: "staged" (stage by stage through the work folder, the
-    default) or "lazy" (one dask graph in memory, as :func:`upscale_array`; nothing to resume from).
+    ``executor`` is how each run is computed: "stream" (tiles of full height streamed row strip by
+    row strip through every stage, ``strip`` rows at a time: no activation stored), "staged" (stage
+    by stage through the work folder), "whole" (the whole network on each chunk, with its full
+    halo), "auto" (the planner's choice among those three, the default; the staged executor when
+    ``chunk`` and ``blocks_per_stage`` are both given without ``strip``), or "lazy" (one dask graph
+    in memory, as :func:`upscale_array`; nothing to resume from).
     """
     start = time.perf_counter()
     check_plan_options(chunk, blocks_per_stage, threads, workers, scheduler, tile_pad)
-    check_executor(executor)
+    executor = check_executor(executor, blocks_per_stage, strip)
     check_output_name(dst)
     with hold(held_places(dst, workdir), wait) as leases:
         source = open_source(src, series, level)
@@ -114,12 +121,12 @@ def upscale(
         stored = None if overwrite else stored_plan(output, work)
         plan, _ = plan_for(net, source, torch_device, mode=mode, chunk=chunk, blocks_per_stage=blocks_per_stage,
                            threads=threads, workers=workers, scheduler=scheduler, work=work.path, max_memory=max_memory,
-                           stored=stored)
+                           stored=stored, executor=executor, strip=strip, output=output)
         if on_plan and plan.seconds:
             on_plan("plan: " + plan.describe())
         network_stages = (whole_stages(net) if plan.storage == "memory"
                           else stages_for(net, mode, plan.blocks_per_stage, tile_pad))
-        check_grid(plan.chunk, net.input_factor, net.scale)
+        check_grid(plan.chunk, net.input_factor, net.scale, plan.strip)
         identity = digest({
             "input": fingerprint(source), "model": model_digest(net), "scale": scale, "mode": mode,
             "tile_pad": tile_pad if mode == "tile" else None, "plan": plan.to_json(),
@@ -130,7 +137,7 @@ def upscale(
         spec = JobSpec(source, output, work, identity, plan, net, network_stages, runs, meta, torch_device, compute,
                        value_range, compression)
         try:
-            executes = Lazy() if executor == "lazy" else Staged()
+            executes = Lazy() if executor == "lazy" else Stream() if plan.storage == "stream" else Staged()
             return runner.run(spec, state, executes, chunks_on, leases, start, progress, on_cluster)
         finally:
             if isinstance(chunks_on, Cluster):
@@ -156,24 +163,51 @@ def _network(model: str | os.PathLike[str] | Network | None, device: torch.devic
 def plan_for(net: Network, source: Source, device: torch.device, *, mode: Mode = "exact", chunk: int | None = None,
              blocks_per_stage: int | None = None, threads: int = 0, workers: int = 0, scheduler: str | None = None,
              work: Location | None = None, max_memory: float | None = None,
-             stored: dict[str, Any] | None = None) -> tuple[Plan, list[Plan]]:
+             stored: dict[str, Any] | None = None, executor: str = "auto", strip: int | None = None,
+             output: Location | None = None) -> tuple[Plan, list[Plan]]:
     """The plan ``upscale`` runs (and ``lpdask plan`` prints) with the alternatives the planner weighed
     (none where the plan was given or resumed): as given, as a resumed job (``stored``) started, or
-    the planner's choice for ``net`` as it will run (device, precision) and ``threads`` / ``workers``."""
+    the planner's choice for ``net`` as it will run (device, precision) and ``threads`` / ``workers``,
+    among the executors ``executor`` allows. Staged plans whose activations would not fit the free
+    space of ``work``'s disk are left out while another plan is possible."""
     if mode == "tile":
         return Plan(chunk or Plan.chunk, 1, "zarr", threads), []
-    if chunk is not None and blocks_per_stage is not None:
+    forced = EXECUTOR_STORAGE.get(executor)
+    if chunk is not None and blocks_per_stage is not None and (strip is not None or forced in (None, "zarr", "memory")):
+        if forced == "stream" or strip is not None:
+            return Plan.given(chunk, blocks_per_stage, threads, strip), []
         return Plan.given(chunk, blocks_per_stage, threads), []
-    if stored and chunk in (None, stored.get("chunk")) and blocks_per_stage in (None, stored.get("blocks_per_stage")):
+    if (stored and chunk in (None, stored.get("chunk")) and blocks_per_stage in (None, stored.get("blocks_per_stage"))
+            and strip in (None, stored.get("strip")) and forced in (None, stored.get("storage", "zarr"))):
         return Plan.from_json(stored, threads), []
-    from .planner import choose
+    from .planner import STORAGES, choose
 
     local = threads or workers or None
+    storages = (forced,) if forced else ("zarr", "memory") if executor == "lazy" else STORAGES
     best, plans = choose(net, source.height, source.width, device, chunk=chunk, blocks_per_stage=blocks_per_stage,
                          workers=local if not scheduler else None,
                          work=work.url if work is not None and work.is_local else None,
-                         memory_budget=int(max_memory) if max_memory else None)
+                         memory_budget=int(max_memory) if max_memory else None, storages=storages, strip=strip,
+                         scratch=scratch_space(work, output, source, net.scale))
     return replace(best, workers=threads or (0 if scheduler or workers else best.workers)), plans
+
+
+def scratch_space(work: Location | None, output: Location | None, source: Source, scale: int) -> int | None:
+    """Bytes free for activations on the work folder's disk, less the output's where it shares that
+    disk (None: not known, as on object stores)."""
+    import shutil
+
+    if work is None or not work.is_local:
+        return None
+    place = _existing(work.local_path)
+    free = shutil.disk_usage(place).free
+    if output is not None and output.is_local and _existing(output.local_path).stat().st_dev == place.stat().st_dev:
+        free -= source.height * source.width * scale**2 * source.channels * source.dtype.itemsize * 4 // 3
+    return max(0, free)
+
+
+def _existing(path: Path) -> Path:
+    return next(p for p in (path, *path.parents) if p.exists())
 
 
 def _scheduler(plan: Plan, device: torch.device, workers: int, address: str | None,

@@ -13,8 +13,8 @@ import click
 from . import __version__
 from .errors import INTERRUPTED, RESUMES, TERMINATED, USAGE, LeaseWarning, LpdaskError, MetadataWarning, PlanWarning
 from .memory import prefer_expandable_segments
-from .options import (ALPHA_MODES, CHANNEL_MODES, COMPRESSIONS, OptionError, check_chunk, check_compression,
-                      check_max_memory, check_plan_options, check_value_range)
+from .options import (ALPHA_MODES, CHANNEL_MODES, COMPRESSIONS, EXECUTORS, OptionError, check_chunk, check_compression,
+                      check_executor, check_max_memory, check_plan_options, check_value_range)
 from .plan import DEFAULT_TILE_PAD, Plan
 from .schedulers import parse_resources
 
@@ -86,6 +86,10 @@ def cli() -> None:
 @click.option("--resources", metavar="NAME=N,...", help="Worker resources each chunk task needs, e.g. GPU=1.")
 @click.option("--compression", type=click.Choice(COMPRESSIONS), default="zlib", show_default=True,
               help="Codec of a TIFF output (jpeg: 8-bit only).")
+@click.option("--executor", type=click.Choice(EXECUTORS[:-1]), default="auto", show_default=True,
+              help="stream: tiles streamed in row strips, nothing stored between stages. staged: stage by stage "
+                   "through the work folder. whole: the whole network on each chunk. auto: the planner's choice.")
+@click.option("--strip", type=int, default=None, help="Rows per strip when streaming [default: the planner's choice].")
 @click.option("--wait", is_flag=True, help="If another run holds OUTPUT, wait for it to end instead of exiting.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def upscale_command(input: str, output: str, model: str | None, chunk: int | None, blocks_per_stage: int | None,
@@ -93,7 +97,8 @@ def upscale_command(input: str, output: str, model: str | None, chunk: int | Non
                     threads: int, device: str, precision: str, workdir: str | None, overwrite: bool, mode: str,
                     tile_pad: int, series: int, level: int, channels: str, alpha: str,
                     value_range: tuple[float, float] | None, workers: int, scheduler: str | None,
-                    resources: str | None, compression: str, wait: bool, quiet: bool) -> None:
+                    resources: str | None, compression: str, executor: str, strip: int | None, wait: bool,
+                    quiet: bool) -> None:
     """Super-resolve INPUT (TIFF, OME-TIFF, GeoTIFF, Zarr, OME-Zarr) into OUTPUT: an OME-Zarr
     (.zarr) or a tiled pyramidal TIFF (.tif, .ome.tif).
 
@@ -104,6 +109,7 @@ def upscale_command(input: str, output: str, model: str | None, chunk: int | Non
     left, 4 a place not writable, 5 the input changed during the run, 130 SIGINT, 143 SIGTERM."""
     # Check what needs no torch first, so mistakes are answered before the slow imports.
     check_plan_options(chunk, blocks_per_stage, threads, workers, scheduler, tile_pad)
+    check_executor(executor, blocks_per_stage, strip)
     check_max_memory(max_memory)
     check_value_range(value_range)
     needs = parse_resources(resources)
@@ -129,6 +135,7 @@ def upscale_command(input: str, output: str, model: str | None, chunk: int | Non
                           mode=mode, tile_pad=tile_pad, series=series, level=level, channels=channels,  # type: ignore[arg-type]
                           alpha=alpha, value_range=value_range, workers=workers, scheduler=scheduler,  # type: ignore[arg-type]
                           resources=needs, compression=compression, progress=not quiet, wait=wait,
+                          executor=executor, strip=strip,
                           max_memory=max_memory * 1e9 if max_memory else None,
                           on_plan=None if quiet else lambda text: click.echo(f"lpdask: {text}", err=True),
                           on_cluster=lambda link: click.echo(f"Dask dashboard: {link}", err=True))
@@ -154,14 +161,18 @@ def upscale_command(input: str, output: str, model: str | None, chunk: int | Non
 @click.option("--workers", type=int, default=0, show_default=True, help="Worker processes of a local cluster.")
 @click.option("--workdir", metavar="DIR", help="Where the work folder would go (its disk speed is measured) "
                                                "[default: beside INPUT, where an output beside it puts it].")
+@click.option("--executor", type=click.Choice(EXECUTORS[:-1]), default="auto", show_default=True,
+              help="Plan only for this executor, as for upscale.")
+@click.option("--strip", type=int, default=None, help="Fix the strip height of a streaming plan.")
 @click.option("--top", type=int, default=8, show_default=True, help="How many alternatives to list.")
 def plan_command(input: str, model: str | None, device: str, precision: str, series: int, level: int, channels: str,
                  alpha: str, chunk: int | None, blocks_per_stage: int | None, max_memory: float | None, threads: int,
-                 workers: int, workdir: str | None, top: int) -> None:
-    """Print the plan `lpdask upscale` would use for INPUT with the same options (chunk, stage grouping,
-    where activations live) with its predicted time, compute overhead, bytes written and peak memory,
-    and the alternatives it weighed."""
+                 workers: int, workdir: str | None, executor: str, strip: int | None, top: int) -> None:
+    """Print the plan `lpdask upscale` would use for INPUT with the same options (executor, chunk or
+    tile, strip, stage grouping) with its predicted time, compute overhead, scratch space and peak
+    memory; the best plan of each executor; and the alternatives it weighed."""
     check_plan_options(chunk, blocks_per_stage, threads, workers)
+    executor = check_executor(executor, blocks_per_stage, strip)
     check_max_memory(max_memory)
     from .channels import passes, photometric_of
     from .io.sources import open_source
@@ -169,24 +180,41 @@ def plan_command(input: str, model: str | None, device: str, precision: str, ser
     source = open_source(input, series, level)
     runs = source.plane_count * len(passes(source.channels, photometric_of(source.channels, channels,  # type: ignore[arg-type]
                                                                            source.photometric), alpha))  # type: ignore[arg-type]
-    from .api import network_for, plan_for
+    from .api import network_for, plan_for, scratch_space
     from .io.locations import Location
+    from .plan import EXECUTOR_STORAGE
     from .planner import measure_machine
 
     net, torch_device = network_for(model, device, precision)
     work = Location.of(workdir) if workdir else Location.of(input).parent
     budget = int(max_memory * 1e9) if max_memory else None
     best, plans = plan_for(net, source, torch_device, chunk=chunk, blocks_per_stage=blocks_per_stage, threads=threads,
-                           workers=workers, work=work, max_memory=budget)
+                           workers=workers, work=work, max_memory=budget, executor=executor, strip=strip)
     click.echo(f"{input}: {source.height} x {source.width} px, {source.channels} channel(s), {source.plane_count} plane(s)")
     click.echo(f"plan: {best.describe()}")
     if runs > 1:
         click.echo(f"  (per run; this input takes {runs} runs: planes x channel passes)")
-    if plans:
-        click.echo("alternatives (fastest first; * over the memory budget):")
-        limit = measure_machine(torch_device.type, work.url if work.is_local else None, budget).memory_budget
-        for estimate in plans[:top]:
-            click.echo(f" {'*' if estimate.peak_memory > limit else ' '} {estimate.describe()}")
+    if not plans:
+        return
+    limit = measure_machine(torch_device.type, work.url if work.is_local else None, budget).memory_budget
+    free = scratch_space(work, None, source, net.scale)
+
+    def mark(e: Plan) -> str:
+        return "!" if free is not None and e.scratch_bytes > free else "*" if e.peak_memory > limit else " "
+
+    click.echo("best of each executor (* over the memory budget, ! more scratch than the work folder's "
+               f"disk has{f': {free / 1e9:.1f} GB free' if free is not None else ''}):")
+    for name, storage in EXECUTOR_STORAGE.items():
+        own = [e for e in plans if e.storage == storage]
+        if own:
+            pick = min(own, key=lambda e: (mark(e) != " ", e.seconds))
+            click.echo(f" {mark(pick)} {pick.describe()}")
+    if any(mark(e) == "!" for e in plans) and best.storage != "zarr":
+        click.echo(f"the staged executor's activations need more scratch than the {free / 1e9:.1f} GB free where "
+                   "the work folder goes, so the plan streams instead")
+    click.echo("alternatives (fastest first):")
+    for estimate in plans[:top]:
+        click.echo(f" {mark(estimate)} {estimate.describe()}")
 
 
 @cli.command(name="export")

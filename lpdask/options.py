@@ -21,7 +21,7 @@ ChannelMode = Literal["auto", "rgb", "rgba", "separate"]
 AlphaMode = Literal["network", "nearest", "bilinear"]
 CHANNEL_MODES = ("auto", "rgb", "rgba", "separate")
 ALPHA_MODES = ("network", "nearest", "bilinear")
-EXECUTORS = ("staged", "lazy")
+EXECUTORS = ("auto", "stream", "staged", "whole", "lazy")
 ValueRange = tuple[float, float]
 
 
@@ -60,6 +60,12 @@ def check_chunk(chunk: int) -> int:
     if not MIN_CHUNK <= chunk <= MAX_CHUNK:
         raise OptionError("chunk", chunk, f"is out of range ({MIN_CHUNK} to {MAX_CHUNK} pixels)")
     return chunk
+
+
+def check_strip(strip: int) -> int:
+    if not 1 <= strip <= MAX_CHUNK:
+        raise OptionError("strip", strip, f"is out of range (1 to {MAX_CHUNK} rows)")
+    return strip
 
 
 def check_grouping(blocks_per_stage: int) -> int:
@@ -113,11 +119,12 @@ def check_compression(compression: str, dtype: np.dtype) -> None:
         raise OptionError("compression", compression, f"needs 8-bit pixels; this image is {np.dtype(dtype)}")
 
 
-def check_grid(chunk: int, input_factor: int, scale: int) -> None:
-    """Chunks of pixel-unshuffle models must hold whole unshuffle cells."""
-    if chunk % input_factor:
-        raise OptionError("chunk", chunk, f"must be a multiple of {input_factor} for this x{scale} model "
-                                          f"(it pixel-unshuffles by {input_factor})")
+def check_grid(chunk: int, input_factor: int, scale: int, strip: int = 0) -> None:
+    """Chunks (and strips) of pixel-unshuffle models must hold whole unshuffle cells."""
+    for option, value in (("chunk", chunk), ("strip", strip)):
+        if value % input_factor:
+            raise OptionError(option, value, f"must be a multiple of {input_factor} for this x{scale} model "
+                                             f"(it pixel-unshuffles by {input_factor})")
 
 
 def check_plan_options(chunk: int | None, blocks_per_stage: int | None, threads: int = 0, workers: int = 0,
@@ -132,7 +139,19 @@ def check_plan_options(chunk: int | None, blocks_per_stage: int | None, threads:
     check_tile_pad(tile_pad)
 
 
-def check_executor(executor: str) -> str:
+def check_executor(executor: str, blocks_per_stage: int | None = None, strip: int | None = None) -> str:
+    """The executor, agreeing with the plan options given: ``strip`` is streaming's, and
+    ``blocks_per_stage`` 0 (the whole network as one stage) is the ``whole`` executor's."""
     if executor not in EXECUTORS:
         raise OptionError("executor", executor, f"is not one of {', '.join(EXECUTORS)}")
-    return executor
+    if strip is not None:
+        check_strip(strip)
+        if executor not in ("auto", "stream"):
+            raise OptionError("strip", strip, f"needs {{executor}} stream or auto, not {{executor}} {executor}")
+    if blocks_per_stage == 0 and executor not in ("auto", "whole", "lazy"):
+        raise OptionError("blocks_per_stage", 0, "(the whole network as one stage) is {executor} whole, "
+                          f"not {{executor}} {executor}")
+    if blocks_per_stage and executor == "whole":
+        raise OptionError("blocks_per_stage", blocks_per_stage, "does not apply to {executor} whole "
+                          "(the whole network as one stage)")
+    return "stream" if strip is not None and executor == "auto" else executor

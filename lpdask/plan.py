@@ -8,33 +8,38 @@ import os
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .options import MAX_CHUNK, MIN_CHUNK, check_chunk, check_grouping, check_threads
+from .options import MAX_CHUNK, MIN_CHUNK, check_chunk, check_grouping, check_strip, check_threads
 
 GPU_CHUNKS = 2
 DEFAULT_TILE_PAD = 10
 """Real-ESRGAN's default ``tile_pad``, for tile mode."""
-Storage = Literal["zarr", "memory"]
+Storage = Literal["zarr", "memory", "stream"]
+EXECUTOR_STORAGE: dict[str, Storage] = {"staged": "zarr", "whole": "memory", "stream": "stream"}
+"""What each ``--executor`` forces (``auto``: the planner weighs all three)."""
 
-__all__ = ["DEFAULT_TILE_PAD", "GPU_CHUNKS", "MAX_CHUNK", "MIN_CHUNK", "Plan", "Storage"]
+__all__ = ["DEFAULT_TILE_PAD", "EXECUTOR_STORAGE", "GPU_CHUNKS", "MAX_CHUNK", "MIN_CHUNK", "Plan", "Storage"]
 
 
 @dataclass(frozen=True)
 class Plan:
     """How a job is cut up, and the planner's prediction of its cost (zeros where the plan was given).
 
-    chunk: side of a chunk in input pixels.
+    chunk: side of a chunk in input pixels; streaming: width of a tile (a full-height column band).
     blocks_per_stage: RRDBs per trunk stage (Compact nets: 15 convs); 0 runs the whole network as
         one stage with its full halo.
-    storage: "zarr": stages pass activations through the work folder; "memory": the whole network
-        is one stage, so nothing is stored between stages.
-    workers: chunks computed at once (0: one per CPU core, or two per GPU); torch gets the cores
-        divided among them.
+    storage: "zarr" (the staged executor): stages pass activations through the work folder;
+        "memory": the whole network is one stage, so nothing is stored between stages; "stream":
+        tiles stream row strips through every stage, activations held in memory only while needed.
+    workers: chunks (tiles) computed at once (0: one per CPU core, or two per GPU, one tile per
+        GPU); torch gets the cores divided among them.
+    strip: streaming: rows (input pixels) each stage computes at a time.
     """
 
     chunk: int = 256
     blocks_per_stage: int = 1
     storage: Storage = "zarr"
     workers: int = 0
+    strip: int = 0
     stages: int = 0
     chunks: int = 0
     seconds: float = 0.0
@@ -46,36 +51,59 @@ class Plan:
     peak_memory: int = 0
     read_amplification: float = 1.0
     """Bytes read from work arrays over the bytes of the windows asked for."""
+    scratch_bytes: int = 0
+    """Work-folder space the activations need at most (none when nothing is stored)."""
 
     def __post_init__(self) -> None:
         check_chunk(self.chunk)
         check_grouping(self.blocks_per_stage)
         check_threads(self.workers)
+        if self.storage == "stream":
+            check_strip(self.strip)
 
     @classmethod
-    def given(cls, chunk: int, blocks_per_stage: int, workers: int = 0) -> Plan:
-        """A plan the user fixed: the whole network as one stage keeps nothing between stages."""
+    def given(cls, chunk: int, blocks_per_stage: int, workers: int = 0, strip: int | None = None) -> Plan:
+        """A plan the user fixed: streamed when ``strip`` is given; otherwise staged, or the whole
+        network as one stage (which keeps nothing between stages) for ``blocks_per_stage`` 0."""
+        if strip:
+            return cls(chunk, max(1, blocks_per_stage), "stream", workers, strip)
         return cls(chunk, blocks_per_stage, "memory" if blocks_per_stage == 0 else "zarr", workers)
+
+    @property
+    def executor(self) -> str:
+        """The ``--executor`` that runs this plan."""
+        return next(name for name, storage in EXECUTOR_STORAGE.items() if storage == self.storage)
 
     def to_json(self) -> dict[str, Any]:
         """What the job's identity records: the parts that change the result's bytes on disk."""
-        return {"chunk": self.chunk, "blocks_per_stage": self.blocks_per_stage, "storage": self.storage}
+        own = {"chunk": self.chunk, "blocks_per_stage": self.blocks_per_stage, "storage": self.storage}
+        return {**own, "strip": self.strip} if self.storage == "stream" else own
 
     @classmethod
     def from_json(cls, fields: dict[str, Any], workers: int = 0) -> Plan:
-        return cls(int(fields["chunk"]), int(fields["blocks_per_stage"]), fields.get("storage", "zarr"), workers)
+        return cls(int(fields["chunk"]), int(fields["blocks_per_stage"]), fields.get("storage", "zarr"), workers,
+                   int(fields.get("strip", 0)))
 
     def chunks_at_once(self, device_type: str) -> int:
-        """As asked, else one per core on a CPU and two per GPU (one chunk's reads and writes overlap
-        the other's compute; the kernels themselves queue on one stream)."""
+        """As asked, else one per core on a CPU; on a GPU two chunks (one chunk's reads and writes
+        overlap the other's compute; the kernels themselves queue on one stream), or one tile
+        (whose writer thread overlaps its compute)."""
         if self.workers:
             return self.workers
-        return GPU_CHUNKS if device_type == "cuda" else os.cpu_count() or 1
+        if device_type == "cuda":
+            return 1 if self.storage == "stream" else GPU_CHUNKS
+        return os.cpu_count() or 1
 
     def describe(self) -> str:
         grouping = "whole network, one stage" if self.storage == "memory" else f"{self.blocks_per_stage} per stage"
-        return (f"chunk {self.chunk}, blocks {grouping} ({self.stages} stages), {self.chunks} chunks on "
-                f"{self.workers} worker{'s' if self.workers > 1 else ''}: predicted {self.seconds:.1f} s "
-                f"(compute {self.compute_seconds:.1f} s, activation I/O {self.io_seconds:.1f} s), compute x"
-                f"{self.compute_overhead:.3f} of whole-image, {self.bytes_written / 1e9:.2f} GB written, "
-                f"peak memory {self.peak_memory / 2**30:.2f} GiB, read amplification {self.read_amplification:.2f}")
+        workers = f"{self.workers} worker{'s' if self.workers > 1 else ''}"
+        if self.storage == "stream":
+            cut = (f"stream: tiles {self.chunk} px wide in strips of {self.strip} rows, blocks {grouping} "
+                   f"({self.stages} stages), {self.chunks} tile{'s' if self.chunks > 1 else ''} on {workers}")
+        else:
+            cut = (f"{self.executor}: chunk {self.chunk}, blocks {grouping} ({self.stages} stages), "
+                   f"{self.chunks} chunks on {workers}")
+        return (f"{cut}: predicted {self.seconds:.1f} s (compute {self.compute_seconds:.1f} s, activation I/O "
+                f"{self.io_seconds:.1f} s), compute x{self.compute_overhead:.3f} of whole-image, scratch "
+                f"{self.scratch_bytes / 1e9:.2f} GB, peak memory {self.peak_memory / 2**30:.2f} GiB, "
+                f"read amplification {self.read_amplification:.2f}")

@@ -262,9 +262,103 @@ def estimate(costs: Sequence[StageCost], height: int, width: int, chunk: int, ma
     io = written / machine.write_bytes_per_s + read / machine.read_bytes_per_s
     peak = int(workers * largest_window + model_bytes * (2 if storage == "memory" else 1)
                + (GPU_ALLOWANCE if gpu else PROCESS_MEMORY))
+    stored = sorted(stage.written * rows * f * cols * f for stage, f in zip(costs, factors(costs)))
     return Plan(chunk, blocks_per_stage, storage, workers, stages=len(costs), chunks=n, seconds=compute + io,  # type: ignore[arg-type]
                 compute_seconds=compute, io_seconds=io, compute_overhead=macs / whole if whole else 1.0,
-                bytes_written=int(written), peak_memory=peak, read_amplification=read / asked if asked else 1.0)
+                bytes_written=int(written), peak_memory=peak, read_amplification=read / asked if asked else 1.0,
+                scratch_bytes=int(sum(stored[-3:])))
+
+
+STRIPS = (16, 32, 64, 128, 256, 512)
+"""Strip heights (input pixels) streaming plans try."""
+STEP_SECONDS = 0.002
+"""Fixed cost of one stage strip when streaming (torch dispatch, slicing, concatenating rows)."""
+DRY_ROWS = 2048
+"""Streaming schedules are simulated on at most this many rows (on the stages' grid) and
+extrapolated: past the network's reach, every further strip costs the same."""
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """A dry run of a tile's row schedule: each stage's window rows in all, and the rows of every
+    array held at each step."""
+
+    names: list[str]
+    held: np.ndarray
+    """(steps, arrays) rows held."""
+    window_rows: np.ndarray
+    """Per stage: the rows of all its windows, over the dry run's rows."""
+    largest_window: np.ndarray
+    """Per stage: its tallest window."""
+    steps: int
+    rows: int
+
+
+@lru_cache(maxsize=64)
+def _dry_run(stages: tuple[Stage, ...], rows: int, strip: int) -> _Rows:
+    from .executors.stream import Drop, Read, heights, schedule
+
+    names = list(heights(stages, rows))
+    index = {name: k for k, name in enumerate(names)}
+    done, first = np.zeros(len(names), np.int64), np.zeros(len(names), np.int64)
+    held, window_rows, tallest, steps = [], np.zeros(len(stages)), np.zeros(len(stages)), 0
+    for step in schedule(stages, rows, strip):
+        if isinstance(step, Read):
+            done[index[IMAGE]] = step.stop
+        elif isinstance(step, Drop):
+            first[index[step.name]] = step.row
+        else:
+            stage = stages[step.index]
+            size = step.window_stop - step.window_start
+            window_rows[step.index] += size
+            tallest[step.index] = max(tallest[step.index], size)
+            if step.index < len(stages) - 1:  # the last stage's rows go to the output
+                done[index[stage.name]] = step.stop * stage.scale
+            steps += 1
+        held.append(done - first)
+    return _Rows(names, np.array(held), window_rows, tallest, steps, rows)
+
+
+def estimate_stream(costs: Sequence[StageCost], stages: Sequence[Stage], height: int, width: int, tile: int,
+                    strip: int, machine: Machine, *, blocks_per_stage: int, image_channels: int,
+                    input_factor: int = 1, model_bytes: int = 0, workers: int | None = None,
+                    itemsize: int = 4) -> Plan:
+    """Predict the cost of streaming ``stages`` (profiled as ``costs``) over a ``height`` x ``width``
+    image in tiles ``tile`` wide and strips ``strip`` high (input pixels)."""
+    from .executors.stream import band_columns
+
+    d = input_factor
+    rows, cols = unshuffled(height, width, d)
+    width_d, strip_d = tile // d, max(1, strip // d)
+    tiles = [(x0, min(cols, x0 + width_d)) for x0 in range(0, cols, width_d)]
+    dry = _dry_run(tuple(stages), min(rows, DRY_ROWS), strip_d)
+    stretch = rows / dry.rows
+    gpu = machine.device_type == "cuda"
+    workers = workers or (1 if gpu else min(machine.cores, len(tiles)))
+    channels = {IMAGE: image_channels, **{stage.name: stage.channels for stage in stages}}
+    macs = whole = 0.0
+    peak_tile = 0.0
+    for x0, x1 in (tiles if len(tiles) <= 3 else [tiles[0], tiles[1], tiles[-1]]):
+        columns = band_columns(stages, cols, x0, x1)
+        weight = 1 if len(tiles) <= 3 or x0 in (tiles[0][0], tiles[-1][0]) else len(tiles) - 2
+        widths = np.array([(columns.arrays[n][1] - columns.arrays[n][0]) * channels[n] for n in dry.names])
+        working = max(cost.memory * tall * (w1 - w0)
+                      for cost, tall, (w0, w1) in zip(costs, dry.largest_window, columns.windows))
+        peak_tile = max(peak_tile, float((dry.held @ widths).max()) * itemsize + working)
+        for cost, window_rows, (w0, w1) in zip(costs, dry.window_rows, columns.windows):
+            macs += weight * cost.macs * window_rows * stretch * (w1 - w0)
+    for cost, f in zip(costs, factors(costs)):
+        whole += cost.macs * rows * f * cols * f
+    threads = max(1, machine.cores // workers)
+    speed = machine.macs_per_core * workers * threads * (machine.parallel_efficiency if threads > 1 else 1.0)
+    imbalance = math.ceil(len(tiles) / workers) * workers / len(tiles)
+    if gpu:
+        speed, imbalance = machine.macs_per_core, 1.0
+    compute = macs / speed * imbalance + STEP_SECONDS * dry.steps * stretch * len(tiles) / workers
+    peak = int(workers * peak_tile + model_bytes + (GPU_ALLOWANCE if gpu else PROCESS_MEMORY))
+    return Plan(tile, blocks_per_stage, "stream", workers, strip, stages=len(costs), chunks=len(tiles),
+                seconds=compute, compute_seconds=compute, compute_overhead=macs / whole if whole else 1.0,
+                peak_memory=peak)
 
 
 def _extent_sum(length: int, chunk: int, halo: int, granule: int = 1) -> float:
@@ -277,53 +371,93 @@ def _extent_sum(length: int, chunk: int, halo: int, granule: int = 1) -> float:
     return float((hi - lo).sum())
 
 
+STORAGES = ("zarr", "memory", "stream")
+STREAM_GROUPINGS = 2
+"""How many of a network's finest groupings streaming plans try."""
+TILES = (*CHUNKS, 6144, 8192)
+"""Tile widths streaming plans try."""
+
+
 def choose(net: Network, height: int, width: int, device: torch.device, *, chunk: int | None = None,
            blocks_per_stage: int | None = None, workers: int | None = None, work: str | None = None,
-           memory_budget: int | None = None, inner: int = 0) -> tuple[Plan, list[Plan]]:
+           memory_budget: int | None = None, inner: int = 0, storages: Sequence[str] = STORAGES,
+           strip: int | None = None, scratch: int | None = None) -> tuple[Plan, list[Plan]]:
     """The plan to use, and every plan considered for this image (fastest first). ``chunk`` /
-    ``blocks_per_stage`` fix that part of the plan.
+    ``blocks_per_stage`` / ``strip`` fix that part of the plan, ``storages`` the executors weighed
+    (:data:`lpdask.plan.EXECUTOR_STORAGE`). Staged plans whose activations need more than ``scratch``
+    bytes (the work folder's free space; None: not checked) are left out while any other plan is left.
 
-    The chunk and grouping are picked for an image of at least ``REFERENCE`` px a side (the fastest
-    that fits the budget, or the least memory among those within ``NEAR`` of it), then used on
-    this one; an image that fits in one such chunk may instead run the whole network as one stage
-    if that is faster and needs no more memory. So a larger image never takes more memory."""
+    The chunk (tile), grouping, strip and chunks at once are picked for an image of ``REFERENCE`` px a
+    side (the fastest that fits the budget, or the least memory among those within ``NEAR`` of it),
+    then used on this one; an image that fits in one such chunk may instead run the whole network as
+    one stage if that is faster and needs no more memory. So a larger image never takes more memory."""
     machine = measure_machine(device.type, work, memory_budget)
     model_bytes = sum(p.numel() * p.element_size() for p in net.parameters())  # type: ignore[attr-defined]
     image_channels = net.in_channels * net.input_factor**2
+    itemsize = next((p.element_size() for p in net.parameters()), 4)  # type: ignore[attr-defined]
     d = net.input_factor
     groupings: list[tuple[int, str, list[Stage]]] = []
-    seen = set()
     tried = getattr(net, "groupings", lambda: DEFAULT_GROUPINGS)()
-    for k in ([] if blocks_per_stage == 0 else [blocks_per_stage] if blocks_per_stage else tried):
-        stages = net.stages(k)
-        if len(stages) not in seen:
-            seen.add(len(stages))
-            groupings.append((k, "zarr", stages))
-    if not blocks_per_stage:
+    for storage in ("zarr", "stream"):
+        if storage not in storages:
+            continue
+        seen = set()
+        # streaming pays each stage's halo again per strip: only the finest cuts are worth pricing
+        cuts = tried if storage == "zarr" else tried[:STREAM_GROUPINGS]
+        for k in ([] if blocks_per_stage == 0 else [blocks_per_stage] if blocks_per_stage else cuts):
+            stages = net.stages(k)
+            if len(stages) not in seen:
+                seen.add(len(stages))
+                groupings.append((k, storage, stages))
+    if "memory" in storages and not blocks_per_stage:
         groupings.append((0, "memory", whole_stages(net)))
-    profiled = [(k, storage, profile(stages, image_channels, device)) for k, storage, stages in groupings]
+    profiles: dict[int, list[StageCost]] = {}
+    profiled = [(k, storage, stages, profiles.get(k) or profiles.setdefault(k, profile(stages, image_channels, device)))
+                for k, storage, stages in groupings]
 
-    def sizes(side: int) -> list[int]:
+    def sizes(side: int, tried: Sequence[int] = CHUNKS) -> list[int]:
         if chunk:
             return [chunk]
-        return [c for c in CHUNKS if MIN_CHUNK <= c <= MAX_CHUNK and c % d == 0
-                and (c < side or c == min(x for x in CHUNKS if x >= min(side, CHUNKS[-1])))]
+        options = [c for c in tried if MIN_CHUNK <= c <= MAX_CHUNK and c % d == 0]
+        return [c for c in options if c < side or c == min(x for x in options if x >= min(side, options[-1]))]
+
+    def strips(h: int) -> list[int]:
+        return [strip] if strip else [x for x in STRIPS if x % d == 0 and x < h] or [STRIPS[0]]
 
     def plans_for(h: int, w: int) -> list[Plan]:
-        plans = [estimate(costs, h, w, c, machine, blocks_per_stage=k, storage=storage, input_factor=d,
-                          model_bytes=model_bytes, workers=workers, inner=inner)
-                 for k, storage, costs in profiled for c in sizes(max(h, w))]
+        plans = []
+        for k, storage, stages, costs in profiled:
+            if storage == "stream":
+                at_once = [workers] if workers else range(1, (1 if machine.device_type == "cuda" else machine.cores) + 1)
+                plans += [estimate_stream(costs, stages, h, w, c, x, machine, blocks_per_stage=k,
+                                          image_channels=image_channels, input_factor=d, model_bytes=model_bytes,
+                                          workers=n, itemsize=itemsize)
+                          for c in sizes(w, TILES) for x in strips(h) for n in at_once]
+            else:
+                plans += [estimate(costs, h, w, c, machine, blocks_per_stage=k, storage=storage, input_factor=d,
+                                   model_bytes=model_bytes, workers=workers, inner=inner)
+                          for c in sizes(max(h, w))]
         return sorted(plans, key=lambda e: (e.seconds, e.peak_memory))
 
     plans = plans_for(height, width)
-    large = plans if min(height, width) >= REFERENCE else plans_for(max(height, REFERENCE), max(width, REFERENCE))
-    reference = _pick(large, machine.memory_budget)
-    here = sizes(max(height, width))
-    fitted = reference.chunk if reference.chunk in here else here[-1]  # the image is smaller than that chunk
-    best = next(e for e in plans if (e.chunk, e.blocks_per_stage, e.storage)
-                == (fitted, reference.blocks_per_stage, reference.storage))
+    feasible = plans
+    if scratch is not None and any(e.scratch_bytes <= scratch for e in plans):
+        feasible = [e for e in plans if e.scratch_bytes <= scratch]
+    kinds = {(e.storage, e.blocks_per_stage) for e in feasible}
+    large = plans if (height, width) == (REFERENCE, REFERENCE) else plans_for(REFERENCE, REFERENCE)
+    reference = _pick([e for e in large if (e.storage, e.blocks_per_stage) in kinds], machine.memory_budget)
+
+    def fitted(e: Plan) -> tuple[object, ...]:
+        """``e``'s shape cut to this image, which may be smaller than its chunk (tile) or strip."""
+        here = sizes(width, TILES) if e.storage == "stream" else sizes(max(height, width))
+        rows = strips(height) if e.storage == "stream" else [0]
+        return (e.chunk if e.chunk in here else here[-1], e.blocks_per_stage, e.storage,
+                e.strip if e.strip in rows else rows[-1], e.workers)
+
+    same = [e for e in feasible if _shape(e)[:4] == fitted(reference)[:4]]  # as many at once where possible
+    best = next((e for e in same if e.workers == reference.workers), same[0])
     if max(height, width) <= reference.chunk:
-        whole = [e for e in plans if e.storage == "memory" and e.chunk == fitted
+        whole = [e for e in feasible if e.storage == "memory" and _shape(e) == fitted(e)
                  and e.seconds < best.seconds and e.peak_memory <= reference.peak_memory]
         best = whole[0] if whole else best
     if best.peak_memory > machine.memory_budget:
@@ -331,6 +465,12 @@ def choose(net: Network, height: int, width: int, device: torch.device, *, chunk
                       f"needing the least, predicted {best.peak_memory / 2**30:.2f} GiB (chunk {best.chunk})",
                       PlanWarning, stacklevel=2)
     return best, plans
+
+
+def _shape(plan: Plan) -> tuple[object, ...]:
+    """What a plan is, apart from the image it was priced for: the size of one chunk (tile) and of
+    its strips, the grouping, the executor and the chunks at once."""
+    return plan.chunk, plan.blocks_per_stage, plan.storage, plan.strip, plan.workers
 
 
 def _pick(plans: list[Plan], budget: int) -> Plan:

@@ -21,6 +21,7 @@ class Bars:
                         disable=disable, position=0, bar_format=
                         "{desc:<22}{percentage:3.0f}%|{bar}| {elapsed}<{remaining}")
         self.disable = disable
+        self.chunks = chunks
         self.stage: tqdm | None = None
         self.run, self.label = 0, ""
 
@@ -28,14 +29,20 @@ class Bars:
         """Begin run number ``run``; ``label`` names its plane and channels."""
         self.run, self.label = run, label
 
-    def __call__(self, index: int, stage: Stage, chunks: int) -> Callable[[], None]:
+    def __call__(self, index: int | None, stage: Stage, chunks: int) -> Callable[[], None]:
+        """The tick of stage ``index`` (None: every stage at once, as streaming runs them), done in
+        ``chunks`` steps."""
         if self.stage is not None:
             self.stage.close()
         weights = self.runs[self.run]
-        label = f"{self.label + ' ' if self.label else ''}stage {index + 1}/{len(weights)} {stage.name}"
-        self.stage = tqdm(total=chunks, desc=f"{label:<22}", unit="chunk", leave=False,
+        if index is None:
+            label = f"{self.label + ' ' if self.label else ''}all {len(weights)} stages"
+            unit, step = "strip", sum(weights) * self.chunks / max(1, chunks)
+        else:
+            label = f"{self.label + ' ' if self.label else ''}stage {index + 1}/{len(weights)} {stage.name}"
+            unit, step = "chunk", weights[index]
+        self.stage = tqdm(total=chunks, desc=f"{label:<22}", unit=unit, leave=False,
                           disable=self.disable, position=1)
-        step = weights[index]
 
         def tick() -> None:
             assert self.stage is not None

@@ -60,6 +60,8 @@ class Summary:
     already_complete: bool = False
     worker_peak_memory_bytes: tuple[int, ...] = ()
     """Each worker's peak, for a local cluster the call started (counted in ``peak_memory_bytes``)."""
+    executor: str = "staged"
+    """What computed it (``chunks`` are tiles when it streamed)."""
 
     @property
     def megapixels_per_second(self) -> float:
@@ -68,10 +70,12 @@ class Summary:
     def __str__(self) -> str:
         if self.already_complete:
             return f"{self.output} is already complete for this input, model and options; nothing to do"
-        resumed = f" (resumed: {self.computed_chunks} chunk tasks recomputed)" if self.resumed else ""
+        unit = "tile" if self.executor == "stream" else "chunk"
+        resumed = f" (resumed: {self.computed_chunks} {unit} tasks recomputed)" if self.resumed else ""
         return (f"wrote {self.output} {self.output_shape} in {self.seconds:.1f} s: "
                 f"{self.input_megapixels:.3f} input megapixels, {self.megapixels_per_second:.4f} MP/s, "
-                f"{self.runs} run{'s' if self.runs > 1 else ''} x {self.stages} stages x {self.chunks} chunks, "
+                f"{self.runs} run{'s' if self.runs > 1 else ''} x {self.stages} stages x {self.chunks} {unit}{'s' if self.chunks > 1 else ''}"
+                f"{' streamed' if self.executor == 'stream' else ''}, "
                 f"{self.levels} pyramid levels, "
                 f"peak memory {self.peak_memory_bytes / 2**20:.0f} MiB{resumed}")
 
@@ -87,8 +91,8 @@ def run(spec: JobSpec, state: State, executor: Executor, scheduler: Threads | Cl
                        peak_bytes(), 0, already_complete=True)
     _warn_dropped(meta, as_tiff)
     resumed = state == "resume" and work.identity() == identity["digest"]
-    need = {work.path: _work_bytes(network_stages, source, spec.network.input_factor, as_tiff, shape,
-                                   storage_dtype(spec.precision).itemsize),
+    need = {work.path: _work_bytes(network_stages if plan.storage == "zarr" else [], source,
+                                   spec.network.input_factor, as_tiff, shape, storage_dtype(spec.precision).itemsize),
             output: math.prod(shape) * source.dtype.itemsize * 4 // 3}
     if not resumed:
         check_disk(work.path, output, need[work.path], need[output])
@@ -108,9 +112,9 @@ def run(spec: JobSpec, state: State, executor: Executor, scheduler: Threads | Cl
         torch_threads = max(1, (os.cpu_count() or 1) // scheduler.workers) if isinstance(scheduler, Threads) else 0
         jobs = [Job(source, network_stages if p.uses_network else resize_stages(p.kind, scale), plan.chunk, work,
                     sink, spec.device, spec.network.input_factor if p.uses_network else 1, spec.precision, plane, p,
-                    spec.value_range, k, torch_threads)
+                    spec.value_range, k, torch_threads, plan.strip)
                 for k, (plane, p) in enumerate((plane, p) for plane in source.planes() for p in spec.passes)]
-        chunks = len(jobs[0].grid(0))
+        chunks = executor.tasks(jobs[0])
         bars = Bars([job.stages for job in jobs], chunks, disable=not progress)
         partial_tiff = partial_tiff_path(output, work.path)
         computed = 0
@@ -121,7 +125,7 @@ def run(spec: JobSpec, state: State, executor: Executor, scheduler: Threads | Cl
             leases.check()
             _check_input(source, identity)
 
-        def stage(index: int, stage: Stage, chunks: int) -> Callable[[], None]:
+        def stage(index: int | None, stage: Stage, chunks: int) -> Callable[[], None]:
             checked()
             tick = bars(index, stage, chunks)
 
@@ -163,7 +167,7 @@ def run(spec: JobSpec, state: State, executor: Executor, scheduler: Threads | Cl
         workers = tuple(scheduler.worker_peaks()) if isinstance(scheduler, Cluster) else ()
         return Summary(output, time.perf_counter() - started, _megapixels(source), shape, chunks, len(network_stages),
                        levels, peak_bytes() + sum(workers), len(jobs), computed, resumed,
-                       worker_peak_memory_bytes=workers)
+                       worker_peak_memory_bytes=workers, executor=executor.name)
     except BaseException as exc:
         fault = _fault(exc, source, identity, output, work, need, started=state != "new" or work.path.exists())
         if fault is not None:

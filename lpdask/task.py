@@ -51,6 +51,8 @@ class Job:
     """Which run (plane and channel pass) of the whole job this is; names its chunk markers."""
     torch_threads: int = 0
     """torch's intra-op threads in the process running a chunk (0: leave as it is)."""
+    strip: int = 0
+    """Rows (image pixels) of the strips the streaming executor computes at a time."""
 
     def factor(self, index: int) -> int:
         """Resolution of stage ``index``'s input relative to the image."""
@@ -98,7 +100,14 @@ class Job:
     def write_result(self, box: Box, values: np.ndarray) -> None:
         """Network output (3 or 1, h, w) of ``box`` to the pass's channels of the sink; ``values`` is
         used as scratch."""
-        pixels = from_unit(self.pass_.from_network(values), self.sink.level0.dtype, self.value_range, scratch=True)
+        self.write_pixels(box, self.to_pixels(values))
+
+    def to_pixels(self, values: np.ndarray) -> np.ndarray:
+        """Network output (3 or 1, h, w) as the pass's output pixels; ``values`` is used as scratch."""
+        return from_unit(self.pass_.from_network(values), self.sink.level0.dtype, self.value_range, scratch=True)
+
+    def write_pixels(self, box: Box, pixels: np.ndarray) -> None:
+        """The pass's output pixels (channels, h, w) at ``box`` of the sink."""
         self.sink.write(box, pixels, self.plane, self.pass_.channels)
 
 

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import tifffile
@@ -95,3 +97,29 @@ def test_plan_command_states_the_fp16_plan_upscale_runs(capsys, tmp_path, small_
     plan, runs, used = plan_and_run(capsys, tmp_path, small_checkpoint, "in.tif", "--device", "cuda",
                                     "--precision", "fp16")
     assert plan == used and runs == 1
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
+def test_streaming_on_the_gpu(default_net, tmp_path, precision):
+    """The streaming executor on CUDA: fp32 equals the CPU whole image (8-bit tolerance), pixels
+    converted on the GPU; half precision within the same bounds as the staged plan's, and GPU peak
+    memory within the planner's prediction."""
+    from skimage import data
+
+    image = np.ascontiguousarray(data.astronaut()[100:228, 150:278])
+    tifffile.imwrite(tmp_path / "in.tif", image)
+    reference = whole_image(default_net, image).astype(int)
+    plans: list[str] = []
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    summary = upscale(tmp_path / "in.tif", tmp_path / "out.zarr", model=default_net, chunk=64, device="cuda",
+                      precision=precision, executor="stream", on_plan=plans.append)
+    assert summary.executor == "stream" and summary.chunks == 2
+    result = zarr.open_array(str(tmp_path / "out.zarr" / "0"))[:]
+    if precision == "fp32":
+        assert_exact(result, reference.astype(np.uint8))
+    else:
+        diff = np.abs(result.astype(int) - reference)
+        assert diff.mean() < (0.5 if precision == "fp16" else 2.0), diff.mean()
+    predicted = float(re.search(r"peak memory ([\d.]+) GiB", plans[0]).group(1)) * 2**30
+    assert torch.cuda.max_memory_allocated() <= predicted

@@ -22,7 +22,7 @@ from .reference import smooth_image
     ({"workers": -1}, "workers=-1 must be at least 1 (0: threads in this process)"),
     ({"value_range": (0, math.inf)}, "value_range=0,inf needs finite LOW < HIGH"),
     ({"compression": "gif"}, "compression=gif is not one of zlib, zstd, lzw, jpeg, none"),
-    ({"executor": "fast"}, "executor=fast is not one of staged, lazy"),
+    ({"executor": "fast"}, "executor=fast is not one of auto, stream, staged, whole, lazy"),
 ])
 def test_python_callers_read_the_parameter(tmp_path: Path, small_net, options: dict, message: str) -> None:
     tifffile.imwrite(tmp_path / "in.tif", smooth_image(20, 20))

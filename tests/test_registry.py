@@ -201,7 +201,8 @@ def test_networks_say_their_groupings(plain):
     from lpdask.planner import choose
 
     _, plans = choose(plain, 64, 64, torch.device("cpu"), chunk=64)
-    assert {(e.blocks_per_stage, e.storage) for e in plans} == {(1, "zarr"), (2, "zarr"), (0, "memory")}
+    assert {(e.blocks_per_stage, e.storage) for e in plans} == {(1, "zarr"), (2, "zarr"), (0, "memory"),
+                                                                (1, "stream"), (2, "stream")}
 
 
 def test_a_network_without_groupings_is_still_a_network(plain):

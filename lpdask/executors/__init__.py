@@ -15,14 +15,19 @@ if TYPE_CHECKING:
     from ..stages import Stage  # noqa: F401  (in a string below)
     from ..task import Job
 
-Progress = Callable[[int, "Stage", int], Callable[[], None]]
-"""``progress(index, stage, chunks)`` at the start of each stage; returns the tick for each chunk done."""
+Progress = Callable[[int | None, "Stage", int], Callable[[], None]]
+"""``progress(index, stage, chunks)`` at the start of each stage; returns the tick for each chunk done.
+An executor that runs every stage at once calls it once with index None and its last stage."""
 
 
 class Executor(Protocol):
     """Computes one run of a job into its sink, skipping what earlier attempts finished."""
 
     name: str
+
+    def tasks(self, job: Job) -> int:
+        """Tasks per stage (chunks; tiles when streaming): what a job's summary counts."""
+        ...
 
     def run(self, job: Job, scheduler: Scheduler, progress: Progress | None = None) -> int:
         """Compute ``job`` and return the number of chunk tasks computed."""

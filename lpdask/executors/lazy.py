@@ -84,6 +84,9 @@ class Lazy:
 
     name = "lazy"
 
+    def tasks(self, job: Job) -> int:
+        return len(job.grid(0))
+
     def run(self, job: Job, scheduler: Scheduler, progress: Progress | None = None) -> int:
         first, last = min(job.pass_.channels), max(job.pass_.channels)
         plane = _Plane(job.source, job.plane, first, last)

@@ -84,6 +84,9 @@ class Staged:
 
     name = "staged"
 
+    def tasks(self, job: Job) -> int:
+        return len(job.grid(0))
+
     def run(self, job: Job, scheduler: Scheduler, progress: Progress | None = None) -> int:
         return run_job(job, scheduler, progress)
 
