@@ -166,26 +166,24 @@ def _measure(device: torch.device, disk: Path) -> tuple[float, int, float, float
     side = 192  # big enough that fresh 9 MiB tensors pay their page faults, as real windows do
     macs = 64 * 64 * 9 * side * side
 
-    def rate() -> float:
-        times = []
+    def seconds(threads: int) -> float:
+        torch.set_num_threads(threads)
         with torch.inference_mode(), ieee_fp32(device):
-            for _ in range(3):
-                x = torch.rand(1, 64, side, side, device=device)
-                start = time.perf_counter()
-                conv(x)
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                times.append(time.perf_counter() - start)
-        return macs / sorted(times)[1]
+            x = torch.rand(1, 64, side, side, device=device)
+            start = time.perf_counter()
+            conv(x)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            return time.perf_counter() - start
 
     cores = 1 if device.type == "cuda" else os.cpu_count() or 1
     before = torch.get_num_threads()
-    try:
-        all_cores = rate()
-        torch.set_num_threads(1)
-        one = rate() if device.type == "cpu" else all_cores
+    try:  # alternated, the best of six each: what the machine does when nothing else runs
+        pairs = [(seconds(before), seconds(1) if device.type == "cpu" else 0.0) for _ in range(6)]
     finally:
         torch.set_num_threads(before)
+    all_cores = macs / min(a for a, _ in pairs)
+    one = macs / min(b for _, b in pairs) if device.type == "cpu" else all_cores
     efficiency = min(1.0, all_cores / (one * cores))
     write, read = _disk_speed(disk)
     return one, cores, efficiency, write, read
@@ -454,8 +452,11 @@ def choose(net: Network, height: int, width: int, device: torch.device, *, chunk
         return (e.chunk if e.chunk in here else here[-1], e.blocks_per_stage, e.storage,
                 e.strip if e.strip in rows else rows[-1], e.workers)
 
-    same = [e for e in feasible if _shape(e)[:4] == fitted(reference)[:4]]  # as many at once where possible
-    best = next((e for e in same if e.workers == reference.workers), same[0])
+    same = [e for e in feasible if _shape(e)[:4] == fitted(reference)[:4]]
+    best = min((e for e in same if e.workers <= reference.workers), key=lambda e: e.seconds, default=same[0])
+    if best.storage == "stream":  # taller strips or fewer tiles at once, where they need no more memory
+        best = min((e for e in feasible if _shape(e)[:3] == _shape(best)[:3] and e.peak_memory <= reference.peak_memory),
+                   key=lambda e: e.seconds, default=best)
     if max(height, width) <= reference.chunk:
         whole = [e for e in feasible if e.storage == "memory" and _shape(e) == fitted(e)
                  and e.seconds < best.seconds and e.peak_memory <= reference.peak_memory]
