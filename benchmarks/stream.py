@@ -7,6 +7,10 @@
   peak RSS, the plan, its predicted scratch space and the bytes each run wrote.
 - ``--memory``: streaming's peak RSS at 1x and 16x the area (512^2 and 2048^2, the small model,
   tiles of 256 px and strips of 64 rows fixed) beside the planner's prediction for each.
+- ``--slide``: what a 100k x 100k slide (x4plus) needs with the plan the planner picks: on this
+  machine's CPU (its measured speed) and on a GPU whose whole-image speed is given
+  (``--gpu-whole-rate``, input MP/s; default: the H200's fp16 figure), from the planner's model;
+  streaming against the staged plan.
 - ``--gpu``: on CUDA, x4plus fp16 streamed on a 4096^2 input (OME-Zarr written, pyramid included)
   against whole-image fp16 inference on 2048^2 without I/O and the staged plan on 2048^2, in one
   process; GPU peak memory against the planner's prediction.
@@ -138,6 +142,50 @@ def gpu(args: argparse.Namespace, tmp: Path) -> dict:
             "stream_predicted_gpu_bytes": float(predicted.group(1)) * 2**30 if predicted else None}
 
 
+X4PLUS_MACS = 17.9e6
+"""x4plus's multiply-adds per input pixel (profiled: 16.5 M in the trunk, 1.4 M in the x4 tail)."""
+H200_WHOLE_FP16 = 3.76
+"""Input MP/s of whole-image x4plus fp16 inference, no I/O, on one H200 (measured 2026-11-30)."""
+
+
+def slide(args: argparse.Namespace, tmp: Path) -> dict:
+    import dataclasses
+
+    import torch
+
+    import lpdask
+    import lpdask.planner as planner
+
+    side = args.slide_size
+    rows = []
+    for device in ("cpu", "cuda"):
+        net = lpdask.load_model(None).eval()
+        if device == "cuda":  # a GPU's plan, priced on this machine: fp16 weights, the given speed
+            net = net.half()
+            disk = planner.measure_machine("cpu", str(tmp))  # this machine's disk, for the staged plan's I/O
+            machine = planner.Machine(args.gpu_whole_rate * 1e6 * X4PLUS_MACS, 1, 1.0, disk.write_bytes_per_s,
+                                      disk.read_bytes_per_s, int(args.gpu_memory * 2**30 * 0.8), "cuda")
+            measured = planner.measure_machine
+            planner.measure_machine = lambda *a, **k: machine  # type: ignore[assignment]
+        try:
+            best, plans = planner.choose(net, side, side, torch.device("cpu"))
+            cramped, _ = planner.choose(net, side, side, torch.device("cpu"), scratch=0)
+        finally:
+            if device == "cuda":
+                planner.measure_machine = measured  # type: ignore[assignment]
+        fits = [p for p in plans if p.peak_memory <= (machine.memory_budget if device == "cuda"
+                                                       else planner.default_budget(torch.device("cpu")))]
+        staged = min((p for p in fits if p.storage == "zarr"), key=lambda p: p.seconds, default=None)
+        stream = min((p for p in fits if p.storage == "stream"), key=lambda p: p.seconds, default=None)
+        rows.append({"device": device, "picked": dataclasses.asdict(best), "picked_without_scratch":
+                     dataclasses.asdict(cramped), "best_staged": dataclasses.asdict(staged) if staged else None,
+                     "best_stream": dataclasses.asdict(stream) if stream else None,
+                     "describe": {"picked": best.describe(), "without_scratch": cramped.describe(),
+                                  "staged": staged.describe() if staged else "", "stream": stream.describe()
+                                  if stream else ""}})
+    return {"mode": "slide", "side": side, "gpu_whole_rate": args.gpu_whole_rate, "rows": rows}
+
+
 def table(report: dict) -> str:
     gib = suite.gib
     lines = []
@@ -157,6 +205,21 @@ def table(report: dict) -> str:
             for key in ("stream", "staged"):
                 plan = (r[key].get("planner") or {}).get("describe", "")
                 lines.append(f"- {r['case']} {key}: {plan}")
+    elif report["mode"] == "slide":
+        lines.append(f"{report['side']} x {report['side']} px, x4plus (GPU priced at "
+                     f"{report['gpu_whole_rate']} input MP/s whole-image, fp16):")
+        lines.append("| device | executor | predicted hours | peak memory | scratch |")
+        lines.append("|---|---|---|---|---|")
+        for r in report["rows"]:
+            for key in ("picked", "best_stream", "best_staged"):
+                p = r[key] if key != "picked" else r["picked"]
+                if p:
+                    lines.append(f"| {r['device']} | {key.replace('best_', '')}: {p['storage']} | "
+                                 f"{p['seconds'] / 3600:.1f} | {gib(p['peak_memory'])} | "
+                                 f"{p['scratch_bytes'] / 1e12:.2f} TB |")
+        for r in report["rows"]:
+            for key, text in r["describe"].items():
+                lines.append(f"- {r['device']} {key}: {text}")
     elif report["mode"] == "memory":
         lines.append("| size | peak RSS | predicted |")
         lines.append("|---|---|---|")
@@ -183,6 +246,10 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--cpu", action="store_const", dest="mode", const="cpu")
     mode.add_argument("--memory", action="store_const", dest="mode", const="memory")
     mode.add_argument("--gpu", action="store_const", dest="mode", const="gpu")
+    mode.add_argument("--slide", action="store_const", dest="mode", const="slide")
+    parser.add_argument("--slide-size", type=int, default=100_000)
+    parser.add_argument("--gpu-whole-rate", type=float, default=H200_WHOLE_FP16)
+    parser.add_argument("--gpu-memory", type=float, default=139, help="GiB")
     parser.add_argument("--two-block-size", type=int, default=768)
     parser.add_argument("--small-size", type=int, default=2048)
     parser.add_argument("--x4plus-size", type=int, default=1024, help="0 skips the x4plus case")
@@ -195,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         return suite.child_main(args.child)
     chosen = args.mode or "cpu"
     with tempfile.TemporaryDirectory() as folder:
-        report = {"cpu": cpu, "memory": memory, "gpu": gpu}[chosen](args, Path(folder))
+        report = {"cpu": cpu, "memory": memory, "gpu": gpu, "slide": slide}[chosen](args, Path(folder))
     report["command"] = " ".join(sys.argv)
     report["date"] = time.strftime("%Y-%m-%d %H:%M")
     RESULTS.mkdir(exist_ok=True)

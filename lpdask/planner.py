@@ -461,6 +461,8 @@ def choose(net: Network, height: int, width: int, device: torch.device, *, chunk
         whole = [e for e in feasible if e.storage == "memory" and _shape(e) == fitted(e)
                  and e.seconds < best.seconds and e.peak_memory <= reference.peak_memory]
         best = whole[0] if whole else best
+    if best.peak_memory > machine.memory_budget and any(e.peak_memory <= machine.memory_budget for e in feasible):
+        best = _pick(feasible, machine.memory_budget)  # the reference's shape needs more here (larger halos)
     if best.peak_memory > machine.memory_budget:
         warnings.warn(f"no plan fits the memory budget of {machine.memory_budget / 2**30:.2f} GiB; using the one "
                       f"needing the least, predicted {best.peak_memory / 2**30:.2f} GiB (chunk {best.chunk})",

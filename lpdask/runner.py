@@ -143,7 +143,8 @@ def run(spec: JobSpec, state: State, executor: Executor, scheduler: Threads | Cl
                 bars.close()
                 checked()
                 with writing(result):
-                    levels = sink.finish(meta, Location.of(source.path).name, scheduler="threads",
+                    levels = sink.finish(meta, Location.of(source.path).name, executor.levels_written(jobs[0]),
+                                         scheduler="threads",
                                          num_workers=plan.chunks_at_once("cpu"))
                 if as_tiff:
                     from .io.tiff import write_tiff

@@ -39,9 +39,11 @@ class Scheduler(Protocol):
     """Whether tasks run in this process (so they may call back into it, e.g. to tick progress)."""
 
     def run(self, key: str, task: Task, shared: Any, chunks: Sequence[Chunk], tick: Callable[[], None],
-            torch_threads: int = 0) -> None:
+            torch_threads: int = 0, on_stop: Callable[[], None] | None = None) -> None:
         """Run ``task(shared, i, j)`` for every chunk; ``key`` names the tasks (unique per stage and
-        run), ``torch_threads`` is torch's thread count where they run (0: as it is)."""
+        run), ``torch_threads`` is torch's thread count where they run (0: as it is). ``on_stop`` is
+        called when the run stops on an error or an interrupt, before it waits for the tasks already
+        running (which may then stop early)."""
         ...
 
     def compute(self, collection: Any, tick: Callable[[], None] | None = None) -> None:
@@ -59,7 +61,7 @@ class Threads:
         self.workers = workers
 
     def run(self, key: str, task: Task, shared: Any, chunks: Sequence[Chunk], tick: Callable[[], None],
-            torch_threads: int = 0) -> None:
+            torch_threads: int = 0, on_stop: Callable[[], None] | None = None) -> None:
         import dask
         from dask.callbacks import Callback
 
@@ -73,6 +75,10 @@ class Threads:
         try:
             with Ticks():
                 dask.threaded.get(graph, list(graph), pool=pool)
+        except BaseException:
+            if on_stop is not None:
+                on_stop()
+            raise
         finally:  # on a failure, let the chunks already running finish before anyone cleans up
             pool.shutdown(wait=True, cancel_futures=True)
 
@@ -141,7 +147,7 @@ class Cluster:
         return str(self.client.dashboard_link)
 
     def run(self, key: str, task: Task, shared: Any, chunks: Sequence[Chunk], tick: Callable[[], None],
-            torch_threads: int = 0) -> None:
+            torch_threads: int = 0, on_stop: Callable[[], None] | None = None) -> None:
         from distributed import as_completed
 
         todo, rounds = list(chunks), 0
@@ -164,6 +170,8 @@ class Cluster:
                     else:
                         tick()
             except BaseException:
+                if on_stop is not None:
+                    on_stop()
                 self.client.cancel(list(futures))
                 raise
             if lost and self._lost([*scattered, remote]):

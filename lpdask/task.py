@@ -106,9 +106,9 @@ class Job:
         """Network output (3 or 1, h, w) as the pass's output pixels; ``values`` is used as scratch."""
         return from_unit(self.pass_.from_network(values), self.sink.level0.dtype, self.value_range, scratch=True)
 
-    def write_pixels(self, box: Box, pixels: np.ndarray) -> None:
-        """The pass's output pixels (channels, h, w) at ``box`` of the sink."""
-        self.sink.write(box, pixels, self.plane, self.pass_.channels)
+    def write_pixels(self, box: Box, pixels: np.ndarray, level: int = 0) -> None:
+        """The pass's output pixels (channels, h, w) at ``box`` of the sink's level ``level``."""
+        self.sink.write(box, pixels, self.plane, self.pass_.channels, level)
 
 
 def run_window(stage: Stage, inputs: Sequence[Tensor], inner: Box, device: torch.device,

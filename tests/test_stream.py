@@ -146,6 +146,35 @@ def test_pixels_converted_by_torch_equal_numpys(dtype, value_range):
     assert np.array_equal(found, expected)
 
 
+@pytest.mark.parametrize(("width", "tile", "in_stream"), [(150, 256, 3), (1100, 512, 2)])
+def test_pyramid_levels_written_with_level_0(small_net, tmp_path, monkeypatch, width, tile, in_stream):
+    """Tiles write the pyramid levels no two of them share as their rows of level 0 complete (one
+    tile: every level; tiles of 2048 output px: level 1, whose chunks are 1024 wide); the rest are
+    built after. Every level is the 2x2 mean of the stored level above, as a second pass makes it."""
+    import lpdask.io.omezarr as omezarr
+    from lpdask.executors import stream
+    from lpdask.io.omezarr import half
+
+    counted: list[int] = []
+    levels = stream.pyramid_levels
+    monkeypatch.setattr(stream, "pyramid_levels", lambda job: counted.append(levels(job)) or counted[-1])
+    built: list[int] = []
+    finish = omezarr.OmeZarrSink.finish
+    monkeypatch.setattr(omezarr.OmeZarrSink, "finish",
+                        lambda self, meta, name, written=1, **kw: built.append(written) or finish(self, meta, name,
+                                                                                                  written, **kw))
+    image = smooth_image(40, width, seed=width)
+    tifffile.imwrite(tmp_path / "in.tif", image)
+    summary = upscale(tmp_path / "in.tif", tmp_path / "out.zarr", model=small_net, chunk=tile, blocks_per_stage=1,
+                      strip=8)
+    assert set(counted) == {in_stream} and built == [in_stream]
+    assert_exact(level0(tmp_path / "out.zarr"), whole_image(small_net, image))
+    group = zarr.open_group(str(tmp_path / "out.zarr"), mode="r")
+    assert summary.levels == len(group.attrs["ome"]["multiscales"][0]["datasets"]) >= in_stream
+    for index in range(1, summary.levels):
+        assert np.array_equal(group[str(index)][:], half(group[str(index - 1)][:])), index
+
+
 def test_halos_too_small_are_caught(small_net, tmp_path):
     """The comparisons above can fail: the same executor with halved halos is off by more than the
     tolerance (at the tiles' sides and the strips' edges)."""
@@ -206,10 +235,10 @@ def test_no_activation_reaches_disk(small_net, tmp_path, monkeypatch):
     asked: list[int] = []
     write = RealJob.write_pixels
 
-    def watched(self, box, pixels):
+    def watched(self, box, pixels, level=0):
         seen.append({p.relative_to(tmp_path / "out.zarr.work").as_posix()
                      for p in (tmp_path / "out.zarr.work").rglob("*") if p.is_file()})
-        return write(self, box, pixels)
+        return write(self, box, pixels, level)
 
     check = lpdask.runner.check_disk
     monkeypatch.setattr(RealJob, "write_pixels", watched)
@@ -287,4 +316,34 @@ def test_sigkill_then_resume_recomputes_only_unfinished_tiles(tmp_path, small_ch
     assert rerun.returncode == 0, stderr
     assert int(re.search(r"resumed: (\d+) tile tasks recomputed", stderr).group(1)) == tiles - done
     assert is_complete(tmp_path / "out.zarr") and not (tmp_path / "out.zarr.work").exists()
+    assert np.array_equal(level0(tmp_path / "out.zarr"), level0(tmp_path / "reference.zarr"))
+
+
+@pytest.mark.slow  # the CLI in subprocesses, interrupted and rerun
+def test_ctrl_c_stops_a_long_tile_between_strips_and_the_same_command_resumes(tmp_path, small_checkpoint):
+    """A tile can take an hour on a slide: SIGINT stops it at its next strip (not when it ends),
+    with one line and exit 130; the same command then finishes, equal to an uninterrupted run."""
+    tifffile.imwrite(tmp_path / "in.tif", smooth_image(1024, 48, seed=52))
+    env = {**os.environ, "LPDASK_CACHE_DIR": str(tmp_path / "cache")}
+
+    def start(output: str) -> subprocess.Popen[str]:
+        return subprocess.Popen([sys.executable, "-m", "lpdask", "upscale", "in.tif", output, "--model",
+                                 str(small_checkpoint), "--executor", "stream", "--chunk", "64", "--strip", "4",
+                                 "--blocks-per-stage", "1", "--threads", "1", "-q"], cwd=tmp_path, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    assert start("reference.zarr").wait(timeout=300) == 0
+    job = start("out.zarr")
+    deadline = time.monotonic() + 120
+    while not list((tmp_path / "out.zarr" / "0").rglob("c/*/*/*")):  # the first row of stored chunks
+        assert job.poll() is None and time.monotonic() < deadline, "finished before it could be interrupted"
+        time.sleep(0.01)
+    job.send_signal(signal.SIGINT)
+    _, stderr = job.communicate(timeout=30)
+    assert job.returncode == 130, stderr
+    assert stderr.strip() == "lpdask: interrupted; run the same command again to resume", stderr
+    assert tiles_done(tmp_path / "out.zarr.work") == 0 and not is_complete(tmp_path / "out.zarr")
+    rerun = start("out.zarr")
+    _, stderr = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, stderr
     assert np.array_equal(level0(tmp_path / "out.zarr"), level0(tmp_path / "reference.zarr"))

@@ -29,6 +29,10 @@ class Executor(Protocol):
         """Tasks per stage (chunks; tiles when streaming): what a job's summary counts."""
         ...
 
+    def levels_written(self, job: Job) -> int:
+        """Output levels it writes itself (1: level 0 alone; the sink builds the rest after)."""
+        ...
+
     def run(self, job: Job, scheduler: Scheduler, progress: Progress | None = None) -> int:
         """Compute ``job`` and return the number of chunk tasks computed."""
         ...

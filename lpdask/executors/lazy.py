@@ -87,6 +87,9 @@ class Lazy:
     def tasks(self, job: Job) -> int:
         return len(job.grid(0))
 
+    def levels_written(self, job: Job) -> int:
+        return 1
+
     def run(self, job: Job, scheduler: Scheduler, progress: Progress | None = None) -> int:
         first, last = min(job.pass_.channels), max(job.pass_.channels)
         plane = _Plane(job.source, job.plane, first, last)

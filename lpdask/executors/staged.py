@@ -87,6 +87,9 @@ class Staged:
     def tasks(self, job: Job) -> int:
         return len(job.grid(0))
 
+    def levels_written(self, job: Job) -> int:
+        return 1
+
     def run(self, job: Job, scheduler: Scheduler, progress: Progress | None = None) -> int:
         return run_job(job, scheduler, progress)
 

@@ -18,10 +18,11 @@ padding whole-image inference sees there, and the halo rows the stage pads with 
 
 from __future__ import annotations
 
+import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 
 import numpy as np
@@ -31,6 +32,7 @@ from torch import Tensor
 from ..chunks import Box
 from ..device import ieee_fp32
 from ..errors import writing
+from ..io.omezarr import half
 from ..geometry import ceil_div, factors, unshuffled
 from ..pixels import from_unit_tensor
 from ..schedulers import Scheduler
@@ -196,6 +198,9 @@ class Stream:
     def tasks(self, job: Job) -> int:
         return len(bands(job))
 
+    def levels_written(self, job: Job) -> int:
+        return pyramid_levels(job)
+
     def run(self, job: Job, scheduler: Scheduler, progress: Progress | None = None) -> int:
         tiles = bands(job)
         per_tile = strips(job)
@@ -206,24 +211,34 @@ class Stream:
         todo = [(0, j) for j in range(len(tiles)) if j not in done]
         if not todo:
             return 0
+        with writing(job.sink.path):
+            for level in range(1, pyramid_levels(job)):  # here, not by tiles racing to create them
+                job.sink.level(level)
         light = replace(job, stages=())
-        if scheduler.in_process:  # the tile's thread can tick per strip
-            scheduler.run(f"{MARKER}-r{job.run}", partial(_run_tile, light, tick), job.stages, todo, lambda: None,
-                          job.torch_threads)
+        if scheduler.in_process:  # the tile's thread can tick per strip, and stop between strips
+            stop = threading.Event()
+            scheduler.run(f"{MARKER}-r{job.run}", partial(_run_tile, light, tick, stop), job.stages, todo,
+                          lambda: None, job.torch_threads, on_stop=stop.set)
         else:
-            scheduler.run(f"{MARKER}-r{job.run}", partial(_run_tile, light, None), job.stages, todo,
+            scheduler.run(f"{MARKER}-r{job.run}", partial(_run_tile, light, None, None), job.stages, todo,
                           lambda: [tick() for _ in range(per_tile)], job.torch_threads)
         return len(todo)
 
 
-def _run_tile(job: Job, tick: Callable[[], None] | None, stages: Sequence[Stage], i: int, j: int) -> None:
+class Stopped(Exception):
+    """A tile stopped between strips because its run is stopping (an error elsewhere, Ctrl-C)."""
+
+
+def _run_tile(job: Job, tick: Callable[[], None] | None, stop: threading.Event | None, stages: Sequence[Stage],
+              i: int, j: int) -> None:
     if job.torch_threads and torch.get_num_threads() != job.torch_threads:
         torch.set_num_threads(job.torch_threads)
-    run_tile(replace(job, stages=stages), j, tick)
+    run_tile(replace(job, stages=stages), j, tick, stop)
 
 
-def run_tile(job: Job, j: int, tick: Callable[[], None] | None = None) -> None:
-    """Compute tile ``j`` into the sink and mark it done."""
+def run_tile(job: Job, j: int, tick: Callable[[], None] | None = None, stop: threading.Event | None = None) -> None:
+    """Compute tile ``j`` into the sink and mark it done; ``stop`` set stops it between strips
+    (raising :class:`Stopped`), its output unfinished and unmarked."""
     stages = job.stages
     rows, cols = unshuffled(job.source.height, job.source.width, job.input_factor)
     x0, x1 = bands(job)[j]
@@ -247,6 +262,8 @@ def run_tile(job: Job, j: int, tick: Callable[[], None] | None = None) -> None:
                     held[step.name] = held[step.name][:, :, step.row - first_row[step.name]:]
                     first_row[step.name] = step.row
                 else:
+                    if stop is not None and stop.is_set():
+                        raise Stopped(f"tile {j} stopped")
                     stage = stages[step.index]
                     w0, w1 = columns.windows[step.index]
                     inputs = [held[name][:, :, step.window_start - first_row[name]:step.window_stop - first_row[name],
@@ -279,22 +296,42 @@ def _layout(t: Tensor) -> torch.memory_format:
     return torch.channels_last if t.is_cuda else torch.contiguous_format
 
 
+@dataclass
+class _Rows:
+    """One pyramid level's rows of a tile, gathered until whole rows of stored chunks can be written."""
+
+    index: int
+    columns: Box
+    """The tile's columns at this level (rows: the level's height)."""
+    rows: int
+    """Rows of one stored chunk at this level."""
+    start: int = 0
+    """First row not yet written."""
+    pending: list[np.ndarray] = field(default_factory=list)
+
+
 class _Writer:
     """Hands a tile's output strips to a thread that converts them to the output's pixels and
-    writes whole rows of stored chunks, so the tile's next strip computes meanwhile."""
+    writes whole rows of stored chunks, so the tile's next strip computes meanwhile; the pyramid
+    levels that no two tiles share (:func:`pyramid_levels`) are written from those rows as they go."""
 
     def __init__(self, job: Job, columns: Box, height: int, tick: Callable[[], None] | None) -> None:
-        self.job, self.columns, self.height, self.tick = job, columns, height, tick
+        self.job, self.height, self.tick = job, height, tick
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="lpdask-writer")
         self.queued: list[Future[None]] = []
-        self.pending: list[np.ndarray] = []
-        self.start = 0  # first output row not yet written
-        self.rows = job.sink.chunk
+        shapes = job.sink.level_shapes()
+        self.levels = []
+        box = Box(0, height, columns.x0, columns.x1)
+        for index in range(pyramid_levels(job)):
+            self.levels.append(_Rows(index, box, job.sink.level_chunks(index)[-2]))
+            rows, cols = shapes[min(index + 1, len(shapes) - 1)][-2:]
+            box = Box(0, rows, box.x0 // 2, min(cols, ceil_div(box.x1, 2)))
+        self.width = columns.x1 - columns.x0
 
     def put(self, row: int, values: Tensor) -> None:
         """Output rows from ``row`` (network output, (1, c, h, w))."""
         keep = min(values.shape[2], self.height - row)
-        strip = values[0, :, :keep, : self.columns.x1 - self.columns.x0].float()
+        strip = values[0, :, :keep, : self.width].float()
         job = self.job
         if strip.is_cuda and job.pass_.kind == "rgb":  # grey's luma stays with numpy's float rounding
             dtype = job.sink.level0.dtype
@@ -304,23 +341,28 @@ class _Writer:
             strip = strip.cpu().numpy()
         while len(self.queued) >= PENDING_STRIPS:
             self.queued.pop(0).result()
-        self.queued.append(self.pool.submit(self._write, row, strip if converted is None else converted,
+        self.queued.append(self.pool.submit(self._write, strip if converted is None else converted,
                                             converted is None))
 
-    def _write(self, row: int, values: np.ndarray, network_output: bool) -> None:
-        pixels = self.job.to_pixels(values) if network_output else values
-        self.pending.append(pixels)
-        stop = row + pixels.shape[1]
-        flush = stop if stop >= self.height else stop // self.rows * self.rows
-        if flush > self.start:
-            block = np.concatenate(self.pending, axis=1) if len(self.pending) > 1 else self.pending[0]
-            box = Box(self.start, flush, self.columns.x0, self.columns.x1)
-            with writing(self.job.sink.path):
-                self.job.write_pixels(box, block[:, : flush - self.start])
-            self.pending = [block[:, flush - self.start:]] if stop > flush else []
-            self.start = flush
+    def _write(self, values: np.ndarray, network_output: bool) -> None:
+        self._add(self.levels[0], self.job.to_pixels(values) if network_output else values)
         if self.tick is not None:
             self.tick()
+
+    def _add(self, level: _Rows, pixels: np.ndarray) -> None:
+        level.pending.append(pixels)
+        stop = level.start + sum(p.shape[1] for p in level.pending)
+        flush = stop if stop >= level.columns.y1 else stop // level.rows * level.rows
+        if flush <= level.start:
+            return
+        block = np.concatenate(level.pending, axis=1) if len(level.pending) > 1 else level.pending[0]
+        done = block[:, : flush - level.start]
+        with writing(self.job.sink.path):
+            self.job.write_pixels(Box(level.start, flush, level.columns.x0, level.columns.x1), done, level.index)
+        level.pending = [block[:, flush - level.start:]] if stop > flush else []
+        level.start = flush
+        if level.index + 1 < len(self.levels):
+            self._add(self.levels[level.index + 1], half(done))
 
     def close(self) -> None:
         for future in self.queued:
@@ -331,5 +373,23 @@ class _Writer:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
-__all__ = ["Columns", "Drop", "Read", "Run", "Stream", "band_columns", "bands", "heights", "run_tile", "schedule",
-           "stage_strips", "strips"]
+def pyramid_levels(job: Job) -> int:
+    """How many levels (level 0 and the first pyramid levels) tiles write as their rows complete:
+    as long as each level's 2x2 means fall inside one tile and no two tiles share a stored chunk of
+    it, and the rows written at a time from the level above are even. The rest are built after."""
+    sink = job.sink
+    shapes = sink.level_shapes()
+    width = job.chunk // job.input_factor * factors(job.stages)[-1]  # a tile's output columns
+    several = len(bands(job)) > 1
+    count = 1
+    for index in range(1, len(shapes)):
+        if sink.level_chunks(index - 1)[-2] % 2 and shapes[index - 1][-2] > sink.level_chunks(index - 1)[-2]:
+            break
+        if several and (width % 2**index or width // 2**index % sink.level_chunks(index)[-1]):
+            break
+        count += 1
+    return count
+
+
+__all__ = ["Columns", "Drop", "Read", "Run", "Stream", "band_columns", "bands", "heights", "pyramid_levels", "run_tile",
+           "schedule", "stage_strips", "strips"]

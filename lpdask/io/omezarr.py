@@ -1,4 +1,5 @@
-"""Write results as OME-Zarr (NGFF 0.5, Zarr v3): level 0 chunk by chunk, then a pyramid from it.
+"""Write results as OME-Zarr (NGFF 0.5, Zarr v3): level 0 chunk by chunk, then a pyramid from it
+(or its first levels with level 0, by an executor that writes whole rows of chunks: :meth:`OmeZarrSink.level`).
 
 The ``ome`` metadata is written last, so a folder without it is an unfinished result.
 """
@@ -32,6 +33,7 @@ class OmeZarrSink:
         self.path = Location.of(path)
         self.axes = axes
         self.chunk = chunk
+        self._levels: dict[int, zarr.Array] = {}
         if resume:
             self._level0: zarr.Array | None = zarr.open_array(str(self.path / "0"), mode="r+")
             if self._level0.shape != tuple(shape) or self._level0.dtype != dtype:
@@ -45,7 +47,7 @@ class OmeZarrSink:
             "0", shape=shape, chunks=chunks, dtype=dtype, dimension_names=list(axes), fill_value=0)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_level0": None}  # workers reopen the array themselves
+        return {**self.__dict__, "_level0": None, "_levels": {}}  # workers reopen the arrays themselves
 
     @property
     def level0(self) -> zarr.Array:
@@ -54,41 +56,72 @@ class OmeZarrSink:
         return self._level0
 
     def write(self, box: Box, pixels: np.ndarray, plane: dict[str, int] | None = None,
-              channels: tuple[int, ...] | None = None) -> None:
-        """Store (k, h, w) pixels at ``box`` of ``plane``, into channels ``channels`` (default all)."""
+              channels: tuple[int, ...] | None = None, level: int = 0) -> None:
+        """Store (k, h, w) pixels at ``box`` of ``plane`` of level ``level``, into channels
+        ``channels`` (default all)."""
         plane = plane or {}
         ys, xs = box.slices()
         first = channels[0] if channels else 0
         c = slice(first, first + len(channels)) if channels else slice(None)
         index = tuple(ys if a == "y" else xs if a == "x" else c if a == "c" else plane.get(a, 0) for a in self.axes)
-        self.level0[index] = pixels
+        if level == 0:
+            self.level0[index] = pixels
+        else:
+            if level not in self._levels:
+                self._levels[level] = self.level(level)
+            self._levels[level][index] = pixels
 
-    def finish(self, meta: ImageMetadata, name: str, **compute: Any) -> int:
-        """Write pyramid levels (2x2 means) from the stored level 0, then the NGFF metadata
-        (``meta`` describes level 0: the input's metadata rescaled). Returns the level count."""
+    def level_shapes(self) -> list[tuple[int, ...]]:
+        """Every level's shape: level 0, then halves (rounded up) down to ``THUMBNAIL`` px a side."""
+        shapes = [tuple(self.level0.shape)]
+        while max(shapes[-1][-2:]) > THUMBNAIL:
+            shapes.append((*shapes[-1][:-2], *(math.ceil(n / 2) for n in shapes[-1][-2:])))
+        return shapes
+
+    def level_chunks(self, index: int) -> tuple[int, ...]:
+        shape = self.level_shapes()[index]
+        return (*self.level0.chunks[:-2], min(self.chunk, shape[-2]), min(self.chunk, shape[-1]))
+
+    def level(self, index: int) -> zarr.Array:
+        """Pyramid level ``index`` (1 and up) to write into: opened as it is (a resumed run), or created."""
+        shape, chunks = self.level_shapes()[index], self.level_chunks(index)
+        path = str(self.path / str(index))
+        try:
+            array = zarr.open_array(path, mode="r+")
+            if array.shape == shape and array.chunks == chunks and array.dtype == self.level0.dtype:
+                return array
+        except (FileNotFoundError, KeyError, ValueError, zarr.errors.NodeTypeValidationError):
+            pass
+        group = zarr.open_group(str(self.path), mode="r+")
+        return group.create_array(str(index), shape=shape, chunks=chunks, dtype=self.level0.dtype,
+                                  dimension_names=list(self.axes), fill_value=0, overwrite=True)
+
+    def finish(self, meta: ImageMetadata, name: str, written: int = 1, **compute: Any) -> int:
+        """Write the pyramid levels from ``written`` on (2x2 means, each from the stored level above;
+        levels below ``written`` were written with level 0), then the NGFF metadata (``meta``
+        describes level 0: the input's metadata rescaled). Returns the level count."""
         from .ngff import ngff_attributes
 
         group = zarr.open_group(str(self.path), mode="r+")
-        previous = self.level0
-        levels = 1
-        while max(previous.shape[-2:]) > THUMBNAIL:
+        shapes = self.level_shapes()
+        previous = self.level(written - 1) if written > 1 else self.level0
+        for index in range(written, len(shapes)):
             source = da.from_zarr(previous)
-            half = source.map_blocks(_half, dtype=source.dtype, chunks=(
+            halved = source.map_blocks(half, dtype=source.dtype, chunks=(
                 *source.chunks[:-2], *(tuple(math.ceil(n / 2) for n in c) for c in source.chunks[-2:])))
-            shape = half.shape
-            chunks = (*previous.chunks[:-2], min(self.chunk, shape[-2]), min(self.chunk, shape[-1]))
-            level = group.create_array(str(levels), shape=shape, chunks=chunks, dtype=previous.dtype,
-                                       dimension_names=list(self.axes), fill_value=0, overwrite=True)
-            da.store(half.rechunk(level.chunks), level, lock=False, **compute)
-            previous, levels = level, levels + 1
-        attributes = ngff_attributes(meta, levels, name, previous.dtype)
+            level = group.create_array(str(index), shape=shapes[index], chunks=self.level_chunks(index),
+                                       dtype=previous.dtype, dimension_names=list(self.axes), fill_value=0,
+                                       overwrite=True)
+            da.store(halved.rechunk(level.chunks), level, lock=False, **compute)
+            previous = level
+        attributes = ngff_attributes(meta, len(shapes), name, previous.dtype)
         own = attributes.pop(STATUS_KEY, {})
         group.attrs.update(attributes)
         group.attrs[STATUS_KEY] = {**group.attrs.get(STATUS_KEY, {}), **own, "complete": True}
-        return levels
+        return len(shapes)
 
 
-def _half(block: np.ndarray) -> np.ndarray:
+def half(block: np.ndarray) -> np.ndarray:
     """2x2 mean over the last two axes (y, x); an odd last row or column is averaged with itself."""
     values = block.astype(np.float32)
     if values.shape[-2] % 2:
