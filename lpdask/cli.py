@@ -285,6 +285,15 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
     raise Terminated
 
 
+def _abandon_pending_writes() -> None:
+    """An interrupt that lands while Zarr waits on its I/O loop leaves that write pending; asyncio
+    would report it at exit ("Task was destroyed but it is pending!"). The run stops on purpose and
+    resumes from its markers, so that report is noise."""
+    import logging
+
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user mistakes and faults become one line on stderr and their exit code
     (:mod:`lpdask.errors`); only a bug prints a traceback (exit 1)."""
@@ -308,9 +317,11 @@ def main(argv: list[str] | None = None) -> int:
         click.echo(f"lpdask: error: {exc.format_message()}", err=True)
         return USER_ERROR
     except (click.exceptions.Abort, KeyboardInterrupt):
+        _abandon_pending_writes()
         click.echo(f"lpdask: interrupted; {RESUMES}", err=True)
         return INTERRUPTED
     except Terminated:
+        _abandon_pending_writes()
         click.echo(f"lpdask: terminated; {RESUMES}", err=True)
         return TERMINATED
     except Exception:

@@ -57,7 +57,13 @@ def environment(cwd: Path) -> dict[str, str]:
 def start(case: Case, cwd: Path, output: str = "out.zarr", *extra: str | Path,
           prefix: list[str] | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen([*(prefix or []), *command(case, cwd, output, *extra)], cwd=cwd, env=environment(cwd),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=interruptible)
+
+
+def interruptible() -> None:
+    """In the child: SIGINT as a terminal delivers it, even where the tests run in the background
+    (a shell starts background jobs with SIGINT ignored, and a child inherits that)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def finish(process: subprocess.Popen[str]) -> tuple[int, str]:

@@ -30,6 +30,7 @@ from lpdask.task import Job
 
 from .reference import assert_exact, lively, smooth_image, whole_image, whole_image_any, whole_image_float
 from .test_channels import image_with
+from .test_faults import interruptible
 from .test_srvgg import compact  # noqa: F401  (a fixture)
 
 
@@ -330,7 +331,7 @@ def test_ctrl_c_stops_a_long_tile_between_strips_and_the_same_command_resumes(tm
         return subprocess.Popen([sys.executable, "-m", "lpdask", "upscale", "in.tif", output, "--model",
                                  str(small_checkpoint), "--executor", "stream", "--chunk", "64", "--strip", "4",
                                  "--blocks-per-stage", "1", "--threads", "1", "-q"], cwd=tmp_path, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=interruptible)
 
     assert start("reference.zarr").wait(timeout=300) == 0
     job = start("out.zarr")

@@ -248,7 +248,6 @@ def run_tile(job: Job, j: int, tick: Callable[[], None] | None = None, stop: thr
     held: dict[str, Tensor] = {}
     first_row: dict[str, int] = defaultdict(int)
     out_height, out_width = job.sink.level0.shape[-2:]
-    scale = factors(stages)[-1]
     o0, o1 = columns.outputs[-1]
     writer = _Writer(job, Box(0, 0, o0, min(o1, out_width)), out_height, tick)
     try:
