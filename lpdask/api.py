@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 from dataclasses import replace
 from typing import Any, Callable
 
@@ -19,7 +18,7 @@ from .executors.staged import Mode, Staged, stages_for, whole_stages
 from .executors.lazy import Lazy, denormalise, lazy_pass
 from .executors.stream import Stream
 from .export import TIFF_SUFFIXES
-from .io.locations import Location
+from .io.locations import Location, existing_folder
 from .io.sources import Source, open_source
 from .jobs import (JobSpec, WorkFolder, check_output, check_output_name, default_workdir, digest, fingerprint,
                    held_places, model_digest, output_state, stored_plan)
@@ -199,15 +198,11 @@ def scratch_space(work: Location | None, output: Location | None, source: Source
 
     if work is None or not work.is_local:
         return None
-    place = _existing(work.local_path)
+    place = existing_folder(work.local_path)
     free = shutil.disk_usage(place).free
-    if output is not None and output.is_local and _existing(output.local_path).stat().st_dev == place.stat().st_dev:
+    if output is not None and output.is_local and existing_folder(output.local_path).stat().st_dev == place.stat().st_dev:
         free -= source.height * source.width * scale**2 * source.channels * source.dtype.itemsize * 4 // 3
     return max(0, free)
-
-
-def _existing(path: Path) -> Path:
-    return next(p for p in (path, *path.parents) if p.exists())
 
 
 def _scheduler(plan: Plan, device: torch.device, workers: int, address: str | None,

@@ -47,6 +47,11 @@ def stage_grid(height: int, width: int, chunk: int, d: int, factor: int) -> Grid
     return Grid(rows * factor, cols * factor, chunk // d * factor)
 
 
+def column_bands(cols: int, width: int) -> list[tuple[int, int]]:
+    """Streaming tiles: [x0, x1) column ranges ``width`` wide (the last may be narrower) over ``cols``."""
+    return [(x0, min(cols, x0 + width)) for x0 in range(0, cols, width)]
+
+
 def reach(stages: Sequence[Stage]) -> int:
     """The receptive-field radius of a chain of stages, in pixels of the first stage's input."""
     radius = sum(stage.halo / factor for stage, factor in zip(stages, factors(stages)))

@@ -34,7 +34,7 @@ from .errors import PlanWarning
 from .models.checkpoint import cache_dir
 from .models.network import Network
 from .executors.staged import whole_stages
-from .geometry import ceil_div, factors, unshuffled
+from .geometry import ceil_div, column_bands, factors, unshuffled
 from .plan import GPU_CHUNKS, MAX_CHUNK, MIN_CHUNK, Plan
 from .stages import IMAGE, Stage
 
@@ -328,7 +328,7 @@ def estimate_stream(costs: Sequence[StageCost], stages: Sequence[Stage], height:
     d = input_factor
     rows, cols = unshuffled(height, width, d)
     width_d, strip_d = tile // d, max(1, strip // d)
-    tiles = [(x0, min(cols, x0 + width_d)) for x0 in range(0, cols, width_d)]
+    tiles = column_bands(cols, width_d)
     dry = _dry_run(tuple(stages), min(rows, DRY_ROWS), strip_d)
     stretch = rows / dry.rows
     gpu = machine.device_type == "cuda"

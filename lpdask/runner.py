@@ -26,7 +26,7 @@ from .errors import RESUMES, Fault, InputChanged, LpdaskError, MetadataWarning, 
 from .executors import Executor
 from .export import partial_tiff_path, publish, wants_ome
 from .geometry import activation_bytes
-from .io.locations import Location
+from .io.locations import Location, existing_folder
 from .io.metadata import ImageMetadata
 from .io.omezarr import OmeZarrSink
 from .io.sources import Source
@@ -244,7 +244,7 @@ def check_disk(work: Location, output: Location, work_bytes: int, output_bytes: 
         if not where.is_local:
             continue
         folder = where.local_path
-        existing = next(p for p in (folder, *folder.parents) if p.exists())
+        existing = existing_folder(folder)
         free = shutil.disk_usage(existing).free
         if need > free:
             raise LpdaskError(f"not enough disk for the {what}: it needs about {need / 1e9:.1f} GB and "

@@ -33,7 +33,7 @@ from ..chunks import Box
 from ..device import ieee_fp32
 from ..errors import writing
 from ..io.omezarr import half
-from ..geometry import ceil_div, factors, unshuffled
+from ..geometry import ceil_div, column_bands, factors, unshuffled
 from ..pixels import from_unit_tensor
 from ..schedulers import Scheduler
 from ..stages import IMAGE, Stage
@@ -180,8 +180,7 @@ def band_columns(stages: Sequence[Stage], cols: int, x0: int, x1: int) -> Column
 def bands(job: Job) -> list[tuple[int, int]]:
     """The tiles' column ranges on the stages' grid: ``job.chunk`` image pixels wide."""
     _, cols = unshuffled(job.source.height, job.source.width, job.input_factor)
-    width = job.chunk // job.input_factor
-    return [(x0, min(cols, x0 + width)) for x0 in range(0, cols, width)]
+    return column_bands(cols, job.chunk // job.input_factor)
 
 
 def strips(job: Job) -> int:

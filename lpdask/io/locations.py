@@ -157,3 +157,8 @@ def find_input(path: str | os.PathLike[str]) -> Location:
     if not exists:
         raise LpdaskError(f"input not found: {where}")
     return where
+
+
+def existing_folder(path: Path) -> Path:
+    """``path``, or the nearest of its parents that exists (where it will be created)."""
+    return next(p for p in (path, *path.parents) if p.exists())
