@@ -20,7 +20,7 @@ demo: $(VENV)/.base
 	$(PY) examples/demo.py
 
 test: $(VENV)/.test
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2
 
 bench: $(VENV)/.base
 	$(PY) benchmarks/memory_and_time.py --repeat 2

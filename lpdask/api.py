@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import replace
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import dask.array as da
 import torch
@@ -17,7 +17,7 @@ from .errors import LpdaskError
 from .executors.staged import Mode, Staged, stages_for, whole_stages
 from .executors.lazy import Lazy, denormalise, lazy_pass
 from .executors.stream import Stream
-from .export import TIFF_SUFFIXES
+from .export import TIFF_SUFFIXES, tiff_kind
 from .io.locations import Location, existing_folder
 from .io.sources import Source, open_source
 from .jobs import (JobSpec, WorkFolder, check_output, check_output_name, default_workdir, digest, fingerprint,
@@ -25,6 +25,7 @@ from .jobs import (JobSpec, WorkFolder, check_output, check_output_name, default
 from .lease import hold
 from .models import load_model
 from .models.network import Network
+from .nodata import gdal_number, nodata_of
 from .options import AlphaMode, ChannelMode, check_compression, check_executor, check_grid, check_plan_options, check_value_range
 from .pixels import ValueRange, check_dtype
 from .plan import DEFAULT_TILE_PAD, EXECUTOR_STORAGE, Plan
@@ -33,7 +34,11 @@ from .runner import Summary
 from .schedulers import Cluster, Threads
 from .stages import resize_stages
 
+if TYPE_CHECKING:
+    import xarray
+
 __all__ = ["Summary", "upscale", "upscale_array"]
+
 
 def upscale(
     src: str | os.PathLike[str],
@@ -65,6 +70,8 @@ def upscale(
     strip: int | None = None,
     on_cluster: Callable[[str], None] | None = None,
     on_plan: Callable[[str], None] | None = None,
+    cog: bool | None = None,
+    nodata: str | float | None = None,
 ) -> Summary:
     """Super-resolve the image at ``src`` into ``dst``: an OME-Zarr (``.zarr``) or a tiled, pyramidal
     (OME-/Geo)TIFF (``.tif``, ``.ome.tif``), chunk by chunk.
@@ -76,7 +83,9 @@ def upscale(
     ``precision`` fp16 / bf16 need CUDA. Chunks run on threads of this process, or on a local
     dask.distributed cluster of ``workers`` processes, or on the cluster at ``scheduler`` (tasks ask
     for ``resources``, e.g. {"GPU": 1}); ``on_cluster`` gets its dashboard link. ``compression``
-    is the TIFF output's codec (zlib, zstd, lzw, jpeg for 8-bit, none).
+    is the TIFF output's codec (zlib, zstd, lzw, jpeg for 8-bit, none). ``cog``: a ``.tif`` output
+    as a Cloud Optimized GeoTIFF (through GDAL: the ``lpdask[geo]`` extra); None (the default) for a
+    plain ``.tif`` of a georeferenced input, False for levels as SubIFDs.
 
     ``chunk`` and ``blocks_per_stage`` left out are chosen by the planner (:mod:`lpdask.planner`)
     within ``max_memory`` bytes (default: 4 GiB, or half the available memory if less); ``on_plan``
@@ -108,14 +117,19 @@ def upscale(
         value_range = check_value_range(value_range, source.dtype)
         photometric = photometric_of(source.channels, channels, source.photometric)
         runs = passes(source.channels, photometric, alpha)
+        missing = nodata_of(source, nodata)
         output = check_output(src, dst, overwrite)
+        tiff_kind(output, source.ome, source.meta, cog, source.plane_count)  # a COG that cannot be: refused now
         torch_device = resolve_device(device)
         compute = resolve_precision(precision, torch_device)
         net = _network(model, torch_device, compute)
         scale = net.scale
         meta = replace(source.meta, photometric=photometric).rescaled(scale)
+        if meta.geotiff is not None and (nodata is not None or source.palette or missing is not None):
+            meta = replace(meta, geotiff=replace(meta.geotiff, gdal_nodata=None if missing is None  # what its
+                                                 else gdal_number(missing.output)))  # missing pixels hold
         as_tiff = output.name.lower().endswith(TIFF_SUFFIXES)
-        check_compression(compression, source.dtype)
+        check_compression(compression, source.dtype, photometric)
         work = WorkFolder(held_places(output, workdir)[-1] if workdir else default_workdir(output))
         stored = None if overwrite else stored_plan(output, work)
         plan, _ = plan_for(net, source, torch_device, mode=mode, chunk=chunk, blocks_per_stage=blocks_per_stage,
@@ -130,14 +144,15 @@ def upscale(
             "input": fingerprint(source), "model": model_digest(net), "scale": scale, "mode": mode,
             "tile_pad": tile_pad if mode == "tile" else None, "plan": plan.to_json(),
             "channels": photometric, "alpha": alpha, "value_range": value_range, "precision": precision,
-            "device": torch_device.type, "output": "tiff" if as_tiff else "zarr", "version": __version__})
+            "device": torch_device.type, "output": "tiff" if as_tiff else "zarr",
+            "nodata": missing.to_json() if missing else None, "version": __version__})
         state = output_state(output, work, identity["digest"], overwrite)
         chunks_on = _scheduler(plan, torch_device, workers, scheduler, resources)  # before any output: it may fail
         spec = JobSpec(source, output, work, identity, plan, net, network_stages, runs, meta, torch_device, compute,
-                       value_range, compression)
+                       value_range, compression, missing)
         try:
             executes = Lazy() if executor == "lazy" else Stream() if plan.storage == "stream" else Staged()
-            return runner.run(spec, state, executes, chunks_on, leases, start, progress, on_cluster)
+            return runner.run(spec, state, executes, chunks_on, leases, start, progress, on_cluster, cog)
         finally:
             if isinstance(chunks_on, Cluster):
                 chunks_on.close()
@@ -215,7 +230,7 @@ def _scheduler(plan: Plan, device: torch.device, workers: int, address: str | No
 
 
 def upscale_array(
-    image: da.Array,
+    image: da.Array | xarray.DataArray,
     model: str | os.PathLike[str] | Network | None = None,
     *,
     chunk: int = Plan.chunk,
@@ -227,20 +242,30 @@ def upscale_array(
     channels: ChannelMode = "auto",
     alpha: AlphaMode = "network",
     value_range: ValueRange | None = None,
-) -> da.Array:
+) -> da.Array | xarray.DataArray:
     """Lazy: a (y, x, c) dask array in, its (y*s, x*s, c) super-resolution out, same dtype.
 
     ``channels="auto"`` runs 3 channels as RGB, 4 as RGBA, others each as a grey image. Stages pass
     activations through dask's memory (halos by ``dask.array.overlap`` with ``boundary='none'``,
     so halos stop at the image border) instead of a Zarr work folder.
+
+    An xarray DataArray with y and x dims and, optionally, one of band / c / channel / channels (any
+    order) comes back as a lazy DataArray with the same dims, coordinates at the new pixel centres,
+    and its attrs, name, nodata encoding and (with rioxarray) CRS and scaled transform: see
+    :mod:`lpdask.xarrays`.
     """
+    check_plan_options(chunk, blocks_per_stage, tile_pad=tile_pad)
+    labels = None
+    if not isinstance(image, da.Array):
+        from .xarrays import unlabelled  # imports xarray only for a DataArray
+
+        image, labels = unlabelled(image, chunk)
     if image.ndim != 3:
         raise LpdaskError(f"image of shape {image.shape} is not (y, x, c)")
     dtype = check_dtype(image.dtype)
     value_range = check_value_range(value_range, dtype)
     hint = {3: "rgb", 4: "rgba"}.get(image.shape[2], "minisblack")
     runs = passes(image.shape[2], photometric_of(image.shape[2], channels, hint), alpha)  # type: ignore[arg-type]
-    check_plan_options(chunk, blocks_per_stage, tile_pad=tile_pad)
     plan = Plan.given(chunk, blocks_per_stage)
     torch_device = resolve_device(device)
     compute = resolve_precision(precision, torch_device)
@@ -255,5 +280,5 @@ def upscale_array(
         values = lazy_pass(pixels, run, stages, factor, plan.chunk, torch_device, compute, value_range)
         outputs.append(values.map_blocks(denormalise, run, dtype, value_range, dtype=dtype,
                                          chunks=(len(run.channels), *values.chunks[1:])))
-    result = outputs[0] if len(outputs) == 1 else da.concatenate(outputs, axis=0)
-    return result.transpose(1, 2, 0)
+    result = (outputs[0] if len(outputs) == 1 else da.concatenate(outputs, axis=0)).transpose(1, 2, 0)
+    return result if labels is None else labels.apply(result, net.scale)

@@ -70,7 +70,8 @@ def cli() -> None:
 @click.option("--mode", type=click.Choice(["exact", "tile"]), default="exact", show_default=True,
               help="exact: staged, seamless. tile: Real-ESRGAN's tile/tile_pad stitching (seams), for comparison.")
 @click.option("--tile-pad", type=int, default=DEFAULT_TILE_PAD, show_default=True, help="Context pixels per tile in tile mode.")
-@click.option("--series", type=int, default=0, show_default=True, help="TIFF series (OME-Zarr: bioformats2raw series).")
+@click.option("--series", type=int, default=0, show_default=True,
+              help="TIFF series (OME-Zarr: bioformats2raw series; CZI, ND2, LIF: scene).")
 @click.option("--level", type=int, default=0, show_default=True, help="Pyramid level of the input (0: full resolution).")
 @click.option("--channels", type=click.Choice(CHANNEL_MODES), default="auto", show_default=True,
               help="auto: RGB / RGBA where the input says so, else each channel as a grey image. "
@@ -86,6 +87,14 @@ def cli() -> None:
 @click.option("--resources", metavar="NAME=N,...", help="Worker resources each chunk task needs, e.g. GPU=1.")
 @click.option("--compression", type=click.Choice(COMPRESSIONS), default="zlib", show_default=True,
               help="Codec of a TIFF output (jpeg: 8-bit only).")
+@click.option("--cog/--no-cog", default=None,
+              help="Write a .tif as a Cloud Optimized GeoTIFF (overviews in the main IFD chain, laid out by "
+                   "GDAL: needs lpdask[geo]); --no-cog: levels as SubIFDs [default: COG for a plain .tif of a "
+                   "GeoTIFF input].")
+@click.option("--nodata", metavar="VALUE|none",
+              help="The value of missing pixels (a number or nan), overriding the input's; none: no pixel is "
+                   "missing. Missing pixels are filled before the network and take this value in the output "
+                   "[default: the input's GDAL nodata tag and internal mask].")
 @click.option("--executor", type=click.Choice(EXECUTORS[:-1]), default="auto", show_default=True,
               help="stream: tiles streamed in row strips, nothing stored between stages. staged: stage by stage "
                    "through the work folder. whole: the whole network on each chunk. auto: the planner's choice.")
@@ -97,10 +106,12 @@ def upscale_command(input: str, output: str, model: str | None, chunk: int | Non
                     threads: int, device: str, precision: str, workdir: str | None, overwrite: bool, mode: str,
                     tile_pad: int, series: int, level: int, channels: str, alpha: str,
                     value_range: tuple[float, float] | None, workers: int, scheduler: str | None,
-                    resources: str | None, compression: str, executor: str, strip: int | None, wait: bool,
-                    quiet: bool) -> None:
-    """Super-resolve INPUT (TIFF, OME-TIFF, GeoTIFF, Zarr, OME-Zarr) into OUTPUT: an OME-Zarr
-    (.zarr) or a tiled pyramidal TIFF (.tif, .ome.tif).
+                    resources: str | None, compression: str, cog: bool | None, nodata: str | None, executor: str,
+                    strip: int | None, wait: bool, quiet: bool) -> None:
+    """Super-resolve INPUT (TIFF, OME-TIFF, GeoTIFF, Zarr, OME-Zarr; MRXS, VMS, SCN, BIF slides
+    through OpenSlide, with lpdask[pathology]; CZI, ND2, LIF through bioio, with lpdask[microscopy];
+    LPDASK_READER=openslide|bioio|tifffile forces a reader) into OUTPUT: an OME-Zarr (.zarr) or a
+    tiled pyramidal TIFF (.tif, .ome.tif).
 
     A job that stops (crash, kill, lost worker, full disk) resumes when the same command is run again.
     One run at a time holds OUTPUT: another exits 2 at once naming the holder, or waits with --wait.
@@ -122,10 +133,15 @@ def upscale_command(input: str, output: str, model: str | None, chunk: int | Non
     from .lease import hold
 
     source = open_source(input, series, level)
-    photometric_of(source.channels, channels, source.photometric)  # type: ignore[arg-type]
-    check_compression(compression, source.dtype)
+    photometric = photometric_of(source.channels, channels, source.photometric)  # type: ignore[arg-type]
+    check_compression(compression, source.dtype, photometric)
+    from .nodata import nodata_of
 
-    check_output_name(output)
+    nodata_of(source, nodata)
+
+    from .export import tiff_kind
+
+    tiff_kind(check_output_name(output), source.ome, source.meta, cog, source.plane_count)
     with hold(held_places(output, workdir), wait):  # before the output is read, and before the slow imports
         check_output(input, output, overwrite)
         from .api import upscale
@@ -134,7 +150,8 @@ def upscale_command(input: str, output: str, model: str | None, chunk: int | Non
                           threads=threads, device=device, precision=precision, workdir=workdir, overwrite=overwrite,
                           mode=mode, tile_pad=tile_pad, series=series, level=level, channels=channels,  # type: ignore[arg-type]
                           alpha=alpha, value_range=value_range, workers=workers, scheduler=scheduler,  # type: ignore[arg-type]
-                          resources=needs, compression=compression, progress=not quiet, wait=wait,
+                          resources=needs, compression=compression, cog=cog, nodata=nodata, progress=not quiet,
+                          wait=wait,
                           executor=executor, strip=strip,
                           max_memory=max_memory * 1e9 if max_memory else None,
                           on_plan=None if quiet else lambda text: click.echo(f"lpdask: {text}", err=True),
@@ -223,12 +240,16 @@ def plan_command(input: str, model: str | None, device: str, precision: str, ser
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 @click.option("--compression", type=click.Choice(COMPRESSIONS), default="zlib", show_default=True,
               help="TIFF codec (jpeg: 8-bit only).")
-def export_command(input: str, output: str, overwrite: bool, compression: str) -> None:
+@click.option("--cog/--no-cog", default=None,
+              help="Write a .tif as a Cloud Optimized GeoTIFF (overviews in the main IFD chain, laid out by "
+                   "GDAL: needs lpdask[geo]); --no-cog: levels as SubIFDs [default: COG for a plain .tif of a "
+                   "georeferenced INPUT].")
+def export_command(input: str, output: str, overwrite: bool, compression: str, cog: bool | None) -> None:
     """Convert an OME-Zarr result (INPUT.zarr) into a tiled pyramidal TIFF (.tif or .ome.tif),
     carrying its metadata (physical sizes, channels, GeoTIFF tags)."""
     from .export import export
 
-    click.echo(f"wrote {export(input, output, overwrite=overwrite, compression=compression)}", err=True)
+    click.echo(f"wrote {export(input, output, overwrite=overwrite, compression=compression, cog=cog)}", err=True)
 
 
 @cli.command(name="models")

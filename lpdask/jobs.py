@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from .io.metadata import ImageMetadata
     from .io.sources import Source
     from .models.network import Network
+    from .nodata import Nodata
     from .pixels import ValueRange
     from .plan import Plan
     from .stages import Stage
@@ -150,6 +151,8 @@ class JobSpec:
     precision: torch.dtype
     value_range: ValueRange | None = None
     compression: str = "zlib"
+    nodata: Nodata | None = None
+    """The input's missing pixels (filled before the network, marked in the output)."""
 
     @property
     def as_tiff(self) -> bool:

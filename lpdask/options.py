@@ -109,14 +109,16 @@ def check_value_range(value_range: ValueRange | None, dtype: np.dtype | None = N
     return low, high
 
 
-def check_compression(compression: str, dtype: np.dtype) -> None:
-    """TIFF codecs lpdask writes; JPEG only for 8-bit pixels."""
+def check_compression(compression: str, dtype: np.dtype, photometric: str | None = None) -> None:
+    """TIFF codecs lpdask writes; JPEG only for 8-bit pixels without alpha."""
     if compression not in COMPRESSIONS:
         raise OptionError("compression", compression, f"is not one of {', '.join(COMPRESSIONS)}")
     import numpy as np
 
     if compression == "jpeg" and np.dtype(dtype) != np.uint8:
         raise OptionError("compression", compression, f"needs 8-bit pixels; this image is {np.dtype(dtype)}")
+    if compression == "jpeg" and photometric == "rgba":
+        raise OptionError("compression", compression, "cannot hold an alpha channel; use zlib, or --channels separate")
 
 
 def check_grid(chunk: int, input_factor: int, scale: int, strip: int = 0) -> None:

@@ -14,7 +14,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -24,7 +24,7 @@ from .chunks import stored_chunk
 from .device import storage_dtype
 from .errors import RESUMES, Fault, InputChanged, LpdaskError, MetadataWarning, OutputBusy, fault_of, writing
 from .executors import Executor
-from .export import partial_tiff_path, publish, wants_ome
+from .export import partial_tiff_path, publish, scratch_tiff_path, tiff_kind, write_pyramid_tiff
 from .geometry import activation_bytes
 from .io.locations import Location, existing_folder
 from .io.metadata import ImageMetadata
@@ -81,8 +81,10 @@ class Summary:
 
 
 def run(spec: JobSpec, state: State, executor: Executor, scheduler: Threads | Cluster, leases: Leases,
-        started: float, progress: bool = False, on_cluster: Callable[[str], None] | None = None) -> Summary:
-    """Run (or resume, or find complete) ``spec`` on ``scheduler`` with ``executor`` and finish its output."""
+        started: float, progress: bool = False, on_cluster: Callable[[str], None] | None = None,
+        cog: bool | None = None) -> Summary:
+    """Run (or resume, or find complete) ``spec`` on ``scheduler`` with ``executor`` and finish its output
+    (a TIFF one as a Cloud Optimized GeoTIFF as ``cog`` says: :func:`~lpdask.export.tiff_kind`)."""
     source, output, work, identity, plan, meta = spec.source, spec.output, spec.work, spec.identity, spec.plan, spec.meta
     network_stages, scale, as_tiff = spec.stages, spec.network.scale, spec.as_tiff
     shape = spec.output_shape
@@ -90,10 +92,16 @@ def run(spec: JobSpec, state: State, executor: Executor, scheduler: Threads | Cl
         return Summary(output, time.perf_counter() - started, _megapixels(source), shape, 0, len(network_stages), 0,
                        peak_bytes(), 0, already_complete=True)
     _warn_dropped(meta, as_tiff)
+    kind = tiff_kind(output, source.ome, meta, cog, source.plane_count, warn=True) if as_tiff else None
+    result = work.path / "result.zarr" if as_tiff else output
+    if state == "resume" and not (result / "0").exists():
+        state = "new"  # its stored result is gone (removed by hand, or killed before it began): start again
     resumed = state == "resume" and work.identity() == identity["digest"]
     need = {work.path: _work_bytes(network_stages if plan.storage == "zarr" else [], source,
                                    spec.network.input_factor, as_tiff, shape, storage_dtype(spec.precision).itemsize),
             output: math.prod(shape) * source.dtype.itemsize * 4 // 3}
+    if kind == "cog":  # the COG's source pyramid, written to the work folder first
+        need[work.path] += math.prod(shape) * source.dtype.itemsize * 4 // 3
     if not resumed:
         check_disk(work.path, output, need[work.path], need[output])
     try:
@@ -101,20 +109,23 @@ def run(spec: JobSpec, state: State, executor: Executor, scheduler: Threads | Cl
             output.remove()
             work.clear()
         work.start(identity)
-        result = work.path / "result.zarr" if as_tiff else output
         if not resumed:
             result.remove()
         sink = OmeZarrSink(result, source.output_axes, shape, source.dtype, stored_chunk(plan.chunk * scale),
                            source.channels if meta.photometric != "minisblack" else 1,
-                           {"job": identity["digest"], "plan": identity["plan"]}, resume=resumed)
+                           {"job": identity["digest"], "plan": identity["plan"]}, resume=resumed,
+                           nodata=spec.nodata.output if spec.nodata else None)
         if isinstance(scheduler, Cluster) and on_cluster:
             on_cluster(scheduler.dashboard_link)
-        torch_threads = max(1, (os.cpu_count() or 1) // scheduler.workers) if isinstance(scheduler, Threads) else 0
         jobs = [Job(source, network_stages if p.uses_network else resize_stages(p.kind, scale), plan.chunk, work,
                     sink, spec.device, spec.network.input_factor if p.uses_network else 1, spec.precision, plane, p,
-                    spec.value_range, k, torch_threads, plan.strip)
+                    spec.value_range, k, 0, plan.strip, spec.nodata)
                 for k, (plane, p) in enumerate((plane, p) for plane in source.planes() for p in spec.passes)]
         chunks = executor.tasks(jobs[0])
+        torch_threads = 0
+        if isinstance(scheduler, Threads):  # cores split between the chunks that can run at once
+            torch_threads = max(1, (os.cpu_count() or 1) // max(1, min(scheduler.workers, chunks)))
+            jobs = [replace(job, torch_threads=torch_threads) for job in jobs]
         bars = Bars([job.stages for job in jobs], chunks, disable=not progress)
         partial_tiff = partial_tiff_path(output, work.path)
         computed = 0
@@ -146,15 +157,13 @@ def run(spec: JobSpec, state: State, executor: Executor, scheduler: Threads | Cl
                     levels = sink.finish(meta, Location.of(source.path).name, executor.levels_written(jobs[0]),
                                          scheduler="threads",
                                          num_workers=plan.chunks_at_once("cpu"))
-                if as_tiff:
-                    from .io.tiff import write_tiff
-
+                if kind is not None:
                     group = zarr.open_group(str(result), mode="r")
+                    software = f"{SOFTWARE_PREFIX}{identity['digest']} {json.dumps(identity['plan'])}"
                     with writing(output):
-                        write_tiff(partial_tiff, [group[str(k)] for k in range(levels)], meta,
-                                   ome=wants_ome(output, source.ome, meta),
-                                   software=f"{SOFTWARE_PREFIX}{identity['digest']} {json.dumps(identity['plan'])}",
-                                   compression=spec.compression)
+                        write_pyramid_tiff(partial_tiff, [group[str(k)] for k in range(levels)], meta, kind,
+                                           scratch=scratch_tiff_path(output, work.path), software=software,
+                                           compression=spec.compression)
                         publish(partial_tiff, output)
         except BaseException as exc:
             bars.close()

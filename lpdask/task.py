@@ -24,6 +24,7 @@ from .io.omezarr import OmeZarrSink
 from .io.sources import Source
 from .jobs import WorkFolder
 from .memory import trim
+from .nodata import FILL_RADIUS, Nodata, fill, input_box, mark, read_mask, upscaled_mask, valid_of
 from .pixels import ValueRange, from_unit, to_unit
 from .stages import IMAGE, Stage
 
@@ -53,6 +54,8 @@ class Job:
     """torch's intra-op threads in the process running a chunk (0: leave as it is)."""
     strip: int = 0
     """Rows (image pixels) of the strips the streaming executor computes at a time."""
+    nodata: Nodata | None = None
+    """The input's missing pixels: filled before the network, marked in the output."""
 
     def factor(self, index: int) -> int:
         """Resolution of stage ``index``'s input relative to the image."""
@@ -81,7 +84,23 @@ class Job:
         return F.pixel_unshuffle(torch.from_numpy(self._unit(pixels, box))[None], d)
 
     def _pixels(self, box: Box) -> np.ndarray:
-        """The pass's channels only (a 20-channel image is read once per channel, not 20 times)."""
+        """The pass's channels only (a 20-channel image is read once per channel, not 20 times),
+        with missing pixels filled (read :data:`~lpdask.nodata.FILL_RADIUS` wider for that)."""
+        if self.nodata is None:
+            return self._read(box)
+        grown = box.grow(FILL_RADIUS, self.source.height, self.source.width)
+        pixels = self._read(grown)
+        valid = self._valid(pixels, grown)
+        inner = box.within(grown)
+        if valid is None or valid.all():
+            return pixels[inner.slices()]
+        filled = fill(pixels, valid)[inner.slices()]
+        if pixels.dtype.kind in "ui":
+            info = np.iinfo(pixels.dtype)
+            return np.clip(np.rint(filled), info.min, info.max).astype(pixels.dtype)
+        return filled.astype(pixels.dtype)
+
+    def _read(self, box: Box) -> np.ndarray:
         first, last = min(self.pass_.channels), max(self.pass_.channels)
         try:
             return self.source.read(box, self.plane, slice(first, last + 1))
@@ -89,6 +108,14 @@ class Job:
             plane = "".join(f" {a}={i}" for a, i in self.plane.items())
             raise LpdaskError(f"{self.source.path}: cannot read rows {box.y0}:{box.y1} columns {box.x0}:{box.x1}"
                               f"{plane} ({type(exc).__name__}: {exc})") from None
+
+    def _valid(self, pixels: np.ndarray, box: Box) -> np.ndarray | None:
+        """Which of the pass's ``pixels`` read at ``box`` hold data (None: all)."""
+        assert self.nodata is not None
+        mask = None
+        if self.nodata.mask_page is not None:
+            mask = read_mask(self.source.path, self.nodata.mask_page, box)
+        return valid_of(pixels, self.nodata.value, mask)
 
     def _unit(self, pixels: np.ndarray, box: Box) -> np.ndarray:
         plane = "".join(f" {a}={i}" for a, i in self.plane.items())
@@ -107,7 +134,16 @@ class Job:
         return from_unit(self.pass_.from_network(values), self.sink.level0.dtype, self.value_range, scratch=True)
 
     def write_pixels(self, box: Box, pixels: np.ndarray, level: int = 0) -> None:
-        """The pass's output pixels (channels, h, w) at ``box`` of the sink's level ``level``."""
+        """The pass's output pixels (channels, h, w) at ``box`` of the sink's level ``level``; at
+        level 0 those the input lacked take the nodata value (``pixels`` is changed in place)."""
+        if level == 0 and self.nodata is not None:
+            scale = self.sink.level0.shape[-1] // self.source.width
+            under = input_box(box, scale)
+            valid = self._valid(self._read(under), under)
+            if valid is not None:
+                first = min(self.pass_.channels)
+                valid = valid[..., [c - first for c in self.pass_.channels]]
+                mark(pixels, upscaled_mask(valid, box, scale, under), self.nodata.output)
         self.sink.write(box, pixels, self.plane, self.pass_.channels, level)
 
 

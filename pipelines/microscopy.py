@@ -1,4 +1,5 @@
-"""Microscopy: a 16-bit multichannel z-stack (OME-TIFF or OME-Zarr) to a super-resolved OME-Zarr for napari.
+"""Microscopy: a 16-bit multichannel z-stack (OME-TIFF, OME-Zarr, and with the ``microscopy`` extra Zeiss
+CZI, Nikon ND2, Leica LIF) to a super-resolved OME-Zarr for napari.
 
 Each channel goes through the network as its own grey image, every z-plane separately, so channel
 order, names, colours and the 16-bit range are kept; x and y pixel sizes shrink by the model's scale,
@@ -39,6 +40,24 @@ def describe_tiff(path: Path) -> dict[str, Any]:
             "levels": [_yx(series.axes.lower(), level.shape) for level in series.levels]}
 
 
+def describe_bioio(path: Path) -> dict[str, Any]:
+    """The same, as bioio reads a microscope's file (CZI, ND2, LIF): first scene; T and Z where they
+    have more than one position, the samples of an RGB pixel as channels."""
+    from bioio import BioImage
+
+    image = BioImage(str(path))
+    dims = dict(zip(image.dims.order, image.dims.shape))
+    sizes = {"c": dims.get("S", 1) if dims.get("S", 1) > 1 else dims.get("C", 1)}
+    sizes |= {a.lower(): dims[a] for a in "TZ" if dims.get(a, 1) > 1}
+    sizes |= {"y": dims["Y"], "x": dims["X"]}
+    pixel = image.physical_pixel_sizes
+    physical = {a: (float(size), "micrometer") for a, size in (("x", pixel.X), ("y", pixel.Y), ("z", pixel.Z))
+                if size and (a != "z" or "z" in sizes)}
+    names = [] if dims.get("S", 1) > 1 else [str(n) for n in image.channel_names]
+    return {"sizes": sizes, "physical": physical, "origin": {a: 0.0 for a in physical}, "channels": names,
+            "colors": [], "levels": [(dims["Y"], dims["X"])]}
+
+
 def describe_zarr(path: Path) -> dict[str, Any]:
     """The same, read from an OME-Zarr by ome-zarr-py's reader (napari-ome-zarr's)."""
     from ome_zarr.io import parse_url
@@ -62,7 +81,11 @@ def describe_zarr(path: Path) -> dict[str, Any]:
 
 def check(src: Path, dst: Path) -> dict[str, Any]:
     """Compare input and output with independent readers; raise CheckFailed where they disagree."""
-    before = describe_zarr(src) if src.is_dir() else describe_tiff(src)
+    from lpdask.io.bioimage import claims
+    from lpdask.io.locations import Location
+
+    before = (describe_zarr(src) if src.is_dir() else describe_bioio(src) if claims(Location.of(src))
+              else describe_tiff(src))
     after = describe_zarr(dst)
     scale = after["sizes"]["x"] / before["sizes"]["x"]
     expect(scale == int(scale) and scale >= 1, f"output width {after['sizes']['x']} is not a multiple of the input's")

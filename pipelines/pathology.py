@@ -1,4 +1,5 @@
-"""Pathology: one level of a pyramidal whole-slide image (Aperio SVS, OME-TIFF, ...) to a super-resolved
+"""Pathology: one level of a pyramidal whole-slide image (Aperio SVS, NDPI, OME-TIFF, and with the
+``pathology`` extra every format OpenSlide reads: MRXS, SCN, BIF, VMS, ...) to a super-resolved
 pyramidal OME-TIFF for QuPath.
 
 The RGB level goes through the network as one RGB image; the output is a tiled BigTIFF with its
@@ -62,9 +63,34 @@ def describe(path: Path) -> dict[str, Any]:
         }
 
 
+def describe_slide(path: Path) -> dict[str, Any]:
+    """The same, as OpenSlide reads a whole-slide file (MRXS, SCN, BIF, ...): RGB, 8-bit."""
+    import numpy as np
+    import openslide
+
+    with openslide.OpenSlide(str(path)) as slide:
+        mpp = slide.properties.get(openslide.PROPERTY_NAME_MPP_X)
+        return {
+            "format": f"OpenSlide {slide.detect_format(str(path))}",
+            "levels": [(h, w) for w, h in slide.level_dimensions],
+            "mpp": float(mpp) if mpp else None,
+            "samples": 3,
+            "dtype": np.dtype(np.uint8),
+            "tile": (0, 0),
+            "compression": "",
+            "subifds": 0,
+            "other series": sorted(slide.associated_images),
+        }
+
+
 def check(src: Path, dst: Path, level: int = 0) -> dict[str, Any]:
-    """Compare input and output with tifffile; raise CheckFailed where they disagree."""
-    before, after = describe(src), describe(dst)
+    """Compare input and output with tifffile (OpenSlide for the input where lpdask reads it
+    through OpenSlide); raise CheckFailed where they disagree."""
+    from lpdask.io.locations import Location
+    from lpdask.io.slides import claims
+
+    before = describe_slide(src) if claims(Location.of(src)) else describe(src)
+    after = describe(dst)
     height, width = before["levels"][level]
     out_h, out_w = after["levels"][0]
     scale = out_w / width

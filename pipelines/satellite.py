@@ -6,11 +6,13 @@ Each band goes through the network as its own grey image; the georeferencing is 
 - stretch (uint16 input): reflectances fill a few percent of the 16-bit range, which the network,
   trained on photos, sees as a nearly black image and flattens. Each band's valid range is spread
   over 1..65535 in a temporary copy and mapped back after (``--stretch none`` skips it).
-- nodata: Real-ESRGAN knows nothing of nodata, so an output pixel is made nodata where its input
-  pixel was (per band, as GDAL reads it), a valid pixel that came out equal to the nodata value is
-  moved one step off it, and overviews are rebuilt as means of valid pixels (``--no-mask`` skips it).
+- nodata: lpdask fills the nodata pixels before the network, makes an output pixel nodata where its
+  input pixel was (per band, as GDAL reads it), moves a valid pixel that came out equal to the
+  nodata value one step off it, and averages only valid pixels in the overviews. After a stretch,
+  the footprint is restored here once more as the stretch is undone (``--no-mask`` skips both).
 
-Checked with rasterio: CRS, transform, bounds, nodata and its footprint, overviews, band count.
+Checked with rasterio: CRS, transform, bounds, nodata and its footprint, overviews, band count; and
+with rio-cogeo: a valid Cloud Optimized GeoTIFF (lpdask writes one for a GeoTIFF input).
 
     python pipelines/satellite.py                        # synthetic sample, default model
     python pipelines/satellite.py scene.tif scene_sr.tif --model realesr-animevideov3
@@ -155,8 +157,8 @@ def super_resolve(src: Path, dst: Path, args: Any) -> list[tuple[float, float]] 
     if args.stretch != "none" and dtypes == {"uint16"}:
         ranges = band_ranges(src) if args.stretch == "auto" else [args.stretch] * count
     mask = args.mask and nodata is not None
-    if ranges is None and not mask:
-        upscale(src, dst, args)
+    if ranges is None:  # lpdask fills the nodata pixels and restores their footprint itself
+        upscale(src, dst, args, **({} if args.mask else {"nodata": "none"}))
         return None
     parts = dst.with_name(dst.name + ".parts")
     parts.mkdir(exist_ok=True)
@@ -204,6 +206,10 @@ def check(src: Path, dst: Path, masked: bool = True) -> dict[str, Any]:
         if a.nodata is not None:
             expect(not masked or found["differ"] == 0, f"{found['differ']} output values are nodata where their "
                                                        "input pixel is not, or the other way round")
+        from rio_cogeo.cogeo import cog_validate
+
+        valid, errors, _ = cog_validate(str(dst), quiet=True)
+        expect(valid, f"output is not a valid Cloud Optimized GeoTIFF: {'; '.join(errors)}")
         rows = [("size (bands x rows x cols)", (a.count, *a.shape), (b.count, *b.shape)),
                 ("band names", a.descriptions, b.descriptions),
                 ("CRS", a.crs, b.crs),
@@ -214,7 +220,8 @@ def check(src: Path, dst: Path, masked: bool = True) -> dict[str, Any]:
                  f"{found['after']} (input x {scale}^2 = {found['before'] * scale**2})"),
                 ("band means (valid)", *found["means"]),
                 ("overviews", a.overviews(1), overviews),
-                ("tiles", a.block_shapes[0], b.block_shapes[0])]
+                ("tiles", a.block_shapes[0], b.block_shapes[0]),
+                ("Cloud Optimized GeoTIFF", "", "valid (rio-cogeo)")]
     for k in range(len(overviews)):
         with rasterio.open(dst, overview_level=k) as o:
             expect(close(o.transform.a, tb.a * overviews[k]), f"overview {k} pixel size {o.transform.a}")

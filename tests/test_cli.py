@@ -92,6 +92,7 @@ def make_cases(tmp: Path) -> dict[str, tuple[list[str | Path], str]]:
         "bad resources": (["in.tif", "out.zarr", "--resources", "GPU"], "'GPU' is not NAME=AMOUNT"),
         "unreachable scheduler": (["in.tif", "out.zarr", "--scheduler", "tcp://127.0.0.1:9", "-q"], "cannot reach the Dask scheduler at tcp://127.0.0.1:9"),
         "jpeg of 16-bit": (["u16.tif", "out.tif", "--compression", "jpeg"], "--compression jpeg needs 8-bit pixels"),
+        "jpeg with alpha": (["rgba.tif", "out.tif", "--compression", "jpeg"], "--compression jpeg cannot hold an alpha"),
         "output not zarr": (["in.tif", "out.png"], "must be a .zarr folder (OME-Zarr) or a .tif"),
         "overwrite the input": (["int32.zarr", "int32.zarr", "--overwrite"], "pixel type int32"),
         "missing model": (["in.tif", "out.zarr", "--model", "nope.pth"], "model file not found: nope.pth"),

@@ -48,8 +48,8 @@ def chunks_done(work: Path, chunks: int) -> int:
 
 @pytest.mark.slow  # the CLI in subprocesses, killed and rerun
 def test_sigkill_half_way_then_resume(tmp_path, small_checkpoint):
-    tifffile.imwrite(tmp_path / "in.tif", smooth_image(160, 160, seed=50), tile=(32, 32))
-    chunks, stages = 100, 4  # 160 / 16 squared; head, body.0, body.1 + conv_body, tail
+    tifffile.imwrite(tmp_path / "in.tif", smooth_image(128, 128, seed=50), tile=(32, 32))
+    chunks, stages = 64, 4  # 128 / 16 squared; head, body.0, body.1 + conv_body, tail
     reference = start(tmp_path, small_checkpoint, "reference.zarr")
     assert reference.wait(timeout=300) == 0, reference.stderr.read()
 
@@ -110,3 +110,34 @@ def test_not_enough_disk_is_refused_up_front(tmp_path, small_net, monkeypatch):
                                           r".* has 0\.0 GB free; use --workdir"):
         upscale(tmp_path / "in.tif", tmp_path / "out.zarr", model=small_net, chunk=64, blocks_per_stage=1)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif"]
+
+
+def test_an_output_removed_by_hand_after_a_stop_is_computed_again(tmp_path, small_net, monkeypatch):
+    """The work folder left by a stopped run says "resume", but the output it would resume is gone:
+    the same call starts again and gives the uninterrupted result."""
+    import itertools
+    import shutil
+
+    import lpdask.task
+    from lpdask import upscale
+
+    tifffile.imwrite(tmp_path / "in.tif", smooth_image(48, 48, seed=53))
+    options = {"model": small_net, "chunk": 16, "blocks_per_stage": 1, "threads": 1}
+    upscale(tmp_path / "in.tif", tmp_path / "reference.zarr", **options)
+    window, calls = lpdask.task.run_window, itertools.count()
+
+    def broken(*args, **kwargs):
+        if next(calls) == 12:
+            raise RuntimeError("stopped")
+        return window(*args, **kwargs)
+
+    monkeypatch.setattr(lpdask.task, "run_window", broken)
+    with pytest.raises(RuntimeError, match="stopped"):
+        upscale(tmp_path / "in.tif", tmp_path / "out.zarr", **options)
+    monkeypatch.setattr(lpdask.task, "run_window", window)
+    assert (tmp_path / "out.zarr.work").is_dir()
+    shutil.rmtree(tmp_path / "out.zarr")
+    summary = upscale(tmp_path / "in.tif", tmp_path / "out.zarr", **options)
+    assert not summary.resumed
+    assert np.array_equal(zarr.open_array(str(tmp_path / "out.zarr" / "0"))[:],
+                          zarr.open_array(str(tmp_path / "reference.zarr" / "0"))[:])

@@ -295,7 +295,7 @@ def tiles_done(work: Path) -> int:
 
 @pytest.mark.slow  # the CLI in subprocesses, killed and rerun
 def test_sigkill_then_resume_recomputes_only_unfinished_tiles(tmp_path, small_checkpoint):
-    tifffile.imwrite(tmp_path / "in.tif", smooth_image(120, 160, seed=51), tile=(32, 32))
+    tifffile.imwrite(tmp_path / "in.tif", smooth_image(72, 160, seed=51), tile=(32, 32))
     tiles = 10
     reference = start(tmp_path, small_checkpoint, "reference.zarr")
     assert reference.wait(timeout=300) == 0, reference.stderr.read()
@@ -324,7 +324,7 @@ def test_sigkill_then_resume_recomputes_only_unfinished_tiles(tmp_path, small_ch
 def test_ctrl_c_stops_a_long_tile_between_strips_and_the_same_command_resumes(tmp_path, small_checkpoint):
     """A tile can take an hour on a slide: SIGINT stops it at its next strip (not when it ends),
     with one line and exit 130; the same command then finishes, equal to an uninterrupted run."""
-    tifffile.imwrite(tmp_path / "in.tif", smooth_image(1024, 48, seed=52))
+    tifffile.imwrite(tmp_path / "in.tif", smooth_image(512, 48, seed=52))
     env = {**os.environ, "LPDASK_CACHE_DIR": str(tmp_path / "cache")}
 
     def start(output: str) -> subprocess.Popen[str]:

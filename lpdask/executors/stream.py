@@ -360,7 +360,7 @@ class _Writer:
         level.pending = [block[:, flush - level.start:]] if stop > flush else []
         level.start = flush
         if level.index + 1 < len(self.levels):
-            self._add(self.levels[level.index + 1], half(done))
+            self._add(self.levels[level.index + 1], half(done, self.job.sink.nodata))
 
     def close(self) -> None:
         for future in self.queued:

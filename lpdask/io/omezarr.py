@@ -29,10 +29,12 @@ class OmeZarrSink:
 
     def __init__(self, path: str | os.PathLike[str] | Location, axes: str, shape: tuple[int, ...], dtype: np.dtype,
                  chunk: int, channel_chunk: int | None = None, status: dict[str, Any] | None = None,
-                 resume: bool = False) -> None:
+                 resume: bool = False, nodata: float | None = None) -> None:
         self.path = Location.of(path)
         self.axes = axes
         self.chunk = chunk
+        self.nodata = nodata
+        """The value of missing pixels: pyramid means leave them out."""
         self._levels: dict[int, zarr.Array] = {}
         if resume:
             self._level0: zarr.Array | None = zarr.open_array(str(self.path / "0"), mode="r+")
@@ -107,7 +109,7 @@ class OmeZarrSink:
         previous = self.level(written - 1) if written > 1 else self.level0
         for index in range(written, len(shapes)):
             source = da.from_zarr(previous)
-            halved = source.map_blocks(half, dtype=source.dtype, chunks=(
+            halved = source.map_blocks(half, self.nodata, dtype=source.dtype, chunks=(
                 *source.chunks[:-2], *(tuple(math.ceil(n / 2) for n in c) for c in source.chunks[-2:])))
             level = group.create_array(str(index), shape=shapes[index], chunks=self.level_chunks(index),
                                        dtype=previous.dtype, dimension_names=list(self.axes), fill_value=0,
@@ -121,15 +123,25 @@ class OmeZarrSink:
         return len(shapes)
 
 
-def half(block: np.ndarray) -> np.ndarray:
-    """2x2 mean over the last two axes (y, x); an odd last row or column is averaged with itself."""
+def half(block: np.ndarray, nodata: float | None = None) -> np.ndarray:
+    """2x2 mean over the last two axes (y, x); an odd last row or column is averaged with itself.
+    With ``nodata``, the mean of the pixels that are not it, or ``nodata`` where all four are."""
     values = block.astype(np.float32)
     if values.shape[-2] % 2:
         values = np.concatenate([values, values[..., -1:, :]], axis=-2)
     if values.shape[-1] % 2:
         values = np.concatenate([values, values[..., -1:]], axis=-1)
-    mean = (values[..., 0::2, 0::2] + values[..., 1::2, 0::2] + values[..., 0::2, 1::2]
-            + values[..., 1::2, 1::2]) / 4
+    quads = (values[..., 0::2, 0::2], values[..., 1::2, 0::2], values[..., 0::2, 1::2], values[..., 1::2, 1::2])
+    if nodata is None:
+        mean = (quads[0] + quads[1] + quads[2] + quads[3]) / 4
+    else:
+        held = [~np.isnan(q) if math.isnan(nodata) else q != np.float32(nodata) for q in quads]
+        count = sum(h.astype(np.float32) for h in held)
+        total = sum(np.where(h, q, np.float32(0)) for h, q in zip(held, quads))
+        mean = np.where(count > 0, total / np.maximum(count, 1), np.float32(nodata))
+        if block.dtype.kind in "ui" and not math.isnan(nodata):  # a mean of data rounded onto nodata: one off
+            top = np.iinfo(block.dtype).max
+            mean = np.where((count > 0) & (mean.round() == nodata), nodata + 1 if nodata < top else nodata - 1, mean)
     if block.dtype.kind == "f":
         return mean.astype(block.dtype)
     return mean.round().astype(block.dtype)

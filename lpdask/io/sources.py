@@ -2,7 +2,8 @@
 
 An input is a stack of **planes** (one per t and z position) of (y, x, c) pixels. Axes come from
 the file's metadata where it has some (tifffile's series axes, OME-NGFF axes, Zarr dimension
-names), else from the shape: (y, x), (y, x, c) with c <= 4, or (c, y, x).
+names), else from the shape: (y, x), (y, x, c) with c <= 4, or (c, y, x). A palette (colour-mapped)
+TIFF is read as the RGB image its colour map makes of it.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ class Source:
     """A picklable description of an input image; each process opens the file itself."""
 
     path: str
-    kind: str  # "tiff" or "zarr"
+    kind: str  # "tiff", "zarr", "openslide" (io.slides) or "bioio" (io.bioimage)
     array_path: str  # zarr: the array inside the store ("" for a bare array)
     axes: str  # the stored array's axes, each one of t, c, z, y, x
     shape: tuple[int, ...]
@@ -46,6 +47,9 @@ class Source:
     series: int = 0
     level: int = 0
     ome: bool = False
+    palette: bool = False
+    """The file stores indices into a colour map; ``read`` looks them up, and ``axes``, ``shape`` and
+    ``dtype`` describe the colours (the last axis, c, is not stored)."""
     meta: ImageMetadata = field(default_factory=ImageMetadata, compare=False, hash=False)
 
     @property
@@ -86,21 +90,24 @@ class Source:
 
     def read(self, box: Box, plane: dict[str, int] | None = None, channels: slice = slice(None)) -> np.ndarray:
         """The pixels of ``box`` in ``plane`` as (h, w, c), channels ``channels`` only."""
-        array = _opened(self)
+        array, table = _opened(self)
         plane = plane or {}
         ys, xs = box.slices()
+        stored = self.axes[:-1] if self.palette else self.axes
         index = tuple(ys if a == "y" else xs if a == "x" else channels if a == "c" else plane.get(a, 0)
-                      for a in self.axes)
-        kept = [a for a in self.axes if a in "cyx"]
+                      for a in stored)
+        kept = [a for a in stored if a in "cyx"]
         pixels = np.asarray(array[index])
         if "c" not in kept:
-            return pixels.transpose([kept.index("y"), kept.index("x")])[..., None]
+            pixels = pixels.transpose([kept.index("y"), kept.index("x")])
+            return table[:, channels][pixels] if self.palette else pixels[..., None]
         return pixels.transpose([kept.index("y"), kept.index("x"), kept.index("c")])
 
 
-def open_source(path: str | os.PathLike[str] | Location, series: int = 0, level: int = 0) -> Source:
+def open_source(path: str | os.PathLike[str] | Location, series: int = 0, level: int = 0,
+                reader: str | None = None) -> Source:
     """Describe the image at ``path`` (TIFF file, Zarr array or OME-Zarr group; a local path or an
-    fsspec URL); check it is usable.
+    fsspec URL; a whole-slide or microscopy file, see :func:`_reader`); check it is usable.
 
     ``series`` and ``level`` pick a TIFF series and pyramid level (OME-Zarr: a bioformats2raw
     series and a multiscale level); the default is the full-resolution image of the first series.
@@ -111,7 +118,30 @@ def open_source(path: str | os.PathLike[str] | Location, series: int = 0, level:
         raise LpdaskError(f"--series {series} and --level {level} must be at least 0")
     if folder:
         return _zarr_source(where, series, level)
+    chosen = _reader(where, reader)
+    if chosen in ("openslide", "bioio"):
+        from . import bioimage, slides
+
+        fields = (slides if chosen == "openslide" else bioimage).describe(where, series, level)
+        return _checked(Source(_stored(where), chosen, "", series=series, level=level, **fields))
     return _tiff_source(where, series, level)
+
+
+READERS = ("auto", "tifffile", "openslide", "bioio")
+
+
+def _reader(path: Location, reader: str | None) -> str:
+    """Which library reads the file at ``path``: ``reader``, else the LPDASK_READER environment
+    variable, else "auto": OpenSlide or bioio for the suffixes they claim (io.slides.SUFFIXES,
+    io.bioimage.PLUGINS), tifffile for the rest."""
+    chosen = reader or os.environ.get("LPDASK_READER") or "auto"
+    if chosen not in READERS:
+        raise LpdaskError(f"unknown reader {chosen!r} (LPDASK_READER); use one of {', '.join(READERS)}")
+    if chosen != "auto":
+        return chosen
+    from . import bioimage, slides
+
+    return "openslide" if slides.claims(path) else "bioio" if bioimage.claims(path) else "tifffile"
 
 
 def _tiff_source(path: Location, series: int, level: int) -> Source:
@@ -126,12 +156,17 @@ def _tiff_source(path: Location, series: int, level: int) -> Source:
             raise LpdaskError(f"{path}: --level {level} does not exist (series {series} has "
                               f"{len(chosen.levels)} level{'s' if len(chosen.levels) > 1 else ''})")
         image = chosen.levels[level]
-        axes = _tiff_axes(path, image.axes)
+        axes, shape, dtype = _tiff_axes(path, image.axes), tuple(image.shape), image.dtype
         page = image.keyframe
         hint = _tiff_photometric(page)
-        source = _checked(Source(_stored(path), "tiff", "", axes, tuple(image.shape), image.dtype, hint, series,
-                                 level, bool(tif.is_ome)))
-        meta = tiff_metadata(tif, series, level, source.output_axes, source.channels, hint)
+        table = _level_colour_table(chosen, level)
+        if table is not None:
+            if "c" in axes:
+                raise LpdaskError(f"{path}: a palette image with several channels ({image.axes}) is not supported")
+            axes, shape, dtype, hint = axes + "c", (*shape, table.shape[1]), table.dtype, "rgb"
+        source = _checked(Source(_stored(path), "tiff", "", axes, shape, dtype, hint, series, level,
+                                 bool(tif.is_ome), table is not None))
+        meta = tiff_metadata(tif, series, level, source.output_axes, source.channels, hint, source.palette)
     return replace(source, meta=meta)
 
 
@@ -143,6 +178,27 @@ def _stored(path: Location) -> str:
 def _open_tiff(path: Location) -> tifffile.TiffFile:
     """A TiffFile reading the local file, or an fsspec file object for a URL."""
     return tifffile.TiffFile(path.local_path if path.is_local else path.open("rb"))
+
+
+def _grey_jpeg_planes() -> None:
+    """Make tifffile decode the planes of a band-interleaved RGB JPEG TIFF (GDAL's COMPRESS=JPEG
+    INTERLEAVE=BAND) as the one-component JPEGs they are: it asks libjpeg for RGB input, which
+    always fails ("Bogus JPEG colorspace"). Only that failing case changes."""
+    module = tifffile.tifffile
+    original = module.jpeg_decode_colorspace
+    if getattr(original, "lpdask", False):
+        return
+
+    def colorspace(photometric: int, planarconfig: int, extrasamples: tuple[int, ...], jfif: bool, /
+                   ) -> tuple[int | None, int | str | None]:
+        space, out = original(photometric, planarconfig, extrasamples, jfif)
+        return (None if planarconfig != 1 else space), out
+
+    colorspace.lpdask = True  # type: ignore[attr-defined]
+    module.jpeg_decode_colorspace = colorspace
+
+
+_grey_jpeg_planes()
 
 
 def _tiff_axes(path: Location, axes: str) -> str:
@@ -162,6 +218,38 @@ def _tiff_photometric(page: Any) -> Photometric:
     if rgb and page.samplesperpixel == 4 and alpha:
         return "rgba"
     return "minisblack"
+
+
+def colour_table(page: Any) -> np.ndarray | None:
+    """A one-sample page's colour map as an (indices, 3) lookup table, or None without one.
+
+    GDAL writes a ColorMap tag for a palette band even where it leaves Photometric at MinIsBlack,
+    and reads it as a palette either way; so does lpdask. The table is uint8 where the 16-bit map
+    holds 8-bit colours (each a multiple of 257, as GDAL writes them, or all at most 255, as some
+    old writers do), else uint16. Indices past the map's end are black.
+    """
+    colormap = page.colormap
+    if colormap is None or page.samplesperpixel != 1:
+        return None
+    values = np.asarray(colormap, np.uint16).reshape(3, -1).T
+    if values.max(initial=0) <= 255:
+        table = values.astype(np.uint8)
+    elif not (values % 257).any():
+        table = (values // 257).astype(np.uint8)
+    else:
+        table = values
+    missing = (1 << page.bitspersample) - len(table)
+    return np.pad(table, ((0, missing), (0, 0))) if missing > 0 else table
+
+
+def _level_colour_table(series: tifffile.TiffPageSeries, level: int) -> np.ndarray | None:
+    """The colour table of a series' level: GDAL writes none into a palette image's overviews, which
+    then take level 0's."""
+    page = series.levels[level].keyframe
+    own = colour_table(page)
+    if own is not None or level == 0 or page.samplesperpixel != 1:
+        return own
+    return colour_table(series.levels[0].keyframe)
 
 
 def _checked(source: Source) -> Source:
@@ -269,21 +357,28 @@ def _zarr_photometric(attrs: dict[str, Any] | None, axes: str, shape: tuple[int,
 
 
 _lock = threading.Lock()
-_open: dict[tuple[str, str, str, int, int], tuple[Any, Any]] = {}
+_open: dict[tuple[str, str, str, int, int], tuple[Any, np.ndarray | None, Any]] = {}
 
 
-def _opened(source: Source) -> Any:
-    """The source's array, opened once per process and kept open."""
+def _opened(source: Source) -> tuple[Any, np.ndarray | None]:
+    """The source's array and, for a palette image, its colour table; opened once per process and
+    kept open."""
     key = (source.path, source.kind, source.array_path, source.series, source.level)
     with _lock:
         entry = _open.get(key)
         if entry is None:
-            if source.kind == "tiff":
+            if source.kind in ("openslide", "bioio"):
+                from .bioimage import open_bioimage
+                from .slides import open_slide
+
+                entry = ((open_slide if source.kind == "openslide" else open_bioimage)(source), None, None)
+            elif source.kind == "tiff":
                 tif = _open_tiff(Location.of(source.path))  # stays open: the store reads through it
-                store = tif.series[source.series].aszarr(level=source.level)
-                entry = (zarr.open(store, mode="r"), tif)
+                chosen = tif.series[source.series]
+                table = _level_colour_table(chosen, source.level) if source.palette else None
+                entry = (zarr.open(chosen.aszarr(level=source.level), mode="r"), table, tif)
             else:
                 node = zarr.open(source.path, mode="r")
-                entry = (node[source.array_path] if source.array_path else node, None)
+                entry = (node[source.array_path] if source.array_path else node, None, None)
             _open[key] = entry
-        return entry[0]
+        return entry[0], entry[1]

@@ -17,6 +17,9 @@ Layout:
   lists them and ``rasterio.open(path, overview_level=k)`` reads their pixels exactly, the same as
   for COG-like overview pages in the main IFD chain. Readers that walk only the main chain
   (older GDAL, some COG tools) see no overviews.
+- ``overviews="pages"`` puts levels 1.. in the main IFD chain instead, as GDAL writes overviews,
+  with the channels as contiguous samples of one page (pixel interleaved, as GDAL lays out a COG):
+  the source :mod:`lpdask.io.cog` makes a Cloud Optimized GeoTIFF of.
 
 OME-XML gets axes, physical sizes with OME unit symbols (axes with unknown units get none), time
 increment, channel names and colours. Georeferencing tags go on the first level-0 page in either
@@ -29,7 +32,7 @@ import itertools
 import math
 import os
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import tifffile
@@ -68,13 +71,21 @@ TIME_UNITS = _unit_table("second", "s", {"minute": ("min", 60.0), "hour": ("h", 
 
 def write_tiff(path: str | os.PathLike[str], levels: Sequence[zarr.Array], meta: ImageMetadata, *,
                ome: bool, tile: int = 256, compression: str = "zlib",
-               on_tile: Callable[[], None] | None = None, software: str | None = None) -> None:
+               on_tile: Callable[[], None] | None = None, software: str | None = None,
+               overviews: Literal["subifds", "pages"] = "subifds", codec_level: int | None = None) -> None:
     """Write the pyramid ``levels`` (axes ``meta.axis_names``, level 0 first) to a tiled BigTIFF.
 
     ``meta`` describes level 0. ``on_tile`` is called once per tile as it is handed to tifffile.
-    ``software`` goes into the first page's Software tag.
+    ``software`` goes into the first page's Software tag. ``overviews``: levels 1.. as SubIFDs of
+    level 0, or as pages after it in the main IFD chain (plain, single-plane output only, no JSON
+    description). ``codec_level``: the compression level (the codec's default if None).
     """
-    layout = _Layout.of(meta, levels, ome=ome, tile=tile)
+    pages = overviews == "pages"
+    if pages and ome:
+        raise ValueError("overviews as pages of the main IFD chain are for plain TIFF, not OME-TIFF")
+    layout = _Layout.of(meta, levels, ome=ome, tile=tile, gdal=pages)
+    if pages and math.prod(levels[0].shape[meta.axis_names.index(a)] for a in "tz" if a in meta.axis_names) > 1:
+        raise ValueError("overviews as pages of the main IFD chain need one plane (no t or z)")
     codec = None if compression.lower() == "none" else compression
     integer = np.dtype(levels[0].dtype).kind in "ui"
     predictor = bool(codec) and integer and codec.lower() in _PREDICTABLE
@@ -95,10 +106,11 @@ def write_tiff(path: str | os.PathLike[str], levels: Sequence[zarr.Array], meta:
                 planarconfig=layout.planarconfig,
                 extrasamples=extrasamples,
                 compression=codec,
+                compressionargs={"level": codec_level} if codec and codec_level is not None else None,
                 predictor=predictor or None,
-                subifds=len(levels) - 1 if k == 0 else None,
+                subifds=len(levels) - 1 if k == 0 and not pages else None,
                 subfiletype=1 if k else 0,
-                metadata=metadata if k == 0 or not ome else None,  # tifffile's shaped series need it
+                metadata=None if pages else metadata if k == 0 or not ome else None,  # tifffile's shaped series need it
                 extratags=geotags if k == 0 else None,
                 software=software if k == 0 else None,
                 **_resolution(meta, shrink),
@@ -118,7 +130,8 @@ class _Layout:
         self.tiff_axes = order.upper().replace("C", "S") if contig else order.upper()
 
     @classmethod
-    def of(cls, meta: ImageMetadata, levels: Sequence[zarr.Array], *, ome: bool, tile: int) -> _Layout:
+    def of(cls, meta: ImageMetadata, levels: Sequence[zarr.Array], *, ome: bool, tile: int,
+           gdal: bool = False) -> _Layout:
         axes = meta.axis_names
         if not levels:
             raise ValueError("no levels to write")
@@ -137,10 +150,10 @@ class _Layout:
         if wanted is not None and channels != wanted:
             raise ValueError(f"photometric {meta.photometric!r} needs {wanted} channels, not {channels}")
         rest = axes.replace("c", "").replace("yx", "")
-        if wanted is not None:
+        if wanted is not None or (gdal and channels > 1):
             return cls(axes, rest + "yxc", contig=True, separate=False, channels=channels)
-        if meta.geotiff is not None and not ome:
-            return cls(axes, rest + "cyx", contig=False, separate=True, channels=channels)
+        if meta.geotiff is not None and not ome and channels > 1:  # one band: plain pages (tifffile refuses
+            return cls(axes, rest + "cyx", contig=False, separate=True, channels=channels)  # one separate sample)
         return cls(axes, axes, contig=False, separate=False, channels=channels)
 
     def stored_shape(self, level: zarr.Array) -> tuple[int, ...]:

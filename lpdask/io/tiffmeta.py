@@ -7,8 +7,9 @@ resolution is a print density (72 dpi by default), not a physical pixel size, an
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
+from xml.etree import ElementTree
 
 import numpy as np
 import tifffile
@@ -92,8 +93,10 @@ class _Found:
 
 
 def tiff_metadata(tif: tifffile.TiffFile, series: int, level: int, axes: str, channels: int,
-                  photometric: Photometric) -> ImageMetadata:
-    """The metadata of level ``level`` of series ``series``, with output axes ``axes``."""
+                  photometric: Photometric, palette: bool = False) -> ImageMetadata:
+    """The metadata of level ``level`` of series ``series``, with output axes ``axes``; ``palette``:
+    the pixels are expanded through the colour map, so GDAL's band colour interpretations no longer
+    apply."""
     chosen = tif.series[series]
     base, image = chosen.levels[0], chosen.levels[level]
     page = base.keyframe
@@ -108,8 +111,11 @@ def tiff_metadata(tif: tifffile.TiffFile, series: int, level: int, axes: str, ch
     found.dropped += _dropped_tags(tif, page) + _other_series(tif, series)
     ratios = {"y": _extent(base, "Y") / _extent(image, "Y"), "x": _extent(base, "X") / _extent(image, "X")}
     out_axes = tuple(_axis(name, found, ratios.get(name, 1.0)) for name in axes)
+    geotiff = _geotiff(base, image, level)
+    if palette and geotiff is not None and geotiff.gdal_metadata is not None:
+        geotiff = replace(geotiff, gdal_metadata=_without_colour_interpretation(geotiff.gdal_metadata))
     return ImageMetadata(axes=out_axes, channels=_fitted(found.channels, channels), photometric=photometric,
-                         geotiff=_geotiff(base, image, level), dropped=tuple(dict.fromkeys(found.dropped)))
+                         geotiff=geotiff, dropped=tuple(dict.fromkeys(found.dropped)))
 
 
 def _axis(name: str, found: _Found, ratio: float) -> Axis:
@@ -146,11 +152,11 @@ def _from_ome(xml: str, series: int, series_count: int, series_name: str) -> _Fo
     found.dropped += [f"OME {key}" for key, value in pixels.items()
                       if not key.startswith("@") and key not in _OME_PIXELS_KEPT and value is not None]
     for axis in "xyz":
-        size = _positive(pixels.get(f"@PhysicalSize{axis.upper()}"))
+        size = positive(pixels.get(f"@PhysicalSize{axis.upper()}"))
         if size is not None:
             symbol = pixels.get(f"@PhysicalSize{axis.upper()}Unit", "µm")
             found.sizes[axis] = (length_unit(symbol), size)
-    increment = _positive(pixels.get("@TimeIncrement"))
+    increment = positive(pixels.get("@TimeIncrement"))
     if increment is not None:
         found.sizes["t"] = (time_unit(pixels.get("@TimeIncrementUnit", "s")), increment)
     for element in _listed(pixels.get("Channel")):
@@ -191,7 +197,8 @@ def _number(value: Any) -> float:
         return 0.0
 
 
-def _positive(value: Any) -> float | None:
+def positive(value: Any) -> float | None:
+    """``value`` as a finite positive number (a metadata size), or None."""
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -211,12 +218,12 @@ def _from_imagej(meta: dict[str, Any], page: tifffile.TiffPage, channels: int) -
         sizes = {"x": 1 / xres if xres else None, "y": 1 / yres if yres else None, "z": meta.get("spacing")}
         units = {"x": unit, "y": meta.get("yunit", unit), "z": meta.get("zunit", unit)}
         for axis, size in sizes.items():
-            if _positive(size) is not None:
+            if positive(size) is not None:
                 found.sizes[axis] = (length_unit(units[axis]), float(size))
                 origin = _number(meta.get(f"{axis}origin"))
                 if origin:  # ImageJ calibration: physical = (pixel - origin) * size
                     found.origins[axis] = -origin * float(size)
-    interval = _positive(meta.get("finterval"))
+    interval = positive(meta.get("finterval"))
     if interval is not None:
         found.sizes["t"] = (time_unit(meta.get("tunit", "sec")), interval)
     luts = meta.get("LUTs")
@@ -245,7 +252,7 @@ def _svs_properties(description: str) -> dict[str, str]:
 
 
 def _from_svs(description: str) -> _Found:
-    mpp = _positive(_svs_properties(description).get("MPP"))
+    mpp = positive(_svs_properties(description).get("MPP"))
     found = _Found(sizes={"x": ("micrometer", mpp), "y": ("micrometer", mpp)} if mpp else {})
     others = [key for key in _svs_properties(description) if key != "MPP"]
     if others:
@@ -282,7 +289,8 @@ def _dropped_tags(tif: tifffile.TiffFile, page: tifffile.TiffPage) -> list[str]:
 
 
 def _other_series(tif: tifffile.TiffFile, series: int) -> list[str]:
-    names = [s.name or f"series {k}" for k, s in enumerate(tif.series) if k != series]
+    names = [s.name or ("internal mask" if s.keyframe.is_mask else f"series {k}")
+             for k, s in enumerate(tif.series) if k != series]
     return [f"other image series: {', '.join(names)}"] if names else []
 
 
@@ -290,14 +298,31 @@ def _other_series(tif: tifffile.TiffFile, series: int) -> list[str]:
 
 
 def _geotiff(base: tifffile.TiffPageSeries, image: tifffile.TiffPageSeries, level: int) -> GeoTiff | None:
-    """The level's own GeoTIFF tags; an overview without them gets level 0's, scaled down."""
+    """The level's own GeoTIFF tags; an overview without georeferencing (GDAL gives its overviews
+    only GDAL_METADATA and GDAL_NODATA) gets level 0's, scaled down."""
     own = _geotiff_tags(image.keyframe)
-    if own is not None or level == 0:
+    if level == 0 or (own is not None and _georeferenced(own)):
         return own
     first = _geotiff_tags(base.keyframe)
-    if first is None:
-        return None
+    if first is None or not _georeferenced(first):
+        return own
     return first.rescaled(_extent(image, "X") / _extent(base, "X"))  # type: ignore[arg-type]
+
+
+def _georeferenced(tags: GeoTiff) -> bool:
+    return any(v is not None for v in (tags.model_pixel_scale, tags.model_tiepoint, tags.model_transformation))
+
+
+def _without_colour_interpretation(text: str) -> str | None:
+    """GDAL_METADATA without its ``role="colorinterp"`` items; None when nothing else is left."""
+    try:
+        root = ElementTree.fromstring(text)
+    except ElementTree.ParseError:
+        return text
+    for item in root.findall("Item"):
+        if item.get("role") == "colorinterp":
+            root.remove(item)
+    return ElementTree.tostring(root, encoding="unicode") if len(root) else None
 
 
 def _geotiff_tags(page: tifffile.TiffPage) -> GeoTiff | None:
