@@ -117,7 +117,7 @@ def upscale(
         value_range = check_value_range(value_range, source.dtype)
         photometric = photometric_of(source.channels, channels, source.photometric)
         runs = passes(source.channels, photometric, alpha)
-        missing = nodata_of(source, nodata)
+        missing = nodata_of(source, nodata, photometric)
         output = check_output(src, dst, overwrite)
         tiff_kind(output, source.ome, source.meta, cog, source.plane_count)  # a COG that cannot be: refused now
         torch_device = resolve_device(device)
@@ -126,8 +126,8 @@ def upscale(
         scale = net.scale
         meta = replace(source.meta, photometric=photometric).rescaled(scale)
         if meta.geotiff is not None and (nodata is not None or source.palette or missing is not None):
-            meta = replace(meta, geotiff=replace(meta.geotiff, gdal_nodata=None if missing is None  # what its
-                                                 else gdal_number(missing.output)))  # missing pixels hold
+            meta = replace(meta, geotiff=replace(meta.geotiff, gdal_nodata=gdal_number(missing.output)  # what its
+                                                 if missing is not None and missing.marks else None))  # missing hold
         as_tiff = output.name.lower().endswith(TIFF_SUFFIXES)
         check_compression(compression, source.dtype, photometric)
         work = WorkFolder(held_places(output, workdir)[-1] if workdir else default_workdir(output))

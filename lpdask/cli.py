@@ -137,7 +137,7 @@ def upscale_command(input: str, output: str, model: str | None, chunk: int | Non
     check_compression(compression, source.dtype, photometric)
     from .nodata import nodata_of
 
-    nodata_of(source, nodata)
+    nodata_of(source, nodata, photometric)
 
     from .export import tiff_kind
 

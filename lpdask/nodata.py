@@ -2,8 +2,9 @@
 output marks them.
 
 Where the mask comes from: the input's nodata value (GDAL's nodata tag, or ``--nodata``), a pixel
-of a band equal to it holding no data in that band; or a TIFF internal mask (GDAL's
-``GDAL_TIFF_INTERNAL_MASK``), one for all bands.
+of a band equal to it holding no data in that band; a TIFF internal mask (GDAL's
+``GDAL_TIFF_INTERNAL_MASK``), one for all bands; or an RGBA image's alpha, the colour under alpha 0
+being missing (the output's alpha marks it: exactly the input's, upscaled, with ``--alpha nearest``).
 
 The fill: a network sees every pixel, so a hard edge between the data and a constant fill (a black
 border) rings into the valid pixels next to it. Pixels under the mask instead continue the valid
@@ -50,9 +51,18 @@ class Nodata:
     value: float | None = None
     mask_page: int | None = None
     output: float = 0.0
+    alpha: int | None = None
+    """The channel of an RGBA input's alpha: the colour under alpha 0 is missing (filled only; the
+    output's alpha, upscaled, marks it)."""
+
+    @property
+    def marks(self) -> bool:
+        """Whether the output's missing pixels take :attr:`output` (not for an alpha alone)."""
+        return self.value is not None or self.mask_page is not None
 
     def to_json(self) -> dict[str, object]:
-        return {"value": _json_number(self.value), "mask_page": self.mask_page, "output": _json_number(self.output)}
+        return {"value": _json_number(self.value), "mask_page": self.mask_page, "output": _json_number(self.output),
+                "alpha": self.alpha}
 
 
 def _json_number(value: float | None) -> float | str | None:
@@ -98,9 +108,10 @@ def representable(value: float, dtype: np.dtype) -> bool:
     return not math.isnan(value) and float(value).is_integer() and info.min <= value <= info.max
 
 
-def nodata_of(source: Source, option: str | float | None = None) -> Nodata | None:
+def nodata_of(source: Source, option: str | float | None = None, photometric: str | None = None) -> Nodata | None:
     """The input's nodata: ``option`` None reads it from the file (GDAL's nodata tag, a TIFF
-    internal mask), "none" turns it off, a number overrides the value."""
+    internal mask, the alpha of an image run as ``photometric`` "rgba"), "none" turns it off, a
+    number overrides the value."""
     if isinstance(option, str) and option.strip().lower() == "none":
         return None
     if option is not None:
@@ -119,10 +130,11 @@ def nodata_of(source: Source, option: str | float | None = None) -> Nodata | Non
             raise LpdaskError(f"--nodata {option!r} cannot be a pixel of this {source.dtype} image")
         value = None
     page = _mask_page_of(source) if source.kind == "tiff" else None
-    if value is None and page is None:
+    alpha = 3 if photometric == "rgba" else None
+    if value is None and page is None and alpha is None:
         return None
     output = value if value is not None else math.nan if source.dtype.kind == "f" else 0.0
-    return Nodata(value, page, output)
+    return Nodata(value, page, output, alpha)
 
 
 def _mask_page_of(source: Source) -> int | None:

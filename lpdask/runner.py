@@ -114,7 +114,7 @@ def run(spec: JobSpec, state: State, executor: Executor, scheduler: Threads | Cl
         sink = OmeZarrSink(result, source.output_axes, shape, source.dtype, stored_chunk(plan.chunk * scale),
                            source.channels if meta.photometric != "minisblack" else 1,
                            {"job": identity["digest"], "plan": identity["plan"]}, resume=resumed,
-                           nodata=spec.nodata.output if spec.nodata else None)
+                           nodata=spec.nodata.output if spec.nodata and spec.nodata.marks else None)
         if isinstance(scheduler, Cluster) and on_cluster:
             on_cluster(scheduler.dashboard_link)
         jobs = [Job(source, network_stages if p.uses_network else resize_stages(p.kind, scale), plan.chunk, work,

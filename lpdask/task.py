@@ -115,6 +115,10 @@ class Job:
         mask = None
         if self.nodata.mask_page is not None:
             mask = read_mask(self.source.path, self.nodata.mask_page, box)
+        alpha = self.nodata.alpha
+        if alpha is not None and alpha not in self.pass_.channels:  # the colour under a transparent pixel
+            seen = self.source.read(box, self.plane, slice(alpha, alpha + 1))[..., 0] != 0
+            mask = seen if mask is None else mask & seen
         return valid_of(pixels, self.nodata.value, mask)
 
     def _unit(self, pixels: np.ndarray, box: Box) -> np.ndarray:
@@ -136,7 +140,7 @@ class Job:
     def write_pixels(self, box: Box, pixels: np.ndarray, level: int = 0) -> None:
         """The pass's output pixels (channels, h, w) at ``box`` of the sink's level ``level``; at
         level 0 those the input lacked take the nodata value (``pixels`` is changed in place)."""
-        if level == 0 and self.nodata is not None:
+        if level == 0 and self.nodata is not None and self.nodata.marks:
             scale = self.sink.level0.shape[-1] // self.source.width
             under = input_box(box, scale)
             valid = self._valid(self._read(under), under)

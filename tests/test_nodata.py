@@ -187,3 +187,23 @@ def test_pyramid_levels_leave_missing_pixels_out(tmp_path: Path, small_checkpoin
         assert np.array_equal(level, expected.astype(level.dtype)), index
         assert (level == 0).any() and (level != 0).any()
         above = level.astype(float)
+
+
+def test_the_colour_under_alpha_0_is_filled_and_the_alpha_marks_it(tmp_path: Path, small_net,
+                                                                   small_checkpoint) -> None:
+    """An RGBA GeoTIFF (GDAL's alpha band) with a transparent frame: the colour there is filled
+    before the network, and with --alpha nearest the output's alpha is the input's, upscaled."""
+    image, valid = scene()
+    image[~valid] = 90  # any colour: alpha 0 says there is none
+    alpha = np.where(valid, 255, 0).astype(np.uint8)
+    with rasterio.open(tmp_path / "in.tif", "w", driver="GTiff", width=SIDE, height=SIDE, count=4, dtype="uint8",
+                       crs="EPSG:32633", transform=TRANSFORM, photometric="rgb", alpha="yes",
+                       tiled=True, blockxsize=32, blockysize=32) as dst:
+        dst.write(np.concatenate([np.moveaxis(image, -1, 0), alpha[None]]))
+    lpdask.upscale(tmp_path / "in.tif", tmp_path / "out.zarr", model=small_checkpoint, chunk=32, blocks_per_stage=1,
+                   executor="stream", strip=32, alpha="nearest")
+    out = level0(tmp_path / "out.zarr")
+    held = upscaled(valid)
+    assert np.array_equal(out[3], np.where(held, 255, 0))
+    reference = whole_image(small_net, filled(image, valid))
+    assert_exact(np.where(held, out[:3], 0), np.where(held, reference, 0))
