@@ -256,16 +256,38 @@ def test_without_rasterio_one_line_names_the_extra_before_any_work(geo: dict[str
 
 
 @pytest.fixture
-def tiny_disk(tmp_path: Path):
-    """A 256 KiB file system of its own (tmpfs), where this process may mount one."""
+def tiny_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A 256 KiB file system of its own (tmpfs) where this process may mount one; elsewhere a folder
+    where GDAL's copy may write at most 256 KiB to a file (RLIMIT_FSIZE) and which says it has no
+    free space, as a full disk would."""
     disk = tmp_path / "tiny"
     disk.mkdir()
     mounted = os.geteuid() == 0 and subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)],
                                                    capture_output=True).returncode == 0
-    if not mounted:
-        pytest.skip("cannot mount a tmpfs here")
+    if mounted:
+        yield disk
+        subprocess.run(["umount", "-l", str(disk)], check=True)
+        return
+    import resource
+    import signal
+
+    import rasterio.shutil
+
+    copy = rasterio.shutil.copy
+
+    def limited(*args: Any, **kwargs: Any) -> Any:
+        previous = resource.getrlimit(resource.RLIMIT_FSIZE)
+        handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails, not kills
+        resource.setrlimit(resource.RLIMIT_FSIZE, (256 << 10, previous[1]))
+        try:
+            return copy(*args, **kwargs)
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, previous)
+            signal.signal(signal.SIGXFSZ, handler)
+
+    monkeypatch.setattr(rasterio.shutil, "copy", limited)
+    monkeypatch.setattr(lpdask.io.cog, "_free", lambda path: 0)
     yield disk
-    subprocess.run(["umount", "-l", str(disk)], check=True)
 
 
 def test_a_full_disk_under_gdal_is_an_os_error_for_the_fault_message(tmp_path: Path, tiny_disk: Path) -> None:
