@@ -25,18 +25,15 @@ mask is exactly the upscaled input mask.
 from __future__ import annotations
 
 import math
-import threading
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import tifffile
-import zarr
 
 from .chunks import Box
 from .errors import LpdaskError
 from .io.locations import Location
-from .io.sources import Source
+from .io.sources import Source, open_tiff, read_tiff_page
 
 FILL_RADIUS = 16
 """Steps of the fill: how far into a masked area it continues the valid pixels."""
@@ -138,8 +135,7 @@ def nodata_of(source: Source, option: str | float | None = None, photometric: st
 
 
 def _mask_page_of(source: Source) -> int | None:
-    where = Location.of(source.path)
-    with tifffile.TiffFile(where.local_path if where.is_local else where.open("rb")) as tif:
+    with open_tiff(Location.of(source.path)) as tif:
         series = tif.series[source.series]
         return mask_page(tif, series.levels[source.level].keyframe)
 
@@ -170,21 +166,9 @@ def _box3(a: np.ndarray) -> np.ndarray:
     return rows[:, :-2] + rows[:, 1:-1] + rows[:, 2:]
 
 
-_masks: dict[tuple[str, int], Any] = {}
-_lock = threading.Lock()
-
-
 def read_mask(path: str, page: int, box: Box) -> np.ndarray:
-    """The TIFF internal mask at page ``page`` of ``path`` over ``box``, as (h, w) booleans (the
-    page opened once per process)."""
-    key = (path, page)
-    with _lock:
-        array = _masks.get(key)
-        if array is None:
-            where = Location.of(path)
-            tif = tifffile.TiffFile(where.local_path if where.is_local else where.open("rb"))
-            array = _masks[key] = zarr.open(tif.pages[page].aszarr(), mode="r")
-    return np.asarray(array[box.slices()]).astype(bool)
+    """The TIFF internal mask at page ``page`` of ``path`` over ``box``, as (h, w) booleans."""
+    return read_tiff_page(path, page, box).astype(bool)
 
 
 def mask_page(tif: tifffile.TiffFile, page: tifffile.TiffPage) -> int | None:

@@ -89,8 +89,7 @@ class Job:
         if self.nodata is None:
             return self._read(box)
         grown = box.grow(FILL_RADIUS, self.source.height, self.source.width)
-        pixels = self._read(grown)
-        valid = self._valid(pixels, grown)
+        pixels, valid = self._read_valid(grown)
         inner = box.within(grown)
         if valid is None or valid.all():
             return pixels[inner.slices()]
@@ -100,8 +99,9 @@ class Job:
             return np.clip(np.rint(filled), info.min, info.max).astype(pixels.dtype)
         return filled.astype(pixels.dtype)
 
-    def _read(self, box: Box) -> np.ndarray:
-        first, last = min(self.pass_.channels), max(self.pass_.channels)
+    def _read(self, box: Box, last: int | None = None) -> np.ndarray:
+        """The pass's channels of ``box`` (from its first to ``last``, default its last)."""
+        first, last = min(self.pass_.channels), max(self.pass_.channels) if last is None else last
         try:
             return self.source.read(box, self.plane, slice(first, last + 1))
         except Exception as exc:  # tifffile, imagecodecs and zarr raise many types for damaged files
@@ -109,17 +109,20 @@ class Job:
             raise LpdaskError(f"{self.source.path}: cannot read rows {box.y0}:{box.y1} columns {box.x0}:{box.x1}"
                               f"{plane} ({type(exc).__name__}: {exc})") from None
 
-    def _valid(self, pixels: np.ndarray, box: Box) -> np.ndarray | None:
-        """Which of the pass's ``pixels`` read at ``box`` hold data (None: all)."""
-        assert self.nodata is not None
-        mask = None
-        if self.nodata.mask_page is not None:
-            mask = read_mask(self.source.path, self.nodata.mask_page, box)
-        alpha = self.nodata.alpha
-        if alpha is not None and alpha not in self.pass_.channels:  # the colour under a transparent pixel
-            seen = self.source.read(box, self.plane, slice(alpha, alpha + 1))[..., 0] != 0
+    def _read_valid(self, box: Box) -> tuple[np.ndarray, np.ndarray | None]:
+        """The pass's pixels of ``box`` and which of them hold data (None: all); an alpha that marks
+        the colour under it is read with the colour, in one read."""
+        nodata = self.nodata
+        assert nodata is not None
+        first, last = min(self.pass_.channels), max(self.pass_.channels)
+        alpha = nodata.alpha if nodata.alpha is not None and nodata.alpha > last else None
+        pixels = self._read(box, alpha)
+        mask = None if nodata.mask_page is None else read_mask(self.source.path, nodata.mask_page, box)
+        if alpha is not None:  # the colour under a transparent pixel is missing
+            seen = pixels[..., alpha - first] != 0
             mask = seen if mask is None else mask & seen
-        return valid_of(pixels, self.nodata.value, mask)
+            pixels = pixels[..., : last + 1 - first]
+        return pixels, valid_of(pixels, nodata.value, mask)
 
     def _unit(self, pixels: np.ndarray, box: Box) -> np.ndarray:
         plane = "".join(f" {a}={i}" for a, i in self.plane.items())
@@ -143,7 +146,7 @@ class Job:
         if level == 0 and self.nodata is not None and self.nodata.marks:
             scale = self.sink.level0.shape[-1] // self.source.width
             under = input_box(box, scale)
-            valid = self._valid(self._read(under), under)
+            _, valid = self._read_valid(under)
             if valid is not None:
                 first = min(self.pass_.channels)
                 valid = valid[..., [c - first for c in self.pass_.channels]]

@@ -31,6 +31,8 @@ import zarr
 from rasterio.windows import Window
 
 from common import close, expect, parser, paths, report, run, upscale
+from lpdask.io.omezarr import half
+from lpdask.nodata import mark
 from lpdask.samples import write_satellite
 
 ROWS = 256
@@ -42,17 +44,6 @@ def is_nodata(values: np.ndarray, nodata: float | None) -> np.ndarray:
     if nodata is None:
         return np.zeros(values.shape, bool)
     return np.isnan(values) if np.isnan(nodata) else values == nodata
-
-
-def off_nodata(values: np.ndarray, nodata: float | None) -> np.ndarray:
-    """``values`` with valid pixels equal to ``nodata`` moved one step off it (in place)."""
-    if nodata is None or np.isnan(nodata):
-        return values
-    hit = values == nodata
-    if hit.any():
-        top = np.iinfo(values.dtype).max if values.dtype.kind in "iu" else np.inf
-        values[hit] = nodata + 1 if nodata < top else nodata - 1
-    return values
 
 
 def _row_windows(ds: rasterio.DatasetReader, rows: int) -> list[Window]:
@@ -112,37 +103,15 @@ def finish(src: Path, result: Path, ranges: list[tuple[float, float]] | None, ma
                 values = np.stack([(band - 1) / (TOP - 1) * (hi - lo) + lo
                                    for band, (lo, hi) in zip(block.astype(np.float64), ranges)])
                 block = np.clip(np.round(values), 0, TOP).astype(block.dtype)
-            if nodata is not None:
-                block = off_nodata(block, nodata)
-                block[is_nodata(ds.read(window=window), nodata).repeat(scale, 1).repeat(scale, 2)] = nodata
+            if nodata is not None:  # lpdask's own marking, after the stretch is undone
+                missing = is_nodata(ds.read(window=window), nodata).repeat(scale, 1).repeat(scale, 2)
+                block = mark(block, np.moveaxis(~missing, 0, -1), nodata)
             level0[:, rows, :] = block
     for upper, lower in zip(paths, paths[1:]):
         source, target = group[upper], group[lower]
         for top in range(0, target.shape[-2], ROWS):
             rows = slice(top, min(top + ROWS, target.shape[-2]))
-            target[:, rows, :] = _valid_half(source[:, 2 * rows.start : 2 * rows.stop, :], nodata,
-                                             target.shape[-1])
-
-
-def _valid_half(block: np.ndarray, nodata: float | None, width: int) -> np.ndarray:
-    """2x2 means of the valid pixels of (c, h, w) ``block`` (an odd edge pairs with itself), nodata
-    where none is valid."""
-    if block.shape[-2] % 2:
-        block = np.concatenate([block, block[..., -1:, :]], axis=-2)
-    if block.shape[-1] % 2:
-        block = np.concatenate([block, block[..., -1:]], axis=-1)
-    valid = ~is_nodata(block, nodata)
-    values = np.where(valid, block, 0).astype(np.float64)
-    sums = values[..., 0::2, 0::2] + values[..., 1::2, 0::2] + values[..., 0::2, 1::2] + values[..., 1::2, 1::2]
-    counts = (valid[..., 0::2, 0::2].astype(np.int8) + valid[..., 1::2, 0::2] + valid[..., 0::2, 1::2]
-              + valid[..., 1::2, 1::2])
-    means = sums / np.maximum(counts, 1)
-    if block.dtype.kind in "iu":
-        means = np.round(means)
-    out = off_nodata(means.astype(block.dtype), nodata)
-    if nodata is not None:
-        out[counts == 0] = nodata
-    return out[..., :width]
+            target[:, rows, :] = half(source[:, 2 * rows.start : 2 * rows.stop, :], nodata)
 
 
 def super_resolve(src: Path, dst: Path, args: Any) -> list[tuple[float, float]] | None:

@@ -148,7 +148,7 @@ def _tiff_source(path: Location, series: int, level: int) -> Source:
     _check_tiff(path)
     from .tiffmeta import tiff_metadata
 
-    with _open_tiff(path) as tif:
+    with open_tiff(path) as tif:
         if series >= len(tif.series):
             raise LpdaskError(f"{path}: --series {series} does not exist (the file has {len(tif.series)})")
         chosen = tif.series[series]
@@ -175,7 +175,7 @@ def _stored(path: Location) -> str:
     return path.path if path.is_local else path.url
 
 
-def _open_tiff(path: Location) -> tifffile.TiffFile:
+def open_tiff(path: Location) -> tifffile.TiffFile:
     """A TiffFile reading the local file, or an fsspec file object for a URL."""
     return tifffile.TiffFile(path.local_path if path.is_local else path.open("rb"))
 
@@ -275,7 +275,7 @@ def _check_tiff(path: Location) -> None:
     if head not in _TIFF_MAGIC:
         raise LpdaskError(f"{path} is neither a TIFF file nor a Zarr folder")
     try:
-        with _open_tiff(path) as tif:
+        with open_tiff(path) as tif:
             if not tif.series:
                 raise LpdaskError(f"{path}: TIFF file holds no image")
     except (tifffile.TiffFileError, ValueError, EOFError) as exc:
@@ -373,7 +373,7 @@ def _opened(source: Source) -> tuple[Any, np.ndarray | None]:
 
                 entry = ((open_slide if source.kind == "openslide" else open_bioimage)(source), None, None)
             elif source.kind == "tiff":
-                tif = _open_tiff(Location.of(source.path))  # stays open: the store reads through it
+                tif = open_tiff(Location.of(source.path))  # stays open: the store reads through it
                 chosen = tif.series[source.series]
                 table = _level_colour_table(chosen, source.level) if source.palette else None
                 entry = (zarr.open(chosen.aszarr(level=source.level), mode="r"), table, tif)
@@ -382,3 +382,15 @@ def _opened(source: Source) -> tuple[Any, np.ndarray | None]:
                 entry = (node[source.array_path] if source.array_path else node, None, None)
             _open[key] = entry
         return entry[0], entry[1]
+
+
+def read_tiff_page(path: str, page: int, box: Box) -> np.ndarray:
+    """The pixels of ``box`` of page ``page`` of the TIFF file at ``path`` (a page no series holds,
+    such as GDAL's internal mask), the page opened once per process and kept open."""
+    key = (path, "tiff page", "", page, 0)
+    with _lock:
+        entry = _open.get(key)
+        if entry is None:
+            tif = open_tiff(Location.of(path))  # stays open: the store reads through it
+            entry = _open[key] = (zarr.open(tif.pages[page].aszarr(), mode="r"), None, tif)
+    return np.asarray(entry[0][box.slices()])
