@@ -26,7 +26,9 @@ from .lease import hold
 from .models import load_model
 from .models.network import Network
 from .nodata import gdal_number, nodata_of
-from .options import AlphaMode, ChannelMode, check_compression, check_executor, check_grid, check_plan_options, check_value_range
+from .kernels import Kernels
+from .options import (AlphaMode, ChannelMode, check_compression, check_executor, check_grid, check_kernels,
+                      check_plan_options, check_value_range)
 from .pixels import ValueRange, check_dtype
 from .plan import DEFAULT_TILE_PAD, EXECUTOR_STORAGE, Plan
 from . import runner
@@ -72,6 +74,7 @@ def upscale(
     on_plan: Callable[[str], None] | None = None,
     cog: bool | None = None,
     nodata: str | float | None = None,
+    kernels: Kernels = "fast",
 ) -> Summary:
     """Super-resolve the image at ``src`` into ``dst``: an OME-Zarr (``.zarr``) or a tiled, pyramidal
     (OME-/Geo)TIFF (``.tif``, ``.ome.tif``), chunk by chunk.
@@ -85,7 +88,8 @@ def upscale(
     for ``resources``, e.g. {"GPU": 1}); ``on_cluster`` gets its dashboard link. ``compression``
     is the TIFF output's codec (zlib, zstd, lzw, jpeg for 8-bit, none). ``cog``: a ``.tif`` output
     as a Cloud Optimized GeoTIFF (through GDAL: the ``lpdask[geo]`` extra); None (the default) for a
-    plain ``.tif`` of a georeferenced input, False for levels as SubIFDs.
+    plain ``.tif`` of a georeferenced input, False for levels as SubIFDs. ``kernels="eager"`` runs
+    the network's eager reference forward instead of lpdask's fast kernels, for comparison.
 
     ``chunk`` and ``blocks_per_stage`` left out are chosen by the planner (:mod:`lpdask.planner`)
     within ``max_memory`` bytes (default: 4 GiB, or half the available memory if less); ``on_plan``
@@ -112,6 +116,7 @@ def upscale(
     check_plan_options(chunk, blocks_per_stage, threads, workers, scheduler, tile_pad)
     executor = check_executor(executor, blocks_per_stage, strip)
     check_output_name(dst)
+    check_kernels(kernels)
     with hold(held_places(dst, workdir), wait) as leases:
         source = open_source(src, series, level)
         value_range = check_value_range(value_range, source.dtype)
@@ -122,7 +127,7 @@ def upscale(
         tiff_kind(output, source.ome, source.meta, cog, source.plane_count)  # a COG that cannot be: refused now
         torch_device = resolve_device(device)
         compute = resolve_precision(precision, torch_device)
-        net = _network(model, torch_device, compute)
+        net = _network(model, torch_device, compute, kernels)
         scale = net.scale
         meta = replace(source.meta, photometric=photometric).rescaled(scale)
         if meta.geotiff is not None and (nodata is not None or source.palette or missing is not None):
@@ -144,7 +149,7 @@ def upscale(
             "input": fingerprint(source), "model": model_digest(net), "scale": scale, "mode": mode,
             "tile_pad": tile_pad if mode == "tile" else None, "plan": plan.to_json(),
             "channels": photometric, "alpha": alpha, "value_range": value_range, "precision": precision,
-            "device": torch_device.type, "output": "tiff" if as_tiff else "zarr",
+            "device": torch_device.type, "kernels": kernels, "output": "tiff" if as_tiff else "zarr",
             "nodata": missing.to_json() if missing else None, "version": __version__})
         state = output_state(output, work, identity["digest"], overwrite)
         chunks_on = _scheduler(plan, torch_device, workers, scheduler, resources)  # before any output: it may fail
@@ -159,19 +164,21 @@ def upscale(
 
 
 def network_for(model: str | os.PathLike[str] | Network | None, device: str = "auto",
-                precision: str = "fp32") -> tuple[Network, torch.device]:
-    """The network as a job runs it: on the device, in the precision (a copy of a caller's network
-    where that would change it), and that device."""
+                precision: str = "fp32", kernels: Kernels = "fast") -> tuple[Network, torch.device]:
+    """The network as a job runs it: on the device, in the precision, with the kernels (a copy of a
+    caller's network where that would change it), and that device."""
+    check_kernels(kernels)
     torch_device = resolve_device(device)
-    return _network(model, torch_device, resolve_precision(precision, torch_device)), torch_device
+    return _network(model, torch_device, resolve_precision(precision, torch_device), kernels), torch_device
 
 
-def _network(model: str | os.PathLike[str] | Network | None, device: torch.device, dtype: torch.dtype) -> Network:
-    """The model on ``device`` in ``dtype``: loaded by name or path, or the caller's network (a copy
-    where converting would change it)."""
+def _network(model: str | os.PathLike[str] | Network | None, device: torch.device, dtype: torch.dtype,
+             kernels: Kernels = "fast") -> Network:
+    """The model on ``device`` in ``dtype`` running ``kernels``: loaded by name or path, or the
+    caller's network (a copy where converting would change it)."""
     if isinstance(model, Network):
-        return network_on(model, device, dtype)
-    return network_on(load_model(model), device, dtype, owned=True)
+        return network_on(model, device, dtype, kernels=kernels)
+    return network_on(load_model(model), device, dtype, owned=True, kernels=kernels)
 
 
 def plan_for(net: Network, source: Source, device: torch.device, *, mode: Mode = "exact", chunk: int | None = None,
@@ -242,6 +249,7 @@ def upscale_array(
     channels: ChannelMode = "auto",
     alpha: AlphaMode = "network",
     value_range: ValueRange | None = None,
+    kernels: Kernels = "fast",
 ) -> da.Array | xarray.DataArray:
     """Lazy: a (y, x, c) dask array in, its (y*s, x*s, c) super-resolution out, same dtype.
 
@@ -255,6 +263,7 @@ def upscale_array(
     :mod:`lpdask.xarrays`.
     """
     check_plan_options(chunk, blocks_per_stage, tile_pad=tile_pad)
+    check_kernels(kernels)
     labels = None
     if not isinstance(image, da.Array):
         from .xarrays import unlabelled  # imports xarray only for a DataArray
@@ -269,7 +278,7 @@ def upscale_array(
     plan = Plan.given(chunk, blocks_per_stage)
     torch_device = resolve_device(device)
     compute = resolve_precision(precision, torch_device)
-    net = _network(model, torch_device, compute)
+    net = _network(model, torch_device, compute, kernels)
     network_stages = stages_for(net, mode, plan.blocks_per_stage, tile_pad)
     check_grid(plan.chunk, net.input_factor, net.scale)
     pixels = image.transpose(2, 0, 1)

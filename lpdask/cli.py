@@ -12,9 +12,10 @@ import click
 
 from . import __version__
 from .errors import INTERRUPTED, RESUMES, TERMINATED, USAGE, LeaseWarning, LpdaskError, MetadataWarning, PlanWarning
+from .kernels import KERNELS
 from .memory import prefer_expandable_segments
 from .options import (ALPHA_MODES, CHANNEL_MODES, COMPRESSIONS, EXECUTORS, OptionError, check_chunk, check_compression,
-                      check_executor, check_max_memory, check_plan_options, check_value_range)
+                      check_device, check_executor, check_max_memory, check_plan_options, check_value_range)
 from .plan import DEFAULT_TILE_PAD, Plan
 from .schedulers import parse_resources
 
@@ -99,6 +100,8 @@ def cli() -> None:
               help="stream: tiles streamed in row strips, nothing stored between stages. staged: stage by stage "
                    "through the work folder. whole: the whole network on each chunk. auto: the planner's choice.")
 @click.option("--strip", type=int, default=None, help="Rows per strip when streaming [default: the planner's choice].")
+@click.option("--kernels", type=click.Choice(KERNELS), default="fast", show_default=True,
+              help="fast: lpdask's kernels. eager: the network's reference forward, for comparison.")
 @click.option("--wait", is_flag=True, help="If another run holds OUTPUT, wait for it to end instead of exiting.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def upscale_command(input: str, output: str, model: str | None, chunk: int | None, blocks_per_stage: int | None,
@@ -107,7 +110,7 @@ def upscale_command(input: str, output: str, model: str | None, chunk: int | Non
                     tile_pad: int, series: int, level: int, channels: str, alpha: str,
                     value_range: tuple[float, float] | None, workers: int, scheduler: str | None,
                     resources: str | None, compression: str, cog: bool | None, nodata: str | None, executor: str,
-                    strip: int | None, wait: bool, quiet: bool) -> None:
+                    strip: int | None, kernels: str, wait: bool, quiet: bool) -> None:
     """Super-resolve INPUT (TIFF, OME-TIFF, GeoTIFF, Zarr, OME-Zarr; MRXS, VMS, SCN, BIF slides
     through OpenSlide, with lpdask[pathology]; CZI, ND2, LIF through bioio, with lpdask[microscopy];
     LPDASK_READER=openslide|bioio|tifffile forces a reader) into OUTPUT: an OME-Zarr (.zarr) or a
@@ -123,6 +126,7 @@ def upscale_command(input: str, output: str, model: str | None, chunk: int | Non
     check_executor(executor, blocks_per_stage, strip)
     check_max_memory(max_memory)
     check_value_range(value_range)
+    check_device(device, precision)
     needs = parse_resources(resources)
     from .io.locations import find_input
 
@@ -152,7 +156,7 @@ def upscale_command(input: str, output: str, model: str | None, chunk: int | Non
                           alpha=alpha, value_range=value_range, workers=workers, scheduler=scheduler,  # type: ignore[arg-type]
                           resources=needs, compression=compression, cog=cog, nodata=nodata, progress=not quiet,
                           wait=wait,
-                          executor=executor, strip=strip,
+                          executor=executor, strip=strip, kernels=kernels,  # type: ignore[arg-type]
                           max_memory=max_memory * 1e9 if max_memory else None,
                           on_plan=None if quiet else lambda text: click.echo(f"lpdask: {text}", err=True),
                           on_cluster=lambda link: click.echo(f"Dask dashboard: {link}", err=True))
@@ -181,16 +185,20 @@ def upscale_command(input: str, output: str, model: str | None, chunk: int | Non
 @click.option("--executor", type=click.Choice(EXECUTORS[:-1]), default="auto", show_default=True,
               help="Plan only for this executor, as for upscale.")
 @click.option("--strip", type=int, default=None, help="Fix the strip height of a streaming plan.")
+@click.option("--kernels", type=click.Choice(KERNELS), default="fast", show_default=True,
+              help="fast: lpdask's kernels. eager: the network's reference forward, for comparison.")
 @click.option("--top", type=int, default=8, show_default=True, help="How many alternatives to list.")
 def plan_command(input: str, model: str | None, device: str, precision: str, series: int, level: int, channels: str,
                  alpha: str, chunk: int | None, blocks_per_stage: int | None, max_memory: float | None, threads: int,
-                 workers: int, workdir: str | None, executor: str, strip: int | None, top: int) -> None:
+                 workers: int, workdir: str | None, executor: str, strip: int | None, kernels: str,
+                 top: int) -> None:
     """Print the plan `lpdask upscale` would use for INPUT with the same options (executor, chunk or
     tile, strip, stage grouping) with its predicted time, compute overhead, scratch space and peak
     memory; the best plan of each executor; and the alternatives it weighed."""
     check_plan_options(chunk, blocks_per_stage, threads, workers)
     executor = check_executor(executor, blocks_per_stage, strip)
     check_max_memory(max_memory)
+    check_device(device, precision)
     from .channels import passes, photometric_of
     from .io.sources import open_source
 
@@ -202,7 +210,7 @@ def plan_command(input: str, model: str | None, device: str, precision: str, ser
     from .plan import EXECUTOR_STORAGE
     from .planner import measure_machine
 
-    net, torch_device = network_for(model, device, precision)
+    net, torch_device = network_for(model, device, precision, kernels)  # type: ignore[arg-type]
     work = Location.of(workdir) if workdir else Location.of(input).parent
     budget = int(max_memory * 1e9) if max_memory else None
     best, plans = plan_for(net, source, torch_device, chunk=chunk, blocks_per_stage=blocks_per_stage, threads=threads,

@@ -11,6 +11,7 @@ from typing import TypeVar
 import torch
 
 from .errors import LpdaskError
+from .kernels import Kernels, kernels_of, use_kernels
 from .memory import prefer_expandable_segments  # noqa: F401  (its home is torch-free, for the CLI)
 
 
@@ -32,10 +33,17 @@ def resolve_device(device: str) -> torch.device:
 Module = TypeVar("Module", bound=torch.nn.Module)
 
 
-def network_on(net: Module, device: torch.device, dtype: torch.dtype, *, owned: bool = False) -> Module:
-    """``net`` on ``device`` in ``dtype``, channels-last on CUDA (tensor cores want NHWC). Unless
-    ``owned``, it is copied first when that moves, converts or re-lays its weights: a caller's
-    network is never changed in place (fp16 would round its weights for good)."""
+def network_on(net: Module, device: torch.device, dtype: torch.dtype, *, owned: bool = False,
+               kernels: Kernels = "fast") -> Module:
+    """``net`` on ``device`` in ``dtype``, channels-last on CUDA (tensor cores want NHWC), running
+    ``kernels``. Unless ``owned``, it is copied first when that moves, converts or re-lays its
+    weights or switches its kernels: a caller's network is never changed in place (fp16 would round
+    its weights for good)."""
+    if kernels_of(net) not in (None, kernels):
+        if not owned:
+            net = copy.deepcopy(net)
+            owned = True
+        use_kernels(net, kernels)
     weights = next(net.parameters(), None)
     same_device = weights is None or (weights.device.type == device.type
                                       and device.index in (None, weights.device.index))

@@ -7,6 +7,7 @@ range``) where Python called, and the command line turns into the flag (``--chun
 from __future__ import annotations
 
 import math
+import re
 from typing import TYPE_CHECKING, Literal
 
 from .errors import LpdaskError
@@ -73,6 +74,26 @@ def check_grouping(blocks_per_stage: int) -> int:
         raise OptionError("blocks_per_stage", blocks_per_stage,
                           "must be at least 0 (0: the whole network as one stage)")
     return blocks_per_stage
+
+
+DEVICES = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def check_device(device: str, precision: str = "fp32") -> None:
+    """What can be told of ``device`` and ``precision`` without torch (the command line answers
+    these before its slow imports; :func:`lpdask.device.resolve_device` checks the rest)."""
+    if not DEVICES.fullmatch(device):
+        raise LpdaskError(f"unknown device {device!r} (use cpu, cuda, cuda:N or auto)")
+    if precision != "fp32" and device == "cpu":
+        raise LpdaskError(f"--precision {precision} needs a CUDA device; on cpu use fp32")
+
+
+def check_kernels(kernels: str) -> str:
+    from .kernels import KERNELS
+
+    if kernels not in KERNELS:
+        raise OptionError("kernels", kernels, f"is not one of {', '.join(KERNELS)}")
+    return kernels
 
 
 def check_threads(threads: int) -> int:

@@ -9,7 +9,9 @@ from lpdask import RRDBConfig, RRDBNet
 
 from .reference import lively
 
-torch.set_num_threads(max(1, os.cpu_count() or 1))
+torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+"""The cores shared among the test processes (pytest -n), so references computed here do not
+oversubscribe them."""
 
 
 @pytest.fixture(scope="session", autouse=True)

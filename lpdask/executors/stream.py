@@ -33,6 +33,7 @@ from ..chunks import Box
 from ..device import ieee_fp32
 from ..errors import writing
 from ..io.omezarr import half
+from ..memory import trim
 from ..geometry import ceil_div, column_bands, factors, unshuffled
 from ..pixels import from_unit_tensor
 from ..schedulers import Scheduler
@@ -257,7 +258,7 @@ def run_tile(job: Job, j: int, tick: Callable[[], None] | None = None, stop: thr
                     image = job.read_image(Box(step.start, step.stop, c0, c1))
                     _append(held, IMAGE, image.to(device, dtype, memory_format=layout))
                 elif isinstance(step, Drop):
-                    held[step.name] = held[step.name][:, :, step.row - first_row[step.name]:]
+                    held[step.name] = _kept(held[step.name][:, :, step.row - first_row[step.name]:])
                     first_row[step.name] = step.row
                 else:
                     if stop is not None and stop.is_set():
@@ -276,6 +277,9 @@ def run_tile(job: Job, j: int, tick: Callable[[], None] | None = None, stop: thr
                         writer.put(step.start * s, out)
                     else:
                         _append(held, stage.name, out)
+                    del inputs, out
+                    if not device.type == "cuda":
+                        trim()
         writer.close()
     except BaseException:
         writer.abandon()
@@ -288,6 +292,13 @@ def run_tile(job: Job, j: int, tick: Callable[[], None] | None = None, stop: thr
 def _append(held: dict[str, Tensor], name: str, rows: Tensor) -> None:
     previous = held.get(name)
     held[name] = rows.contiguous(memory_format=_layout(rows)) if previous is None else torch.cat((previous, rows), 2)
+
+
+def _kept(rows: Tensor) -> Tensor:
+    """The rows still needed after a drop: a view while they are most of the array's memory, else a
+    copy, so that the rows dropped are freed now, not at the next append (a view keeps them)."""
+    kept = rows.numel() * rows.element_size()
+    return rows.clone(memory_format=_layout(rows)) if rows.untyped_storage().nbytes() > 2 * kept else rows
 
 
 def _layout(t: Tensor) -> torch.memory_format:

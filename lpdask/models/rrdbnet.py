@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ..errors import LpdaskError
+from ..kernels import Kernels
 from ..stages import IMAGE, Stage, chain_radius
 from .layouts import to_basicsr_rrdbnet
 from .registry import Architecture, register
@@ -36,9 +37,22 @@ class ResidualDenseBlock(nn.Module):
         x5 = self.conv5(torch.cat((x, x1, x2, x3, x4), 1))
         return x5 * 0.2 + x
 
+    def forward_in(self, features: Tensor) -> None:
+        """The block in place on ``features`` (N, num_feat + 4 * num_grow_ch, H, W), whose first
+        num_feat channels hold x and end as the block's output: each conv's activated output is
+        written into the channels after its input, so no conv input is concatenated. The same
+        arithmetic as :meth:`forward`, in the same order: float32 results are bit-identical."""
+        nf, gc = self.conv1.in_channels, self.conv1.out_channels
+        for i, conv in enumerate((self.conv1, self.conv2, self.conv3, self.conv4)):
+            start = nf + i * gc
+            torch.ops.aten.leaky_relu.out(conv(features[:, :start]), 0.2, out=features[:, start : start + gc])
+        features[:, :nf].add_(self.conv5(features).mul_(0.2))
+
 
 class RRDB(nn.Module):
     """Three residual dense blocks inside one more scaled residual."""
+
+    kernels: Kernels = "fast"
 
     def __init__(self, num_feat: int, num_grow_ch: int = 32) -> None:
         super().__init__()
@@ -48,6 +62,36 @@ class RRDB(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.rdb3(self.rdb2(self.rdb1(x))) * 0.2 + x
+
+    def forward_in(self, features: Tensor) -> None:
+        """:meth:`forward` in place on the first num_feat channels of ``features`` (see
+        :meth:`ResidualDenseBlock.forward_in`)."""
+        nf = self.rdb1.conv1.in_channels
+        x = features[:, :nf].clone()
+        for rdb in (self.rdb1, self.rdb2, self.rdb3):
+            rdb.forward_in(features)
+        features[:, :nf].mul_(0.2).add_(x)
+
+
+class Trunk(nn.Sequential):
+    """RRDBs in a row (basicsr's ``body``). With fast kernels they share one feature buffer, into
+    which every dense block writes its growth channels: no ``torch.cat`` copies, and a third less
+    memory at the peak than the eager forward."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        blocks = list(self)
+        if not blocks or any(not isinstance(b, RRDB) or b.kernels != "fast" for b in blocks):
+            return super().forward(x)
+        first = blocks[0].rdb1
+        nf, gc = first.conv1.in_channels, first.conv1.out_channels
+        layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and x.shape[1] > 1 \
+            else torch.contiguous_format
+        features = torch.empty((x.shape[0], nf + 4 * gc, *x.shape[2:]), dtype=x.dtype, device=x.device,
+                               memory_format=layout)
+        features[:, :nf] = x
+        for block in blocks:
+            block.forward_in(features)
+        return features[:, :nf].clone(memory_format=layout)
 
 
 RDB_RADIUS = chain_radius([("conv", 3)] * 5)
@@ -86,7 +130,7 @@ class RRDBNet(nn.Module):
         self.config = config
         nf = config.num_feat
         self.conv_first = nn.Conv2d(config.num_in_ch * self.input_factor**2, nf, 3, 1, 1)
-        self.body = nn.Sequential(*(RRDB(nf, config.num_grow_ch) for _ in range(config.num_block)))
+        self.body = Trunk(*(RRDB(nf, config.num_grow_ch) for _ in range(config.num_block)))
         self.conv_body = nn.Conv2d(nf, nf, 3, 1, 1)
         self.conv_up1 = nn.Conv2d(nf, nf, 3, 1, 1)
         self.conv_up2 = nn.Conv2d(nf, nf, 3, 1, 1)
@@ -141,7 +185,7 @@ class RRDBNet(nn.Module):
         blocks = list(self.body)
         previous = "head"
         for start in range(0, len(blocks), blocks_per_stage):
-            group = nn.Sequential(*blocks[start : start + blocks_per_stage])
+            group = Trunk(*blocks[start : start + blocks_per_stage])
             name = f"body.{start}" if len(group) == 1 else f"body.{start}-{start + len(group) - 1}"
             last = start + blocks_per_stage >= len(blocks)
             if last:
