@@ -254,6 +254,29 @@ def test_no_activation_reaches_disk(small_net, tmp_path, monkeypatch):
     assert not any(name.endswith((".zarr", "zarr.json")) for files in seen for name in files)
 
 
+def test_dropped_rows_are_freed_at_once(small_net, tmp_path, monkeypatch):
+    """Rows no later strip needs are freed when dropped, not kept alive under a view of the rows
+    kept until the next append: whenever rows are appended, the held arrays' storage is at most
+    twice the rows they hold (the planner counts the rows held)."""
+    from lpdask.executors import stream
+
+    ratios: list[float] = []
+    append = stream._append
+
+    def watched(held, name, rows):
+        storages = {id(t.untyped_storage()): t.untyped_storage().nbytes() for t in held.values()}
+        viewed = sum(t.numel() * t.element_size() for t in held.values())
+        ratios.append(sum(storages.values()) / max(viewed, 1))
+        return append(held, name, rows)
+
+    monkeypatch.setattr(stream, "_append", watched)
+    tifffile.imwrite(tmp_path / "in.tif", smooth_image(256, 32, seed=4))
+    upscale(tmp_path / "in.tif", tmp_path / "out.zarr", model=small_net, chunk=32, strip=64, blocks_per_stage=1,
+            executor="stream")
+    assert len(ratios) > 10
+    assert max(ratios) <= 2.0, max(ratios)
+
+
 def test_planner_streams_when_the_work_folder_has_no_room(default_net):
     """x4plus on an image of several chunks: with room for activations the staged plan can win on a
     CPU, but with none the planner streams (or runs the whole network, if that fit the memory)."""
