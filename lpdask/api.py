@@ -22,11 +22,11 @@ from .io.locations import Location, existing_folder
 from .io.sources import Source, open_source
 from .jobs import (JobSpec, WorkFolder, check_output, check_output_name, default_workdir, digest, fingerprint,
                    held_places, model_digest, output_state, stored_plan)
+from .kernels import Kernels
 from .lease import hold
 from .models import load_model
 from .models.network import Network
 from .nodata import gdal_number, nodata_of
-from .kernels import Kernels
 from .options import (AlphaMode, ChannelMode, check_compression, check_executor, check_grid, check_kernels,
                       check_plan_options, check_value_range)
 from .pixels import ValueRange, check_dtype

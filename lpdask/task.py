@@ -25,7 +25,7 @@ from .io.sources import Source
 from .jobs import WorkFolder
 from .memory import trim
 from .nodata import FILL_RADIUS, Nodata, fill, input_box, mark, read_mask, upscaled_mask, valid_of
-from .pixels import ValueRange, from_unit, to_unit
+from .pixels import ValueRange, from_unit, from_unit_tensor, to_unit
 from .stages import IMAGE, Stage
 
 
@@ -136,6 +136,15 @@ class Job:
         used as scratch."""
         self.write_pixels(box, self.to_pixels(values))
 
+    def pixels_on_device(self, values: Tensor) -> np.ndarray | None:
+        """Network output (3, h, w) on a GPU as the pass's output pixels, converted there (a quarter
+        of the bytes to copy back for 8-bit output); None where it is converted on the host (a CPU
+        tensor, or grey, whose luma stays with NumPy's float rounding)."""
+        if not values.is_cuda or self.pass_.kind != "rgb":
+            return None
+        dtype = self.sink.level0.dtype
+        return from_unit_tensor(values.float(), dtype, self.value_range).cpu().numpy().astype(dtype, copy=False)
+
     def to_pixels(self, values: np.ndarray) -> np.ndarray:
         """Network output (3 or 1, h, w) as the pass's output pixels; ``values`` is used as scratch."""
         return from_unit(self.pass_.from_network(values), self.sink.level0.dtype, self.value_range, scratch=True)
@@ -181,8 +190,13 @@ def run_chunk(job: Job, index: int, i: int, j: int) -> None:
     if last:
         height, width = job.sink.level0.shape[-2:]  # smaller than the grid where it was padded
         kept = Box(target.y0, min(target.y1, height), target.x0, min(target.x1, width))
+        values = out[0, :, : kept.shape[0], : kept.shape[1]]
+        pixels = job.pixels_on_device(values)
         with writing(job.sink.path):
-            job.write_result(kept, out[0, :, : kept.shape[0], : kept.shape[1]].cpu().numpy())
+            if pixels is None:
+                job.write_result(kept, values.cpu().numpy())
+            else:
+                job.write_pixels(kept, pixels)
     else:
         ys, xs = target.slices()
         with writing(job.work.path):

@@ -35,7 +35,6 @@ from ..errors import writing
 from ..io.omezarr import half
 from ..memory import trim
 from ..geometry import ceil_div, column_bands, factors, unshuffled
-from ..pixels import from_unit_tensor
 from ..schedulers import Scheduler
 from ..stages import IMAGE, Stage
 from ..task import Job
@@ -278,7 +277,7 @@ def run_tile(job: Job, j: int, tick: Callable[[], None] | None = None, stop: thr
                     else:
                         _append(held, stage.name, out)
                     del inputs, out
-                    if not device.type == "cuda":
+                    if device.type != "cuda":
                         trim()
         writer.close()
     except BaseException:
@@ -340,14 +339,10 @@ class _Writer:
     def put(self, row: int, values: Tensor) -> None:
         """Output rows from ``row`` (network output, (1, c, h, w))."""
         keep = min(values.shape[2], self.height - row)
-        strip = values[0, :, :keep, : self.width].float()
-        job = self.job
-        if strip.is_cuda and job.pass_.kind == "rgb":  # grey's luma stays with numpy's float rounding
-            dtype = job.sink.level0.dtype
-            converted = from_unit_tensor(strip, dtype, job.value_range).cpu().numpy().astype(dtype, copy=False)
-        else:
-            converted = None
-            strip = strip.cpu().numpy()
+        strip = values[0, :, :keep, : self.width]
+        converted = self.job.pixels_on_device(strip)
+        if converted is None:
+            strip = strip.float().cpu().numpy()
         while len(self.queued) >= PENDING_STRIPS:
             self.queued.pop(0).result()
         self.queued.append(self.pool.submit(self._write, strip if converted is None else converted,
