@@ -13,20 +13,18 @@ import torch
 from .errors import LpdaskError
 from .kernels import Kernels, kernels_of, use_kernels
 from .memory import prefer_expandable_segments  # noqa: F401  (its home is torch-free, for the CLI)
+from .options import check_device
 
 
 def resolve_device(device: str) -> torch.device:
-    """``auto`` picks CUDA when present; ``cuda`` without a GPU is refused."""
+    """``auto`` picks CUDA when present; ``cuda`` without a GPU is refused (what is told without
+    torch is :func:`lpdask.options.check_device`'s)."""
+    check_device(device)
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        chosen = torch.device(device)
-    except RuntimeError:
-        raise LpdaskError(f"unknown device {device!r} (use cpu, cuda, cuda:N or auto)") from None
+    chosen = torch.device(device)
     if chosen.type == "cuda" and not torch.cuda.is_available():
         raise LpdaskError(f"device {device!r} requested but no CUDA GPU is available")
-    if chosen.type not in ("cpu", "cuda"):
-        raise LpdaskError(f"device {device!r} is not supported (use cpu, cuda, cuda:N or auto)")
     return chosen
 
 
@@ -70,8 +68,7 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     """fp32 anywhere; fp16 and bf16 on CUDA only (on a CPU they are many times slower, not faster)."""
     if precision not in PRECISIONS:
         raise LpdaskError(f"unknown precision {precision!r} (use {', '.join(PRECISIONS)})")
-    if precision != "fp32" and device.type != "cuda":
-        raise LpdaskError(f"--precision {precision} needs a CUDA device; on {device.type} use fp32")
+    check_device(device.type, precision)
     return PRECISIONS[precision]
 
 

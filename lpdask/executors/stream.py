@@ -32,9 +32,9 @@ from torch import Tensor
 from ..chunks import Box
 from ..device import ieee_fp32
 from ..errors import writing
+from ..geometry import ceil_div, column_bands, factors, unshuffled
 from ..io.omezarr import half
 from ..memory import trim
-from ..geometry import ceil_div, column_bands, factors, unshuffled
 from ..schedulers import Scheduler
 from ..stages import IMAGE, Stage
 from ..task import Job
