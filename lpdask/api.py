@@ -70,6 +70,7 @@ def upscale(
     wait: bool = False,
     executor: str = "auto",
     strip: int | None = None,
+    tile_rows: int | None = None,
     on_cluster: Callable[[str], None] | None = None,
     on_plan: Callable[[str], None] | None = None,
     cog: bool | None = None,
@@ -105,8 +106,9 @@ def upscale(
     (disk full, a place not writable, the input changed) raises a :class:`~lpdask.errors.Fault` and
     keeps the finished chunks.
 
-    ``executor`` is how each run is computed: "stream" (tiles of full height streamed row strip by
-    row strip through every stage, ``strip`` rows at a time: no activation stored), "staged" (stage
+    ``executor`` is how each run is computed: "stream" (tiles ``chunk`` wide and ``tile_rows`` high,
+    0 for the image's height, streamed row strip by row strip through every stage, ``strip`` rows
+    at a time: no activation stored), "staged" (stage
     by stage through the work folder), "whole" (the whole network on each chunk, with its full
     halo), "auto" (the planner's choice among those three, the default; the staged executor when
     ``chunk`` and ``blocks_per_stage`` are both given without ``strip``), or "lazy" (one dask graph
@@ -114,7 +116,7 @@ def upscale(
     """
     start = time.perf_counter()
     check_plan_options(chunk, blocks_per_stage, threads, workers, scheduler, tile_pad)
-    executor = check_executor(executor, blocks_per_stage, strip)
+    executor = check_executor(executor, blocks_per_stage, strip, tile_rows)
     check_output_name(dst)
     check_kernels(kernels)
     with hold(held_places(dst, workdir), wait) as leases:
@@ -139,12 +141,12 @@ def upscale(
         stored = None if overwrite else stored_plan(output, work)
         plan, _ = plan_for(net, source, torch_device, mode=mode, chunk=chunk, blocks_per_stage=blocks_per_stage,
                            threads=threads, workers=workers, scheduler=scheduler, work=work.path, max_memory=max_memory,
-                           stored=stored, executor=executor, strip=strip, output=output)
+                           stored=stored, executor=executor, strip=strip, tile_rows=tile_rows, output=output)
         if on_plan and plan.seconds:
             on_plan("plan: " + plan.describe())
         network_stages = (whole_stages(net) if plan.storage == "memory"
                           else stages_for(net, mode, plan.blocks_per_stage, tile_pad))
-        check_grid(plan.chunk, net.input_factor, net.scale, plan.strip)
+        check_grid(plan.chunk, net.input_factor, net.scale, plan.strip, plan.tile_rows)
         identity = digest({
             "input": fingerprint(source), "model": model_digest(net), "scale": scale, "mode": mode,
             "tile_pad": tile_pad if mode == "tile" else None, "plan": plan.to_json(),
@@ -185,7 +187,7 @@ def plan_for(net: Network, source: Source, device: torch.device, *, mode: Mode =
              blocks_per_stage: int | None = None, threads: int = 0, workers: int = 0, scheduler: str | None = None,
              work: Location | None = None, max_memory: float | None = None,
              stored: dict[str, Any] | None = None, executor: str = "auto", strip: int | None = None,
-             output: Location | None = None) -> tuple[Plan, list[Plan]]:
+             tile_rows: int | None = None, output: Location | None = None) -> tuple[Plan, list[Plan]]:
     """The plan ``upscale`` runs (and ``lpdask plan`` prints) with the alternatives the planner weighed
     (none where the plan was given or resumed): as given, as a resumed job (``stored``) started, or
     the planner's choice for ``net`` as it will run (device, precision) and ``threads`` / ``workers``,
@@ -196,10 +198,11 @@ def plan_for(net: Network, source: Source, device: torch.device, *, mode: Mode =
     forced = EXECUTOR_STORAGE.get(executor)
     if chunk is not None and blocks_per_stage is not None and (strip is not None or forced in (None, "zarr", "memory")):
         if forced == "stream" or strip is not None:
-            return Plan.given(chunk, blocks_per_stage, threads, strip), []
+            return Plan.given(chunk, blocks_per_stage, threads, strip, tile_rows or 0), []
         return Plan.given(chunk, blocks_per_stage, threads), []
     if (stored and chunk in (None, stored.get("chunk")) and blocks_per_stage in (None, stored.get("blocks_per_stage"))
-            and strip in (None, stored.get("strip")) and forced in (None, stored.get("storage", "zarr"))):
+            and strip in (None, stored.get("strip")) and tile_rows in (None, stored.get("tile_rows", 0))
+            and forced in (None, stored.get("storage", "zarr"))):
         return Plan.from_json(stored, threads), []
     from .planner import STORAGES, choose
 
@@ -208,7 +211,7 @@ def plan_for(net: Network, source: Source, device: torch.device, *, mode: Mode =
     best, plans = choose(net, source.height, source.width, device, chunk=chunk, blocks_per_stage=blocks_per_stage,
                          workers=local if not scheduler else None,
                          work=work.url if work is not None and work.is_local else None,
-                         memory_budget=int(max_memory) if max_memory else None, storages=storages, strip=strip,
+                         memory_budget=int(max_memory) if max_memory else None, storages=storages, strip=strip, tile_rows=tile_rows,
                          scratch=scratch_space(work, output, source, net.scale))
     return replace(best, workers=threads or (0 if scheduler or workers else best.workers)), plans
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -80,3 +81,10 @@ def stored_chunk(compute: int, most: int = STORED_CHUNK) -> int:
     """Side of the output's stored chunks for compute chunks of ``compute`` output pixels a side:
     its largest divisor up to ``most``, so that no two chunk tasks write one stored chunk."""
     return max(d for d in range(1, min(compute, most) + 1) if compute % d == 0)
+
+
+def tile_rows_step(chunk: int, scale: int, input_factor: int = 1) -> int:
+    """What the height (input pixels) of streaming tiles ``chunk`` wide must be a multiple of: whole
+    rows of the output's stored chunks, so that no two tiles write one, and whole unshuffle cells."""
+    stored = stored_chunk(chunk * scale)
+    return math.lcm(stored // math.gcd(stored, scale), input_factor)

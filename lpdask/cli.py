@@ -100,6 +100,8 @@ def cli() -> None:
               help="stream: tiles streamed in row strips, nothing stored between stages. staged: stage by stage "
                    "through the work folder. whole: the whole network on each chunk. auto: the planner's choice.")
 @click.option("--strip", type=int, default=None, help="Rows per strip when streaming [default: the planner's choice].")
+@click.option("--tile-rows", type=int, default=None,
+              help="Rows per tile when streaming; 0: the image's height [default: the planner's choice].")
 @click.option("--kernels", type=click.Choice(KERNELS), default="fast", show_default=True,
               help="fast: lpdask's kernels. eager: the network's reference forward, for comparison.")
 @click.option("--wait", is_flag=True, help="If another run holds OUTPUT, wait for it to end instead of exiting.")
@@ -110,7 +112,7 @@ def upscale_command(input: str, output: str, model: str | None, chunk: int | Non
                     tile_pad: int, series: int, level: int, channels: str, alpha: str,
                     value_range: tuple[float, float] | None, workers: int, scheduler: str | None,
                     resources: str | None, compression: str, cog: bool | None, nodata: str | None, executor: str,
-                    strip: int | None, kernels: str, wait: bool, quiet: bool) -> None:
+                    strip: int | None, tile_rows: int | None, kernels: str, wait: bool, quiet: bool) -> None:
     """Super-resolve INPUT (TIFF, OME-TIFF, GeoTIFF, Zarr, OME-Zarr; MRXS, VMS, SCN, BIF slides
     through OpenSlide, with lpdask[pathology]; CZI, ND2, LIF through bioio, with lpdask[microscopy];
     LPDASK_READER=openslide|bioio|tifffile forces a reader) into OUTPUT: an OME-Zarr (.zarr) or a
@@ -123,7 +125,7 @@ def upscale_command(input: str, output: str, model: str | None, chunk: int | Non
     left, 4 a place not writable, 5 the input changed during the run, 130 SIGINT, 143 SIGTERM."""
     # Check what needs no torch first, so mistakes are answered before the slow imports.
     check_plan_options(chunk, blocks_per_stage, threads, workers, scheduler, tile_pad)
-    check_executor(executor, blocks_per_stage, strip)
+    check_executor(executor, blocks_per_stage, strip, tile_rows)
     check_max_memory(max_memory)
     check_value_range(value_range)
     check_device(device, precision)
@@ -156,7 +158,7 @@ def upscale_command(input: str, output: str, model: str | None, chunk: int | Non
                           alpha=alpha, value_range=value_range, workers=workers, scheduler=scheduler,  # type: ignore[arg-type]
                           resources=needs, compression=compression, cog=cog, nodata=nodata, progress=not quiet,
                           wait=wait,
-                          executor=executor, strip=strip, kernels=kernels,  # type: ignore[arg-type]
+                          executor=executor, strip=strip, tile_rows=tile_rows, kernels=kernels,  # type: ignore[arg-type]
                           max_memory=max_memory * 1e9 if max_memory else None,
                           on_plan=None if quiet else lambda text: click.echo(f"lpdask: {text}", err=True),
                           on_cluster=lambda link: click.echo(f"Dask dashboard: {link}", err=True))
@@ -185,18 +187,19 @@ def upscale_command(input: str, output: str, model: str | None, chunk: int | Non
 @click.option("--executor", type=click.Choice(EXECUTORS[:-1]), default="auto", show_default=True,
               help="Plan only for this executor, as for upscale.")
 @click.option("--strip", type=int, default=None, help="Fix the strip height of a streaming plan.")
+@click.option("--tile-rows", type=int, default=None, help="Fix the tile height of a streaming plan (0: the image's).")
 @click.option("--kernels", type=click.Choice(KERNELS), default="fast", show_default=True,
               help="fast: lpdask's kernels. eager: the network's reference forward, for comparison.")
 @click.option("--top", type=int, default=8, show_default=True, help="How many alternatives to list.")
 def plan_command(input: str, model: str | None, device: str, precision: str, series: int, level: int, channels: str,
                  alpha: str, chunk: int | None, blocks_per_stage: int | None, max_memory: float | None, threads: int,
-                 workers: int, workdir: str | None, executor: str, strip: int | None, kernels: str,
-                 top: int) -> None:
+                 workers: int, workdir: str | None, executor: str, strip: int | None, tile_rows: int | None,
+                 kernels: str, top: int) -> None:
     """Print the plan `lpdask upscale` would use for INPUT with the same options (executor, chunk or
     tile, strip, stage grouping) with its predicted time, compute overhead, scratch space and peak
     memory; the best plan of each executor; and the alternatives it weighed."""
     check_plan_options(chunk, blocks_per_stage, threads, workers)
-    executor = check_executor(executor, blocks_per_stage, strip)
+    executor = check_executor(executor, blocks_per_stage, strip, tile_rows)
     check_max_memory(max_memory)
     check_device(device, precision)
     from .channels import passes, photometric_of
@@ -214,7 +217,8 @@ def plan_command(input: str, model: str | None, device: str, precision: str, ser
     work = Location.of(workdir) if workdir else Location.of(input).parent
     budget = int(max_memory * 1e9) if max_memory else None
     best, plans = plan_for(net, source, torch_device, chunk=chunk, blocks_per_stage=blocks_per_stage, threads=threads,
-                           workers=workers, work=work, max_memory=budget, executor=executor, strip=strip)
+                           workers=workers, work=work, max_memory=budget, executor=executor, strip=strip,
+                           tile_rows=tile_rows)
     click.echo(f"{input}: {source.height} x {source.width} px, {source.channels} channel(s), {source.plane_count} plane(s)")
     click.echo(f"plan: {best.describe()}")
     if runs > 1:

@@ -47,9 +47,9 @@ def stage_grid(height: int, width: int, chunk: int, d: int, factor: int) -> Grid
     return Grid(rows * factor, cols * factor, chunk // d * factor)
 
 
-def column_bands(cols: int, width: int) -> list[tuple[int, int]]:
-    """Streaming tiles: [x0, x1) column ranges ``width`` wide (the last may be narrower) over ``cols``."""
-    return [(x0, min(cols, x0 + width)) for x0 in range(0, cols, width)]
+def bands(length: int, width: int) -> list[tuple[int, int]]:
+    """Streaming tiles along one axis: [a, b) ranges ``width`` long (the last may be shorter) over ``length``."""
+    return [(a, min(length, a + width)) for a in range(0, length, width)]
 
 
 def reach(stages: Sequence[Stage]) -> int:

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 MIN_CHUNK = 16
 MAX_CHUNK = 8192
+MAX_TILE_ROWS = 10**7
 COMPRESSIONS = ("zlib", "zstd", "lzw", "jpeg", "none")
 ChannelMode = Literal["auto", "rgb", "rgba", "separate"]
 AlphaMode = Literal["network", "nearest", "bilinear"]
@@ -67,6 +68,12 @@ def check_strip(strip: int) -> int:
     if not 1 <= strip <= MAX_CHUNK:
         raise OptionError("strip", strip, f"is out of range (1 to {MAX_CHUNK} rows)")
     return strip
+
+
+def check_tile_rows(tile_rows: int) -> int:
+    if not 0 <= tile_rows <= MAX_TILE_ROWS:
+        raise OptionError("tile_rows", tile_rows, f"is out of range (0 to {MAX_TILE_ROWS} rows; 0: the image's height)")
+    return tile_rows
 
 
 def check_grouping(blocks_per_stage: int) -> int:
@@ -142,12 +149,20 @@ def check_compression(compression: str, dtype: np.dtype, photometric: str | None
         raise OptionError("compression", compression, "cannot hold an alpha channel; use zlib, or --channels separate")
 
 
-def check_grid(chunk: int, input_factor: int, scale: int, strip: int = 0) -> None:
-    """Chunks (and strips) of pixel-unshuffle models must hold whole unshuffle cells."""
+def check_grid(chunk: int, input_factor: int, scale: int, strip: int = 0, tile_rows: int = 0) -> None:
+    """Chunks (and strips) of pixel-unshuffle models must hold whole unshuffle cells; streaming tiles
+    cut in height, whole rows of the output's stored chunks."""
+    from .chunks import stored_chunk, tile_rows_step
+
     for option, value in (("chunk", chunk), ("strip", strip)):
         if value % input_factor:
             raise OptionError(option, value, f"must be a multiple of {input_factor} for this x{scale} model "
                                              f"(it pixel-unshuffles by {input_factor})")
+    step = tile_rows_step(chunk, scale, input_factor)
+    if tile_rows % step:
+        raise OptionError("tile_rows", tile_rows, f"must be a multiple of {step} with tiles {chunk} px wide and this "
+                                                  f"x{scale} model (the output is stored in {stored_chunk(chunk * scale)}"
+                                                  " px chunks, and no two tiles may write one)")
 
 
 def check_plan_options(chunk: int | None, blocks_per_stage: int | None, threads: int = 0, workers: int = 0,
@@ -162,11 +177,17 @@ def check_plan_options(chunk: int | None, blocks_per_stage: int | None, threads:
     check_tile_pad(tile_pad)
 
 
-def check_executor(executor: str, blocks_per_stage: int | None = None, strip: int | None = None) -> str:
-    """The executor, agreeing with the plan options given: ``strip`` is streaming's, and
-    ``blocks_per_stage`` 0 (the whole network as one stage) is the ``whole`` executor's."""
+def check_executor(executor: str, blocks_per_stage: int | None = None, strip: int | None = None,
+                   tile_rows: int | None = None) -> str:
+    """The executor, agreeing with the plan options given: ``strip`` and ``tile_rows`` are
+    streaming's, and ``blocks_per_stage`` 0 (the whole network as one stage) is the ``whole``
+    executor's."""
     if executor not in EXECUTORS:
         raise OptionError("executor", executor, f"is not one of {', '.join(EXECUTORS)}")
+    if tile_rows is not None:
+        check_tile_rows(tile_rows)
+        if executor not in ("auto", "stream"):
+            raise OptionError("tile_rows", tile_rows, f"needs {{executor}} stream or auto, not {{executor}} {executor}")
     if strip is not None:
         check_strip(strip)
         if executor not in ("auto", "stream"):
@@ -177,4 +198,4 @@ def check_executor(executor: str, blocks_per_stage: int | None = None, strip: in
     if blocks_per_stage and executor == "whole":
         raise OptionError("blocks_per_stage", blocks_per_stage, "does not apply to {executor} whole "
                           "(the whole network as one stage)")
-    return "stream" if strip is not None and executor == "auto" else executor
+    return "stream" if (strip is not None or tile_rows is not None) and executor == "auto" else executor

@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .options import MAX_CHUNK, MIN_CHUNK, check_chunk, check_grouping, check_strip, check_threads
+from .options import MAX_CHUNK, MIN_CHUNK, check_chunk, check_grouping, check_strip, check_threads, check_tile_rows
 
 GPU_CHUNKS = 2
 DEFAULT_TILE_PAD = 10
@@ -24,7 +24,7 @@ __all__ = ["DEFAULT_TILE_PAD", "EXECUTOR_STORAGE", "GPU_CHUNKS", "MAX_CHUNK", "M
 class Plan:
     """How a job is cut up, and the planner's prediction of its cost (zeros where the plan was given).
 
-    chunk: side of a chunk in input pixels; streaming: width of a tile (a full-height column band).
+    chunk: side of a chunk in input pixels; streaming: width of a tile (a column band).
     blocks_per_stage: RRDBs per trunk stage (Compact nets: 15 convs); 0 runs the whole network as
         one stage with its full halo.
     storage: "zarr" (the staged executor): stages pass activations through the work folder;
@@ -33,6 +33,7 @@ class Plan:
     workers: chunks (tiles) computed at once (0: one per CPU core, or two per GPU, one tile per
         GPU); torch gets the cores divided among them.
     strip: streaming: rows (input pixels) each stage computes at a time.
+    tile_rows: streaming: height of a tile in input pixels (0: the image's height).
     """
 
     chunk: int = 256
@@ -40,6 +41,7 @@ class Plan:
     storage: Storage = "zarr"
     workers: int = 0
     strip: int = 0
+    tile_rows: int = 0
     stages: int = 0
     chunks: int = 0
     seconds: float = 0.0
@@ -60,13 +62,15 @@ class Plan:
         check_threads(self.workers)
         if self.storage == "stream":
             check_strip(self.strip)
+            check_tile_rows(self.tile_rows)
 
     @classmethod
-    def given(cls, chunk: int, blocks_per_stage: int, workers: int = 0, strip: int | None = None) -> Plan:
+    def given(cls, chunk: int, blocks_per_stage: int, workers: int = 0, strip: int | None = None,
+              tile_rows: int = 0) -> Plan:
         """A plan the user fixed: streamed when ``strip`` is given; otherwise staged, or the whole
         network as one stage (which keeps nothing between stages) for ``blocks_per_stage`` 0."""
         if strip:
-            return cls(chunk, max(1, blocks_per_stage), "stream", workers, strip)
+            return cls(chunk, max(1, blocks_per_stage), "stream", workers, strip, tile_rows)
         return cls(chunk, blocks_per_stage, "memory" if blocks_per_stage == 0 else "zarr", workers)
 
     @property
@@ -77,12 +81,14 @@ class Plan:
     def to_json(self) -> dict[str, Any]:
         """What the job's identity records: the parts that change the result's bytes on disk."""
         own = {"chunk": self.chunk, "blocks_per_stage": self.blocks_per_stage, "storage": self.storage}
-        return {**own, "strip": self.strip} if self.storage == "stream" else own
+        if self.storage != "stream":
+            return own
+        return {**own, "strip": self.strip, **({"tile_rows": self.tile_rows} if self.tile_rows else {})}
 
     @classmethod
     def from_json(cls, fields: dict[str, Any], workers: int = 0) -> Plan:
         return cls(int(fields["chunk"]), int(fields["blocks_per_stage"]), fields.get("storage", "zarr"), workers,
-                   int(fields.get("strip", 0)))
+                   int(fields.get("strip", 0)), int(fields.get("tile_rows", 0)))
 
     def chunks_at_once(self, device_type: str) -> int:
         """As asked, else one per core on a CPU; on a GPU two chunks (one chunk's reads and writes
@@ -98,7 +104,8 @@ class Plan:
         grouping = "whole network, one stage" if self.storage == "memory" else f"{self.blocks_per_stage} per stage"
         workers = f"{self.workers} worker{'s' if self.workers > 1 else ''}"
         if self.storage == "stream":
-            cut = (f"stream: tiles {self.chunk} px wide in strips of {self.strip} rows, blocks {grouping} "
+            size = f"{self.chunk} x {self.tile_rows} px" if self.tile_rows else f"{self.chunk} px wide"
+            cut = (f"stream: tiles {size} in strips of {self.strip} rows, blocks {grouping} "
                    f"({self.stages} stages), {self.chunks} tile{'s' if self.chunks > 1 else ''} on {workers}")
         else:
             cut = (f"{self.executor}: chunk {self.chunk}, blocks {grouping} ({self.stages} stages), "

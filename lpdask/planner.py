@@ -20,9 +20,9 @@ import os
 import tempfile
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +34,8 @@ from .errors import PlanWarning
 from .models.checkpoint import cache_dir
 from .models.network import Network
 from .executors.staged import whole_stages
-from .geometry import ceil_div, column_bands, factors, unshuffled
+from .chunks import tile_rows_step
+from .geometry import bands, ceil_div, factors, reach, unshuffled
 from .plan import GPU_CHUNKS, MAX_CHUNK, MIN_CHUNK, Plan
 from .stages import IMAGE, Stage
 
@@ -320,41 +321,50 @@ def _dry_run(stages: tuple[Stage, ...], rows: int, strip: int) -> _Rows:
 def estimate_stream(costs: Sequence[StageCost], stages: Sequence[Stage], height: int, width: int, tile: int,
                     strip: int, machine: Machine, *, blocks_per_stage: int, image_channels: int,
                     input_factor: int = 1, model_bytes: int = 0, workers: int | None = None,
-                    itemsize: int = 4) -> Plan:
+                    itemsize: int = 4, tile_rows: int = 0) -> Plan:
     """Predict the cost of streaming ``stages`` (profiled as ``costs``) over a ``height`` x ``width``
-    image in tiles ``tile`` wide and strips ``strip`` high (input pixels)."""
-    from .executors.stream import band_columns
+    image in tiles ``tile`` wide and ``tile_rows`` high (0: the image's height) and strips ``strip``
+    high (input pixels)."""
+    from .executors.stream import reach_span
 
     d = input_factor
     rows, cols = unshuffled(height, width, d)
     width_d, strip_d = tile // d, max(1, strip // d)
-    tiles = column_bands(cols, width_d)
+    tiles = bands(cols, width_d)
+    row_bands = bands(rows, tile_rows // d or rows)
     dry = _dry_run(tuple(stages), min(rows, DRY_ROWS), strip_d)
     stretch = rows / dry.rows
+    computed = np.zeros(len(stages))  # each stage's input rows computed over all row bands
+    for y0, y1 in (row_bands if len(row_bands) <= 3 else [row_bands[0], row_bands[1], row_bands[-1]]):
+        weight = 1 if len(row_bands) <= 3 or y0 in (row_bands[0][0], row_bands[-1][0]) else len(row_bands) - 2
+        outputs = reach_span(stages, rows, y0, y1).outputs
+        computed += [weight * (b - a) / stage.scale for stage, (a, b) in zip(stages, outputs)]
+    repeat = computed / np.array([rows * f for f in factors(stages)[:-1]])  # > 1 by the cuts' repeated reach
+    tasks = len(tiles) * len(row_bands)
     gpu = machine.device_type == "cuda"
-    workers = workers or (1 if gpu else min(machine.cores, len(tiles)))
+    workers = workers or (1 if gpu else min(machine.cores, tasks))
     channels = {IMAGE: image_channels, **{stage.name: stage.channels for stage in stages}}
     macs = whole = 0.0
     peak_tile = 0.0
     for x0, x1 in (tiles if len(tiles) <= 3 else [tiles[0], tiles[1], tiles[-1]]):
-        columns = band_columns(stages, cols, x0, x1)
+        columns = reach_span(stages, cols, x0, x1)
         weight = 1 if len(tiles) <= 3 or x0 in (tiles[0][0], tiles[-1][0]) else len(tiles) - 2
         widths = np.array([(columns.arrays[n][1] - columns.arrays[n][0]) * channels[n] for n in dry.names])
         working = max(cost.memory * tall * (w1 - w0)
                       for cost, tall, (w0, w1) in zip(costs, dry.largest_window, columns.windows))
         peak_tile = max(peak_tile, float((dry.held @ widths).max()) * itemsize + working)
-        for cost, window_rows, (w0, w1) in zip(costs, dry.window_rows, columns.windows):
-            macs += weight * cost.macs * window_rows * stretch * (w1 - w0)
+        for cost, window_rows, again, (w0, w1) in zip(costs, dry.window_rows, repeat, columns.windows):
+            macs += weight * cost.macs * window_rows * stretch * again * (w1 - w0)
     for cost, f in zip(costs, factors(costs)):
         whole += cost.macs * rows * f * cols * f
     threads = max(1, machine.cores // workers)
     speed = machine.macs_per_core * workers * threads * (machine.parallel_efficiency if threads > 1 else 1.0)
-    imbalance = math.ceil(len(tiles) / workers) * workers / len(tiles)
+    imbalance = math.ceil(tasks / workers) * workers / tasks
     if gpu:
         speed, imbalance = machine.macs_per_core, 1.0
-    compute = macs / speed * imbalance + STEP_SECONDS * dry.steps * stretch * len(tiles) / workers
+    compute = macs / speed * imbalance + STEP_SECONDS * dry.steps * stretch * float(repeat.mean()) * tasks / workers
     peak = int(workers * peak_tile + model_bytes + (GPU_ALLOWANCE if gpu else PROCESS_MEMORY))
-    return Plan(tile, blocks_per_stage, "stream", workers, strip, stages=len(costs), chunks=len(tiles),
+    return Plan(tile, blocks_per_stage, "stream", workers, strip, tile_rows, stages=len(costs), chunks=tasks,
                 seconds=compute, compute_seconds=compute, compute_overhead=macs / whole if whole else 1.0,
                 peak_memory=peak)
 
@@ -374,21 +384,30 @@ STREAM_GROUPINGS = 2
 """How many of a network's finest groupings streaming plans try."""
 TILES = (*CHUNKS, 6144, 8192)
 """Tile widths streaming plans try."""
+TILE_SECONDS = 900.0
+"""Streaming tiles predicted to take longer than this are cut in height, so that a kill, a lost
+worker or Ctrl-C loses less work..."""
+BAND_REACHES = 16
+"""...into bands no shorter than this many times the network's reach (the cut repeats about half a
+reach of compute above each band: at most a few percent)."""
 
 
 def choose(net: Network, height: int, width: int, device: torch.device, *, chunk: int | None = None,
            blocks_per_stage: int | None = None, workers: int | None = None, work: str | None = None,
            memory_budget: int | None = None, inner: int = 0, storages: Sequence[str] = STORAGES,
-           strip: int | None = None, scratch: int | None = None) -> tuple[Plan, list[Plan]]:
+           strip: int | None = None, scratch: int | None = None,
+           tile_rows: int | None = None) -> tuple[Plan, list[Plan]]:
     """The plan to use, and every plan considered for this image (fastest first). ``chunk`` /
-    ``blocks_per_stage`` / ``strip`` fix that part of the plan, ``storages`` the executors weighed
+    ``blocks_per_stage`` / ``strip`` / ``tile_rows`` fix that part of the plan, ``storages`` the executors weighed
     (:data:`lpdask.plan.EXECUTOR_STORAGE`). Staged plans whose activations need more than ``scratch``
     bytes (the work folder's free space; None: not checked) are left out while any other plan is left.
 
     The chunk (tile), grouping, strip and chunks at once are picked for an image of ``REFERENCE`` px a
     side (the fastest that fits the budget, or the least memory among those within ``NEAR`` of it),
     then used on this one; an image that fits in one such chunk may instead run the whole network as
-    one stage if that is faster and needs no more memory. So a larger image never takes more memory."""
+    one stage if that is faster and needs no more memory. So a larger image never takes more memory.
+    A streaming plan's tiles are then cut in height (:func:`_cut_in_height`) where that keeps more
+    workers busy or a tile would take longer than ``TILE_SECONDS``."""
     machine = measure_machine(device.type, work, memory_budget)
     model_bytes = sum(p.numel() * p.element_size() for p in net.parameters())  # type: ignore[attr-defined]
     image_channels = net.in_channels * net.input_factor**2
@@ -429,7 +448,7 @@ def choose(net: Network, height: int, width: int, device: torch.device, *, chunk
                 at_once = [workers] if workers else range(1, (1 if machine.device_type == "cuda" else machine.cores) + 1)
                 plans += [estimate_stream(costs, stages, h, w, c, x, machine, blocks_per_stage=k,
                                           image_channels=image_channels, input_factor=d, model_bytes=model_bytes,
-                                          workers=n, itemsize=itemsize)
+                                          workers=n, itemsize=itemsize, tile_rows=tile_rows or 0)
                           for c in sizes(w, TILES) for x in strips(h) for n in at_once]
             else:
                 plans += [estimate(costs, h, w, c, machine, blocks_per_stage=k, storage=storage, input_factor=d,
@@ -463,11 +482,48 @@ def choose(net: Network, height: int, width: int, device: torch.device, *, chunk
         best = whole[0] if whole else best
     if best.peak_memory > machine.memory_budget and any(e.peak_memory <= machine.memory_budget for e in feasible):
         best = _pick(feasible, machine.memory_budget)  # the reference's shape needs more here (larger halos)
+    if best.storage == "stream" and tile_rows is None:
+        k, _, stages, costs = next(p for p in profiled if p[:2] == (best.blocks_per_stage, "stream"))
+        best = _cut_in_height(best, partial(estimate_stream, costs, stages, height, width, best.chunk, best.strip,
+                                            machine, blocks_per_stage=k, image_channels=image_channels,
+                                            input_factor=d, model_bytes=model_bytes, itemsize=itemsize),
+                              height, tile_rows_step(best.chunk, net.scale, d), reach(stages) * d,
+                              machine, fixed_workers=workers)
     if best.peak_memory > machine.memory_budget:
         warnings.warn(f"no plan fits the memory budget of {machine.memory_budget / 2**30:.2f} GiB; using the one "
                       f"needing the least, predicted {best.peak_memory / 2**30:.2f} GiB (chunk {best.chunk})",
                       PlanWarning, stacklevel=2)
     return best, plans
+
+
+def _cut_in_height(plan: Plan, price: Callable[..., Plan], height: int, step: int, reach_px: int, machine: Machine,
+                   fixed_workers: int | None) -> Plan:
+    """``plan`` (streaming, full-height tiles) with its tiles cut in height where that helps:
+    into as many bands as keep more of a CPU's cores on tiles of their own, when that is predicted
+    faster within the memory budget (one tile on several threads runs at torch's lower parallel
+    efficiency); then into bands of about ``TILE_SECONDS`` each, no shorter than ``BAND_REACHES``
+    reaches, when a tile would take longer. ``price(workers=, tile_rows=)`` estimates a variant;
+    band heights are multiples of ``step``."""
+
+    def rows_for(bands_: int) -> int:
+        return ceil_div(ceil_div(height, bands_), step) * step
+
+    best = plan
+    if machine.device_type != "cuda" and not fixed_workers:
+        for n in range(plan.chunks + 1, machine.cores + 1):
+            rows = rows_for(ceil_div(n, plan.chunks))
+            if rows < height:
+                e = price(workers=n, tile_rows=rows)
+                if e.seconds < best.seconds and e.peak_memory <= max(machine.memory_budget, plan.peak_memory):
+                    best = e
+    at_once = 1 if machine.device_type == "cuda" else best.workers
+    per_tile = best.seconds * at_once / best.chunks
+    current = best.tile_rows or height
+    if per_tile > TILE_SECONDS:
+        rows = max(int(current * TILE_SECONDS / per_tile) // step * step, ceil_div(BAND_REACHES * reach_px, step) * step)
+        if rows < current:
+            best = price(workers=best.workers, tile_rows=rows)
+    return best
 
 
 def _shape(plan: Plan) -> tuple[object, ...]:

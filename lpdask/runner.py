@@ -119,7 +119,7 @@ def run(spec: JobSpec, state: State, executor: Executor, scheduler: Threads | Cl
             on_cluster(scheduler.dashboard_link)
         jobs = [Job(source, network_stages if p.uses_network else resize_stages(p.kind, scale), plan.chunk, work,
                     sink, spec.device, spec.network.input_factor if p.uses_network else 1, spec.precision, plane, p,
-                    spec.value_range, k, 0, plan.strip, spec.nodata)
+                    spec.value_range, k, 0, plan.strip, spec.nodata, plan.tile_rows)
                 for k, (plane, p) in enumerate((plane, p) for plane in source.planes() for p in spec.passes)]
         chunks = executor.tasks(jobs[0])
         torch_threads = 0

@@ -38,12 +38,12 @@ class Scheduler(Protocol):
     in_process: bool
     """Whether tasks run in this process (so they may call back into it, e.g. to tick progress)."""
 
-    def run(self, key: str, task: Task, shared: Any, chunks: Sequence[Chunk], tick: Callable[[], None],
+    def run(self, key: str, task: Task, shared: Any, chunks: Sequence[Chunk], tick: Callable[[Chunk], None],
             torch_threads: int = 0, on_stop: Callable[[], None] | None = None) -> None:
-        """Run ``task(shared, i, j)`` for every chunk; ``key`` names the tasks (unique per stage and
-        run), ``torch_threads`` is torch's thread count where they run (0: as it is). ``on_stop`` is
-        called when the run stops on an error or an interrupt, before it waits for the tasks already
-        running (which may then stop early)."""
+        """Run ``task(shared, i, j)`` for every chunk, calling ``tick((i, j))`` as each finishes; ``key``
+        names the tasks (unique per stage and run), ``torch_threads`` is torch's thread count where
+        they run (0: as it is). ``on_stop`` is called when the run stops on an error or an
+        interrupt, before it waits for the tasks already running (which may then stop early)."""
         ...
 
     def compute(self, collection: Any, tick: Callable[[], None] | None = None) -> None:
@@ -60,14 +60,14 @@ class Threads:
     def __init__(self, workers: int) -> None:
         self.workers = workers
 
-    def run(self, key: str, task: Task, shared: Any, chunks: Sequence[Chunk], tick: Callable[[], None],
+    def run(self, key: str, task: Task, shared: Any, chunks: Sequence[Chunk], tick: Callable[[Chunk], None],
             torch_threads: int = 0, on_stop: Callable[[], None] | None = None) -> None:
         import dask
         from dask.callbacks import Callback
 
         class Ticks(Callback):
             def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
-                tick()
+                tick((key[1], key[2]))
 
         call = partial(_call, task, shared)  # opaque to dask, which would otherwise walk the stages
         graph = {(key, i, j): (call, i, j, torch_threads) for i, j in chunks}
@@ -146,7 +146,7 @@ class Cluster:
     def dashboard_link(self) -> str:
         return str(self.client.dashboard_link)
 
-    def run(self, key: str, task: Task, shared: Any, chunks: Sequence[Chunk], tick: Callable[[], None],
+    def run(self, key: str, task: Task, shared: Any, chunks: Sequence[Chunk], tick: Callable[[Chunk], None],
             torch_threads: int = 0, on_stop: Callable[[], None] | None = None) -> None:
         from distributed import as_completed
 
@@ -168,7 +168,7 @@ class Cluster:
                     elif future.status == "error":
                         future.result()
                     else:
-                        tick()
+                        tick(futures[future])
             except BaseException:
                 if on_stop is not None:
                     on_stop()

@@ -56,6 +56,8 @@ class Job:
     """Rows (image pixels) of the strips the streaming executor computes at a time."""
     nodata: Nodata | None = None
     """The input's missing pixels: filled before the network, marked in the output."""
+    tile_rows: int = 0
+    """Rows (image pixels) of the streaming executor's tiles (0: the image's height)."""
 
     def factor(self, index: int) -> int:
         """Resolution of stage ``index``'s input relative to the image."""

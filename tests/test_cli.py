@@ -88,6 +88,12 @@ def make_cases(tmp: Path) -> dict[str, tuple[list[str | Path], str]]:
         "chunk too small": (["in.tif", "out.zarr", "--chunk", "8"], "--chunk 8 is out of range"),
         "chunk too big": (["in.tif", "out.zarr", "--chunk", "100000"], "--chunk 100000 is out of range"),
         "chunk not a number": (["in.tif", "out.zarr", "--chunk", "big"], "'big' is not a valid integer"),
+        "tile rows negative": (["in.tif", "out.zarr", "--tile-rows", "-1"], "--tile-rows -1 is out of range"),
+        "tile rows when staged": (["in.tif", "out.zarr", "--tile-rows", "256", "--executor", "staged"],
+                                  "--tile-rows 256 needs --executor stream or auto, not --executor staged"),
+        "tile rows across stored chunks": (["in.tif", "out.zarr", "--model", "tiny.pth", "--chunk", "64", "--strip", "16",
+                                            "--tile-rows", "100", "-q"],
+                                           "--tile-rows 100 must be a multiple of 64 with tiles 64 px wide"),
         "output exists": (["in.tif", "taken.zarr"], "taken.zarr already exists; use --overwrite"),
         "truncated tiff": (["truncated.tif", "out.zarr", "--model", "tiny.pth", "-q"], "truncated.tif: cannot read rows 0:"),
         "workers negative": (["in.tif", "out.zarr", "--workers", "-1"], "--workers -1 must be at least 1"),
@@ -115,7 +121,7 @@ def case_names() -> list[str]:
         return list(make_cases(Path(tmp)))
 
 
-SLOW_CASES = {"unreachable scheduler", "float outside [0, 1]", "truncated tiff"}  # they load torch and a model
+SLOW_CASES = {"unreachable scheduler", "float outside [0, 1]", "truncated tiff", "tile rows across stored chunks"}  # they load torch and a model
 
 
 @pytest.mark.parametrize("name", [pytest.param(name, marks=pytest.mark.slow) if name in SLOW_CASES else name

@@ -76,12 +76,12 @@ def test_two_workers_on_loopback_match_local(small_net, tmp_path, cluster):
 
 @pytest.mark.slow  # a scheduler and two worker processes
 def test_streamed_tiles_on_two_workers_match_local(small_net, tmp_path, cluster):
-    """Streaming: each tile is one task, the tiles spread over the workers."""
+    """Streaming: each tile (here 16 px wide, 32 rows high) is one task, the tiles spread over the workers."""
     address, _ = cluster
     tifffile.imwrite(tmp_path / "in.tif", smooth_image(40, 70, seed=63), tile=(16, 16))
-    options = {"model": small_net, "chunk": 16, "blocks_per_stage": 1, "strip": 8}
+    options = {"model": small_net, "chunk": 16, "blocks_per_stage": 1, "strip": 8, "tile_rows": 32}
     summary = upscale(tmp_path / "in.tif", tmp_path / "cluster.zarr", scheduler=address, **options)
-    assert summary.executor == "stream" and summary.computed_chunks == summary.chunks == 5
+    assert summary.executor == "stream" and summary.computed_chunks == summary.chunks == 10
     upscale(tmp_path / "in.tif", tmp_path / "local.zarr", threads=1, **options)
     assert np.array_equal(zarr.open_array(str(tmp_path / "cluster.zarr" / "0"))[:],
                           zarr.open_array(str(tmp_path / "local.zarr" / "0"))[:])

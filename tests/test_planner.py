@@ -176,3 +176,48 @@ def test_plan_command_refuses_what_upscale_refuses(capsys, monkeypatch, tmp_path
         stderr = capsys.readouterr().err
         assert code == 2 and "--precision fp16 needs a CUDA device" in stderr, stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif"]
+
+
+def test_streaming_tiles_are_cut_in_height_to_keep_the_cores_busy(small_net, monkeypatch):
+    """An image one tile wide on 2 cores: where torch's two threads on one tile do half the work of
+    two one-thread tiles, two bands, one per core, are faster despite the rows repeated at the cut;
+    where threads scale perfectly, the cut only adds work."""
+    from dataclasses import replace
+
+    from lpdask import planner
+
+    for efficiency, cut in ((0.5, True), (1.0, False)):
+        machine = replace(MACHINE, parallel_efficiency=efficiency, memory_budget=8 * 2**30)
+        monkeypatch.setattr(planner, "measure_machine", lambda *args, machine=machine: machine)
+        best, _ = choose(small_net, 1024, 512, torch.device("cpu"), chunk=512, storages=("stream",))
+        assert (best.tile_rows, best.chunks, best.workers) == ((512, 2, 2) if cut else (0, 1, 1)), best
+        whole_height = planner.estimate_stream(
+            planner.profile(small_net.stages(best.blocks_per_stage), 3, torch.device("cpu")),
+            small_net.stages(best.blocks_per_stage), 1024, 512, 512, best.strip, machine,
+            blocks_per_stage=best.blocks_per_stage, image_channels=3, workers=1)
+        assert best.seconds < whole_height.seconds if cut else best.seconds == pytest.approx(whole_height.seconds)
+
+
+def test_long_streaming_tiles_are_cut_in_height(small_net, monkeypatch):
+    """A tile that would take longer than TILE_SECONDS is cut into bands of about that long (a kill
+    loses less), a multiple of the output's stored chunk rows and no shorter than BAND_REACHES
+    reaches; on a device fast enough, tiles stay whole."""
+    from dataclasses import replace
+
+    from lpdask import planner
+    from lpdask.chunks import tile_rows_step
+    from lpdask.geometry import reach
+
+    slow = replace(MACHINE, macs_per_core=2e8, memory_budget=8 * 2**30)
+    monkeypatch.setattr(planner, "measure_machine", lambda *args: slow)
+    best, _ = choose(small_net, 60000, 1024, torch.device("cpu"), chunk=1024, storages=("stream",))
+    assert best.tile_rows and best.tile_rows % tile_rows_step(1024, 4) == 0
+    assert best.tile_rows >= planner.BAND_REACHES * reach(small_net.stages(best.blocks_per_stage))
+    per_band = best.seconds * best.workers / best.chunks
+    assert planner.TILE_SECONDS / 2 < per_band <= planner.TILE_SECONDS * 1.1, per_band
+    assert best.compute_overhead < 1.1
+
+    fast = replace(slow, macs_per_core=1e14, device_type="cuda")
+    monkeypatch.setattr(planner, "measure_machine", lambda *args: fast)
+    best, _ = choose(small_net, 60000, 1024, torch.device("cpu"), chunk=1024, storages=("stream",))
+    assert best.tile_rows == 0 and best.chunks == 1

@@ -21,7 +21,7 @@ import zarr
 
 from lpdask import upscale
 from lpdask.executors.staged import stages_for
-from lpdask.executors.stream import MARKER, Drop, Read, Run, Stream, band_columns, schedule
+from lpdask.executors.stream import MARKER, Drop, Read, Run, Stream, reach_span, schedule
 from lpdask.io.omezarr import OmeZarrSink, is_complete
 from lpdask.io.sources import open_source
 from lpdask.jobs import WorkFolder
@@ -54,6 +54,21 @@ def test_matches_whole_image(small_net, tmp_path, height, width, tile, strip, bl
     assert_exact(level0(tmp_path / "out.zarr"), whole_image(small_net, image))
 
 
+@pytest.mark.parametrize(
+    ("height", "width", "tile", "tile_rows", "strip"),
+    [(100, 40, 16, 16, 8),   # bands far shorter than the reach (34 px): each reads rows of the bands around it
+     (130, 70, 48, 48, 7),   # bands taller than the reach; strips that divide neither; a last band of 34 rows
+     (75, 50, 64, 64, 64)],  # one strip per band, one tile wider than the image
+)
+def test_tiles_cut_in_height_match_whole_image(small_net, tmp_path, height, width, tile, tile_rows, strip):
+    image = smooth_image(height, width, seed=height + tile_rows)
+    tifffile.imwrite(tmp_path / "in.tif", image, tile=(16, 16))
+    summary = upscale(tmp_path / "in.tif", tmp_path / "out.zarr", model=small_net, chunk=tile, blocks_per_stage=1,
+                      strip=strip, tile_rows=tile_rows)
+    assert summary.executor == "stream" and summary.chunks == -(-height // tile_rows) * -(-width // tile)
+    assert_exact(level0(tmp_path / "out.zarr"), whole_image(small_net, image))
+
+
 def test_float_output(small_net, tmp_path):
     image = smooth_image(45, 52, seed=5, dtype=np.float32)
     zarr.create_array(tmp_path / "in.zarr", data=image, chunks=(16, 16, 3))
@@ -61,8 +76,9 @@ def test_float_output(small_net, tmp_path):
     assert_exact(level0(tmp_path / "out.zarr"), whole_image_float(small_net, image))
 
 
-@pytest.mark.parametrize(("scale", "height", "width", "tile", "strip"), [(2, 45, 37, 16, 6), (1, 30, 43, 20, 8)])
-def test_pixel_unshuffle_models(tmp_path, scale, height, width, tile, strip):
+@pytest.mark.parametrize(("scale", "height", "width", "tile", "strip", "tile_rows"),
+                         [(2, 45, 37, 16, 6, 0), (1, 30, 43, 20, 8, 0), (2, 45, 37, 16, 6, 16), (1, 30, 43, 20, 8, 20)])
+def test_pixel_unshuffle_models(tmp_path, scale, height, width, tile, strip, tile_rows):
     """x2 / x1 RRDBNets on odd sizes (reflect-padded to the unshuffle grid, cropped after), against
     basicsr's RRDBNet with the same weights."""
     from lpdask import RRDBConfig, RRDBNet
@@ -73,7 +89,8 @@ def test_pixel_unshuffle_models(tmp_path, scale, height, width, tile, strip):
     net = lively(RRDBNet(RRDBConfig(scale=scale, num_feat=12, num_block=2, num_grow_ch=6)), seed=scale)
     image = smooth_image(height, width, seed=scale + height)
     tifffile.imwrite(tmp_path / "in.tif", image)
-    upscale(tmp_path / "in.tif", tmp_path / "out.zarr", model=net, chunk=tile, blocks_per_stage=1, strip=strip)
+    upscale(tmp_path / "in.tif", tmp_path / "out.zarr", model=net, chunk=tile, blocks_per_stage=1, strip=strip,
+            tile_rows=tile_rows)
     assert_exact(level0(tmp_path / "out.zarr"), whole_image(basicsr_rrdbnet(net.state_dict()), image))
 
 
@@ -147,11 +164,14 @@ def test_pixels_converted_by_torch_equal_numpys(dtype, value_range):
     assert np.array_equal(found, expected)
 
 
-@pytest.mark.parametrize(("width", "tile", "in_stream"), [(150, 256, 3), (1100, 512, 2)])
-def test_pyramid_levels_written_with_level_0(small_net, tmp_path, monkeypatch, width, tile, in_stream):
+@pytest.mark.parametrize(("height", "width", "tile", "tile_rows", "in_stream"),
+                         [(40, 150, 256, 0, 3), (40, 1100, 512, 0, 2), (1100, 40, 512, 512, 2)])
+def test_pyramid_levels_written_with_level_0(small_net, tmp_path, monkeypatch, height, width, tile, tile_rows,
+                                             in_stream):
     """Tiles write the pyramid levels no two of them share as their rows of level 0 complete (one
-    tile: every level; tiles of 2048 output px: level 1, whose chunks are 1024 wide); the rest are
-    built after. Every level is the 2x2 mean of the stored level above, as a second pass makes it."""
+    tile: every level; tiles of 2048 output px, side by side or one above the other: level 1, whose
+    chunks are 1024 px); the rest are built after. Every level is the 2x2 mean of the stored level
+    above, as a second pass makes it."""
     import lpdask.io.omezarr as omezarr
     from lpdask.executors import stream
     from lpdask.io.omezarr import half
@@ -164,10 +184,10 @@ def test_pyramid_levels_written_with_level_0(small_net, tmp_path, monkeypatch, w
     monkeypatch.setattr(omezarr.OmeZarrSink, "finish",
                         lambda self, meta, name, written=1, **kw: built.append(written) or finish(self, meta, name,
                                                                                                   written, **kw))
-    image = smooth_image(40, width, seed=width)
+    image = smooth_image(height, width, seed=width)
     tifffile.imwrite(tmp_path / "in.tif", image)
     summary = upscale(tmp_path / "in.tif", tmp_path / "out.zarr", model=small_net, chunk=tile, blocks_per_stage=1,
-                      strip=8)
+                      strip=8, tile_rows=tile_rows)
     assert set(counted) == {in_stream} and built == [in_stream]
     assert_exact(level0(tmp_path / "out.zarr"), whole_image(small_net, image))
     group = zarr.open_group(str(tmp_path / "out.zarr"), mode="r")
@@ -188,6 +208,32 @@ def test_halos_too_small_are_caught(small_net, tmp_path):
     Stream().run(Job(open_source(tmp_path / "in.zarr"), stages, 16, work, sink, strip=8), Threads(1))
     with pytest.raises(AssertionError, match="max float difference"):
         assert_exact(level0(tmp_path / "out.zarr"), whole_image_float(small_net, image))
+
+
+class PerTask(Threads):
+    """Threads whose tasks cannot tick from inside, as on a cluster: the executor ticks per task."""
+
+    in_process = False
+
+
+@pytest.mark.parametrize("scheduler", [Threads(2), PerTask(2)], ids=["in process", "per task"])
+def test_progress_counts_each_output_strip_once(small_net, tmp_path, scheduler):
+    """Tiles 16 px wide and 48 rows high, strips of 8 rows, on 100 x 40 px: bands of 48, 48 and 4
+    rows write 6, 6 and 1 strips, three tiles a band: 39 ticks, the total the bar was given."""
+    tifffile.imwrite(tmp_path / "in.tif", smooth_image(100, 40, seed=6))
+    sink = OmeZarrSink(tmp_path / "out.zarr", "cyx", (3, 400, 160), np.dtype(np.uint8), 64)
+    work = WorkFolder(tmp_path / "work")
+    work.path.mkdir()
+    job = Job(open_source(tmp_path / "in.tif"), small_net.stages(1), 16, work, sink, strip=8, tile_rows=48)
+    counted = {"ticks": 0}
+
+    def progress(index, stage, total):
+        counted["total"] = total
+        return lambda: counted.update(ticks=counted["ticks"] + 1)
+
+    assert Stream().run(job, scheduler, progress) == 9
+    assert counted == {"total": 39, "ticks": 39}
+    assert_exact(level0(tmp_path / "out.zarr"), whole_image(small_net, smooth_image(100, 40, seed=6)))
 
 
 def test_rows_are_computed_once_and_dropped(small_net):
@@ -216,12 +262,41 @@ def test_rows_are_computed_once_and_dropped(small_net):
     assert all(most[s.name] <= 2 * s.halo + 4 * strip for s in stages[1:-1])
 
 
+def test_bands_compute_their_rows_once_and_together_the_output_once(small_net):
+    """Tiles cut in height: each stage of a band computes its rows once, in windows inside what the
+    band holds and clipped only at the image's border; the bands' output rows tile the output."""
+    from lpdask.geometry import bands
+
+    stages = small_net.stages(1)
+    rows, written = 200, []
+    for y0, y1 in bands(rows, 48):
+        span = reach_span(stages, rows, y0, y1)
+        produced: dict[int, list[tuple[int, int]]] = {k: [] for k in range(len(stages))}
+        for step in schedule(stages, rows, 16, span):
+            if isinstance(step, Read):
+                lo, hi = span.arrays["image"]
+                assert lo <= step.start < step.stop <= hi
+            elif isinstance(step, Run):
+                stage = stages[step.index]
+                produced[step.index].append((step.start, step.stop))
+                lo, hi = span.arrays[stage.inputs[0]]
+                assert step.window_start == max(0, step.start - stage.halo) >= lo
+                assert step.window_stop == min(rows, step.stop + stage.halo) <= hi  # every stage reads the image's grid
+        for k, done in produced.items():
+            s = stages[k].scale
+            assert (done[0][0], done[-1][1]) == (span.outputs[k][0] // s, span.outputs[k][1] // s)
+            assert all(a[1] == b[0] for a, b in zip(done, done[1:]))
+        written.append((done[0][0], done[-1][1]))  # the last stage's rows: what the band writes
+    assert written == [(y0, y1) for y0, y1 in bands(rows, 48)]
+    assert span.arrays["image"] == (rows - 8 - sum(s.halo for s in stages), rows)  # the last band reads its reach above
+
+
 def test_tile_columns_clip_at_the_border(small_net):
     stages = small_net.stages(1)
     reach = sum(s.halo for s in stages)
-    inner = band_columns(stages, 200, 64, 96)
+    inner = reach_span(stages, 200, 64, 96)
     assert inner.arrays["image"] == (64 - reach, 96 + reach)
-    left = band_columns(stages, 200, 0, 32)
+    left = reach_span(stages, 200, 0, 32)
     assert left.arrays["image"] == (0, 32 + reach)
     assert left.outputs[-1] == (0, 128)
 
@@ -306,9 +381,9 @@ def test_plan_command_says_why_it_streams(tmp_path, monkeypatch, capsys):
 def start(tmp_path: Path, checkpoint: Path, output: str) -> subprocess.Popen[str]:
     env = {**os.environ, "LPDASK_CACHE_DIR": str(tmp_path / "cache")}
     return subprocess.Popen([sys.executable, "-m", "lpdask", "upscale", "in.tif", output, "--model", str(checkpoint),
-                             "--executor", "stream", "--chunk", "16", "--strip", "8", "--blocks-per-stage", "1",
-                             "--threads", "1", "-q"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                             "--executor", "stream", "--chunk", "16", "--tile-rows", "48", "--strip", "8",
+                             "--blocks-per-stage", "1", "--threads", "1", "-q"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def tiles_done(work: Path) -> int:
@@ -318,10 +393,11 @@ def tiles_done(work: Path) -> int:
 
 @pytest.mark.slow  # the CLI in subprocesses, killed and rerun
 def test_sigkill_then_resume_recomputes_only_unfinished_tiles(tmp_path, small_checkpoint):
+    """Tiles 16 px wide and 48 rows high: 2 x 10 tasks, each marked (row, column) when written."""
     tifffile.imwrite(tmp_path / "in.tif", smooth_image(72, 160, seed=51), tile=(32, 32))
-    tiles = 10
+    tiles = 20
     upscale(tmp_path / "in.tif", tmp_path / "reference.zarr", model=small_checkpoint, executor="stream", chunk=16,
-            strip=8, blocks_per_stage=1, threads=1)  # the uninterrupted run, as the command runs it
+            tile_rows=48, strip=8, blocks_per_stage=1, threads=1)  # the uninterrupted run, as the command runs it
 
     job = start(tmp_path, small_checkpoint, "out.zarr")
     deadline = time.monotonic() + 240

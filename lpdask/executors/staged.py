@@ -120,7 +120,7 @@ def run_job(job: Job, scheduler: Scheduler, progress: Progress | None = None) ->
         if todo:
             light = replace(job, stages=())  # a cluster gets the stages once, not with every task
             scheduler.run(f"{stage.name}-r{job.run}", partial(run_chunk_of, light, index), job.stages, todo,
-                          tick, job.torch_threads)
+                          lambda chunk: tick(), job.torch_threads)
             computed += len(todo)
         with writing(job.work.path):
             job.work.mark_stage(job.run, stage.name)

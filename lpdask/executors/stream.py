@@ -1,10 +1,13 @@
-"""The streaming executor: each tile (a column band of the image, full height) runs the whole stage
-list row strip by row strip, every activation kept in memory only for as long as the strips after it
-need it. Nothing is stored between stages, and every activation row is computed once per tile.
+"""The streaming executor: each tile (a column band of the image, full height unless the plan cuts it
+in height) runs the whole stage list row strip by row strip, every activation kept in memory only for
+as long as the strips after it need it. Nothing is stored between stages, and every activation row is
+computed once per tile.
 
 Columns: a tile's output columns need each stage's input over a range grown by that stage's halo,
-clipped at the image border (:func:`band_columns`, computed from the last stage back to the first);
-that horizontal halo is the only work repeated between tiles.
+clipped at the image border (:func:`reach_span`, computed from the last stage back to the first);
+that horizontal halo is the only work repeated between tiles side by side. A tile cut in height
+starts its rows the same way: each stage begins its reach above the tile's first output row, and
+those rows are computed again by the tile above.
 
 Rows: the last stage pulls. To compute its next strip, a stage needs its inputs' rows up to the
 strip's end plus its halo, so it asks their producers for them, and so on up to the image
@@ -32,7 +35,7 @@ from torch import Tensor
 from ..chunks import Box
 from ..device import ieee_fp32
 from ..errors import writing
-from ..geometry import ceil_div, column_bands, factors, unshuffled
+from ..geometry import bands, ceil_div, factors, unshuffled
 from ..io.omezarr import half
 from ..memory import trim
 from ..schedulers import Scheduler
@@ -85,34 +88,39 @@ def heights(stages: Sequence[Stage], rows: int) -> dict[str, int]:
     return out
 
 
-def schedule(stages: Sequence[Stage], rows: int, strip: int) -> Iterator[Step]:
+def schedule(stages: Sequence[Stage], rows: int, strip: int, span: Span | None = None) -> Iterator[Step]:
     """The order in which one tile reads image rows, runs stage strips and drops rows, for an image
-    of ``rows`` rows (on the stages' grid) and strips of ``strip`` of those rows. Columns do not
-    enter into it: every array of a tile has one column range throughout."""
+    of ``rows`` rows (on the stages' grid) and strips of ``strip`` of those rows; ``span`` is the
+    tile's rows (:func:`reach_span`; default: all of them). Columns do not enter into it: every array
+    of a tile has one column range throughout."""
     height = heights(stages, rows)
+    span = span or reach_span(stages, rows, 0, rows)
+    lo = {name: span.arrays[name][0] for name in height}
+    hi = {name: span.arrays[name][1] for name in height}
+    ends = [stop // stage.scale for stage, (_, stop) in zip(stages, span.outputs)]
     strips = stage_strips(stages, strip)
     producer = {stage.name: k for k, stage in enumerate(stages)}
     readers: dict[str, list[int]] = defaultdict(list)
     for k, stage in enumerate(stages):
         for name in dict.fromkeys(stage.inputs):
             readers[name].append(k)
-    done = dict.fromkeys(height, 0)  # rows of each array computed (or read) so far
-    kept = dict.fromkeys(height, 0)  # first row still held
-    start = [0] * len(stages)  # next input row of each stage
+    done = dict(lo)  # each array computed (or read) up to this row
+    kept = dict(lo)  # first row still held
+    start = [first // stage.scale for stage, (first, _) in zip(stages, span.outputs)]  # each stage's next input row
 
     def needed(name: str) -> int:
         """The first row of ``name`` any reader still needs."""
-        return min(height[name] if start[k] >= height[name_in(k)] else max(0, start[k] - stages[k].halo)
+        return min(hi[name] if start[k] >= ends[k] else max(lo[name], start[k] - stages[k].halo)
                    for k in readers[name])
 
     def name_in(k: int) -> str:
         return stages[k].inputs[0]
 
     def ensure(name: str, upto: int) -> Iterator[Step]:
-        upto = min(upto, height[name])
+        upto = min(upto, hi[name])
         while done[name] < upto:
             if name == IMAGE:
-                stop = min(height[IMAGE], max(upto, done[IMAGE] + strip))
+                stop = min(hi[IMAGE], max(upto, done[IMAGE] + strip))
                 yield Read(done[IMAGE], stop)
                 done[IMAGE] = stop
             else:
@@ -122,7 +130,7 @@ def schedule(stages: Sequence[Stage], rows: int, strip: int) -> Iterator[Step]:
         stage = stages[k]
         size = height[name_in(k)]
         first = start[k]
-        stop = min(size, max(ceil_div(upto, stage.scale), first + strips[k]))
+        stop = min(ends[k], max(ceil_div(upto, stage.scale), first + strips[k]))
         window = max(0, first - stage.halo), min(size, stop + stage.halo)
         for name in dict.fromkeys(stage.inputs):
             yield from ensure(name, window[1])
@@ -136,7 +144,7 @@ def schedule(stages: Sequence[Stage], rows: int, strip: int) -> Iterator[Step]:
                 yield Drop(name, row)
 
     last = len(stages) - 1
-    while start[last] < height[name_in(last)]:
+    while start[last] < ends[last]:
         yield from advance(last, 0)
 
 
@@ -149,18 +157,18 @@ def stage_strips(stages: Sequence[Stage], strip: int) -> list[int]:
 
 
 @dataclass(frozen=True)
-class Columns:
-    """One tile's columns: each array's column range, and each stage's input window and the output
-    columns it keeps (all in the array's own pixels)."""
+class Span:
+    """One tile's extent along one axis (its columns, or its rows): each array's range, and each
+    stage's widest input window and the output range it keeps (all in the array's own pixels)."""
 
     arrays: dict[str, tuple[int, int]]
     windows: tuple[tuple[int, int], ...]
     outputs: tuple[tuple[int, int], ...]
 
 
-def band_columns(stages: Sequence[Stage], cols: int, x0: int, x1: int) -> Columns:
-    """The columns a tile of image columns [x0, x1) (on the stages' grid, ``cols`` wide) needs of
-    every array, from the last stage back to the first."""
+def reach_span(stages: Sequence[Stage], size: int, x0: int, x1: int) -> Span:
+    """What a tile of image pixels [x0, x1) along one axis (on the stages' grid, ``size`` long)
+    needs of every array along it, from the last stage back to the first."""
     f = factors(stages)
     need: dict[str, tuple[int, int]] = {stages[-1].name: (x0 * f[-1], x1 * f[-1])}
     windows: list[tuple[int, int]] = [(0, 0)] * len(stages)
@@ -170,44 +178,63 @@ def band_columns(stages: Sequence[Stage], cols: int, x0: int, x1: int) -> Column
         c0, c1 = need[stage.name]
         first, stop = c0 // s, ceil_div(c1, s)
         outputs[k] = need[stage.name] = (first * s, stop * s)
-        windows[k] = (max(0, first - stage.halo), min(cols * f[k], stop + stage.halo))
+        windows[k] = (max(0, first - stage.halo), min(size * f[k], stop + stage.halo))
         for name in stage.inputs:
             lo, hi = need.get(name, windows[k])
             need[name] = (min(lo, windows[k][0]), max(hi, windows[k][1]))
-    return Columns(need, tuple(windows), tuple(outputs))
+    return Span(need, tuple(windows), tuple(outputs))
 
 
-def bands(job: Job) -> list[tuple[int, int]]:
-    """The tiles' column ranges on the stages' grid: ``job.chunk`` image pixels wide."""
-    _, cols = unshuffled(job.source.height, job.source.width, job.input_factor)
-    return column_bands(cols, job.chunk // job.input_factor)
+@dataclass(frozen=True)
+class Tile:
+    """Tile (i, j): rows [y0, y1) and columns [x0, x1) of the image on the stages' grid."""
+
+    i: int
+    j: int
+    y0: int
+    y1: int
+    x0: int
+    x1: int
 
 
-def strips(job: Job) -> int:
-    """Output strips one tile writes (what its progress counts)."""
+def tiles(job: Job) -> list[Tile]:
+    """The tiles on the stages' grid: ``job.chunk`` image pixels wide and ``job.tile_rows`` high (0:
+    the image's height), row by row."""
+    d = job.input_factor
+    rows, cols = unshuffled(job.source.height, job.source.width, d)
+    return [Tile(i, j, y0, y1, x0, x1)
+            for i, (y0, y1) in enumerate(bands(rows, job.tile_rows // d or rows))
+            for j, (x0, x1) in enumerate(bands(cols, job.chunk // d))]
+
+
+def strips(job: Job, tile: Tile) -> int:
+    """Output strips ``tile`` writes (what its progress counts): the last stage's steps."""
     rows, _ = unshuffled(job.source.height, job.source.width, job.input_factor)
-    return ceil_div(rows, job.strip // job.input_factor)
+    first, stop = reach_span(job.stages, rows, tile.y0, tile.y1).outputs[-1]
+    scale = job.stages[-1].scale
+    return ceil_div(stop // scale - first // scale, stage_strips(job.stages, job.strip // job.input_factor)[-1])
 
 
 class Stream:
-    """Tiles of full image height, each streamed row strip by row strip through every stage."""
+    """Tiles of full image height (or cut in height), each streamed row strip by row strip through
+    every stage."""
 
     name = "stream"
 
     def tasks(self, job: Job) -> int:
-        return len(bands(job))
+        return len(tiles(job))
 
     def levels_written(self, job: Job) -> int:
         return pyramid_levels(job)
 
     def run(self, job: Job, scheduler: Scheduler, progress: Progress | None = None) -> int:
-        tiles = bands(job)
-        per_tile = strips(job)
-        tick = progress(None, job.stages[-1], len(tiles) * per_tile) if progress else (lambda: None)
-        done = {j for _, j in job.work.chunks_done(job.run, MARKER)}
-        for _ in range(len(done) * per_tile):
+        every = {(t.i, t.j): t for t in tiles(job)}
+        per_tile = {key: strips(job, tile) for key, tile in every.items()}
+        tick = progress(None, job.stages[-1], sum(per_tile.values())) if progress else (lambda: None)
+        done = job.work.chunks_done(job.run, MARKER) & every.keys()
+        for _ in range(sum(per_tile[key] for key in done)):
             tick()
-        todo = [(0, j) for j in range(len(tiles)) if j not in done]
+        todo = [key for key in every if key not in done]
         if not todo:
             return 0
         with writing(job.sink.path):
@@ -217,10 +244,10 @@ class Stream:
         if scheduler.in_process:  # the tile's thread can tick per strip, and stop between strips
             stop = threading.Event()
             scheduler.run(f"{MARKER}-r{job.run}", partial(_run_tile, light, tick, stop), job.stages, todo,
-                          lambda: None, job.torch_threads, on_stop=stop.set)
+                          lambda chunk: None, job.torch_threads, on_stop=stop.set)
         else:
             scheduler.run(f"{MARKER}-r{job.run}", partial(_run_tile, light, None, None), job.stages, todo,
-                          lambda: [tick() for _ in range(per_tile)], job.torch_threads)
+                          lambda chunk: [tick() for _ in range(per_tile[chunk])], job.torch_threads)
         return len(todo)
 
 
@@ -232,26 +259,28 @@ def _run_tile(job: Job, tick: Callable[[], None] | None, stop: threading.Event |
               i: int, j: int) -> None:
     if job.torch_threads and torch.get_num_threads() != job.torch_threads:
         torch.set_num_threads(job.torch_threads)
-    run_tile(replace(job, stages=stages), j, tick, stop)
+    run_tile(replace(job, stages=stages), i, j, tick, stop)
 
 
-def run_tile(job: Job, j: int, tick: Callable[[], None] | None = None, stop: threading.Event | None = None) -> None:
-    """Compute tile ``j`` into the sink and mark it done; ``stop`` set stops it between strips
+def run_tile(job: Job, i: int, j: int, tick: Callable[[], None] | None = None,
+             stop: threading.Event | None = None) -> None:
+    """Compute tile (i, j) into the sink and mark it done; ``stop`` set stops it between strips
     (raising :class:`Stopped`), its output unfinished and unmarked."""
     stages = job.stages
     rows, cols = unshuffled(job.source.height, job.source.width, job.input_factor)
-    x0, x1 = bands(job)[j]
-    columns = band_columns(stages, cols, x0, x1)
+    tile = next(t for t in tiles(job) if (t.i, t.j) == (i, j))
+    columns = reach_span(stages, cols, tile.x0, tile.x1)
+    span = reach_span(stages, rows, tile.y0, tile.y1)
     device, dtype = job.device, job.precision
     layout = torch.channels_last if device.type == "cuda" else torch.contiguous_format
     held: dict[str, Tensor] = {}
-    first_row: dict[str, int] = defaultdict(int)
+    first_row = {name: lo for name, (lo, _) in span.arrays.items()}
     out_height, out_width = job.sink.level0.shape[-2:]
-    o0, o1 = columns.outputs[-1]
-    writer = _Writer(job, Box(0, 0, o0, min(o1, out_width)), out_height, tick)
+    (r0, r1), (o0, o1) = span.outputs[-1], columns.outputs[-1]
+    writer = _Writer(job, Box(r0, min(r1, out_height), o0, min(o1, out_width)), tick)
     try:
         with torch.inference_mode(), ieee_fp32(device):
-            for step in schedule(stages, rows, job.strip // job.input_factor):
+            for step in schedule(stages, rows, job.strip // job.input_factor, span):
                 if isinstance(step, Read):
                     c0, c1 = columns.arrays[IMAGE]
                     image = job.read_image(Box(step.start, step.stop, c0, c1))
@@ -261,7 +290,7 @@ def run_tile(job: Job, j: int, tick: Callable[[], None] | None = None, stop: thr
                     first_row[step.name] = step.row
                 else:
                     if stop is not None and stop.is_set():
-                        raise Stopped(f"tile {j} stopped")
+                        raise Stopped(f"tile {i}.{j} stopped")
                     stage = stages[step.index]
                     w0, w1 = columns.windows[step.index]
                     inputs = [held[name][:, :, step.window_start - first_row[name]:step.window_stop - first_row[name],
@@ -285,7 +314,7 @@ def run_tile(job: Job, j: int, tick: Callable[[], None] | None = None, stop: thr
         raise
     del held
     with writing(job.work.path):
-        job.work.mark_chunk(job.run, MARKER, 0, j)
+        job.work.mark_chunk(job.run, MARKER, i, j)
 
 
 def _append(held: dict[str, Tensor], name: str, rows: Tensor) -> None:
@@ -310,7 +339,7 @@ class _Rows:
 
     index: int
     columns: Box
-    """The tile's columns at this level (rows: the level's height)."""
+    """The tile's rows and columns at this level."""
     rows: int
     """Rows of one stored chunk at this level."""
     start: int = 0
@@ -323,18 +352,16 @@ class _Writer:
     writes whole rows of stored chunks, so the tile's next strip computes meanwhile; the pyramid
     levels that no two tiles share (:func:`pyramid_levels`) are written from those rows as they go."""
 
-    def __init__(self, job: Job, columns: Box, height: int, tick: Callable[[], None] | None) -> None:
-        self.job, self.height, self.tick = job, height, tick
+    def __init__(self, job: Job, box: Box, tick: Callable[[], None] | None) -> None:
+        self.job, self.height, self.width, self.tick = job, box.y1, box.x1 - box.x0, tick
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="lpdask-writer")
         self.queued: list[Future[None]] = []
         shapes = job.sink.level_shapes()
         self.levels = []
-        box = Box(0, height, columns.x0, columns.x1)
         for index in range(pyramid_levels(job)):
-            self.levels.append(_Rows(index, box, job.sink.level_chunks(index)[-2]))
+            self.levels.append(_Rows(index, box, job.sink.level_chunks(index)[-2], box.y0))
             rows, cols = shapes[min(index + 1, len(shapes) - 1)][-2:]
-            box = Box(0, rows, box.x0 // 2, min(cols, ceil_div(box.x1, 2)))
-        self.width = columns.x1 - columns.x0
+            box = Box(box.y0 // 2, min(rows, ceil_div(box.y1, 2)), box.x0 // 2, min(cols, ceil_div(box.x1, 2)))
 
     def put(self, row: int, values: Tensor) -> None:
         """Output rows from ``row`` (network output, (1, c, h, w))."""
@@ -383,17 +410,22 @@ def pyramid_levels(job: Job) -> int:
     it, and the rows written at a time from the level above are even. The rest are built after."""
     sink = job.sink
     shapes = sink.level_shapes()
-    width = job.chunk // job.input_factor * factors(job.stages)[-1]  # a tile's output columns
-    several = len(bands(job)) > 1
+    every = tiles(job)
+    f, d = factors(job.stages)[-1], job.input_factor
+    sides = []  # (a tile's output pixels, axis) along each axis cut into several tiles
+    if any(t.j for t in every):
+        sides.append((job.chunk // d * f, -1))
+    if any(t.i for t in every):
+        sides.append((job.tile_rows // d * f, -2))
     count = 1
     for index in range(1, len(shapes)):
         if sink.level_chunks(index - 1)[-2] % 2 and shapes[index - 1][-2] > sink.level_chunks(index - 1)[-2]:
             break
-        if several and (width % 2**index or width // 2**index % sink.level_chunks(index)[-1]):
+        if any(side % 2**index or side // 2**index % sink.level_chunks(index)[axis] for side, axis in sides):
             break
         count += 1
     return count
 
 
-__all__ = ["Columns", "Drop", "Read", "Run", "Stream", "band_columns", "bands", "heights", "pyramid_levels", "run_tile",
-           "schedule", "stage_strips", "strips"]
+__all__ = ["Drop", "Read", "Run", "Span", "Stream", "Tile", "heights", "pyramid_levels", "reach_span", "run_tile",
+           "schedule", "stage_strips", "strips", "tiles"]
