@@ -4,7 +4,8 @@
   ``executor="staged"`` (each with the planner's choice of the rest), one fresh process per run
   (``suite.py``'s children): the 2-block RRDBNet x4 at 768^2, a 16-feature 1-block RRDBNet at
   2048^2, and the real x4plus weights at 1024^2. Prints work-time ratios to whole-image inference,
-  peak RSS, the plan, its predicted scratch space and the bytes each run wrote.
+  peak RSS, the plan, its predicted scratch space and the bytes each run wrote. ``--cut-rows N``
+  adds a streaming run with tiles cut in height every N rows.
 - ``--memory``: streaming's peak RSS at 1x and 16x the area (512^2 and 2048^2, the small model,
   tiles of 256 px and strips of 64 rows fixed) beside the planner's prediction for each.
 - ``--slide``: what a 100k x 100k slide (x4plus) needs with the plan the planner picks: on this
@@ -70,10 +71,16 @@ def cpu(args: argparse.Namespace, tmp: Path) -> dict:
         whole = run({"kind": "whole", "model": model, "src": str(src)}, f"{label} {size}: whole image")
         stream = run(lpdask_spec(model, src, tmp / "stream.zarr", size, executor="stream"), f"{label} {size}: stream")
         staged = run(lpdask_spec(model, src, tmp / "staged.zarr", size, executor="staged"), f"{label} {size}: staged")
-        rows.append({"case": label, "size": size, "whole": whole, "stream": stream, "staged": staged,
-                     "stream_over_whole": suite.ratio(stream, whole, "work_seconds"),
-                     "staged_over_whole": suite.ratio(staged, whole, "work_seconds"),
-                     "stream_over_staged": suite.ratio(stream, staged, "work_seconds")})
+        row = {"case": label, "size": size, "whole": whole, "stream": stream, "staged": staged,
+               "stream_over_whole": suite.ratio(stream, whole, "work_seconds"),
+               "staged_over_whole": suite.ratio(staged, whole, "work_seconds"),
+               "stream_over_staged": suite.ratio(stream, staged, "work_seconds")}
+        if args.cut_rows:
+            cut = run(lpdask_spec(model, src, tmp / "cut.zarr", size, executor="stream", tile_rows=args.cut_rows),
+                      f"{label} {size}: stream, tiles {args.cut_rows} rows high")
+            row.update(cut=cut, cut_over_whole=suite.ratio(cut, whole, "work_seconds"),
+                       cut_over_stream=suite.ratio(cut, stream, "work_seconds"))
+        rows.append(row)
     return {"mode": "cpu", "rows": rows, "failures": run.failures}
 
 
@@ -202,20 +209,27 @@ def table(report: dict) -> str:
                          f"{suite.fmt(r['stream_over_staged'])} | "
                          f"{' / '.join(gib(x.get('peak_rss_bytes')) for x in (w, s, g))} | {scratch} | {written} |")
         for r in report["rows"]:
-            for key in ("stream", "staged"):
-                plan = (r[key].get("planner") or {}).get("describe", "")
-                lines.append(f"- {r['case']} {key}: {plan}")
+            for key in ("stream", "staged", "cut"):
+                if key in r:
+                    plan = (r[key].get("planner") or {}).get("describe", "")
+                    lines.append(f"- {r['case']} {key}: {plan}")
+            if "cut" in r:
+                lines.append(f"- {r['case']}: tiles cut in height {suite.fmt(r['cut_over_whole'])} of whole-image, "
+                             f"{suite.fmt(r['cut_over_stream'])} of the planner's streaming plan, peak RSS "
+                             f"{gib(r['cut'].get('peak_rss_bytes'))}")
     elif report["mode"] == "slide":
         lines.append(f"{report['side']} x {report['side']} px, x4plus (GPU priced at "
                      f"{report['gpu_whole_rate']} input MP/s whole-image, fp16):")
-        lines.append("| device | executor | predicted hours | peak memory | scratch |")
-        lines.append("|---|---|---|---|---|")
+        lines.append("| device | executor | tiles (chunks) | predicted hours | peak memory | scratch |")
+        lines.append("|---|---|---|---|---|---|")
         for r in report["rows"]:
             for key in ("picked", "best_stream", "best_staged"):
                 p = r[key] if key != "picked" else r["picked"]
                 if p:
-                    lines.append(f"| {r['device']} | {key.replace('best_', '')}: {p['storage']} | "
-                                 f"{p['seconds'] / 3600:.1f} | {gib(p['peak_memory'])} | "
+                    shape = (f"{p['chunk']} x {p['tile_rows'] or 'full height'}" if p["storage"] == "stream"
+                             else f"{p['chunk']} x {p['chunk']}")
+                    lines.append(f"| {r['device']} | {key.replace('best_', '')}: {p['storage']} | {shape}, "
+                                 f"{p['chunks']} | {p['seconds'] / 3600:.1f} | {gib(p['peak_memory'])} | "
                                  f"{p['scratch_bytes'] / 1e12:.2f} TB |")
         for r in report["rows"]:
             for key, text in r["describe"].items():
@@ -253,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--two-block-size", type=int, default=768)
     parser.add_argument("--small-size", type=int, default=2048)
     parser.add_argument("--x4plus-size", type=int, default=1024, help="0 skips the x4plus case")
+    parser.add_argument("--cut-rows", type=int, default=0,
+                        help="--cpu: also stream each case in tiles this many rows high (the planner picks the rest)")
     parser.add_argument("--memory-size", type=int, default=512)
     parser.add_argument("--gpu-size", type=int, default=4096)
     parser.add_argument("--timeout", type=float, default=3600)

@@ -15,7 +15,8 @@ from .errors import INTERRUPTED, RESUMES, TERMINATED, USAGE, LeaseWarning, Lpdas
 from .kernels import KERNELS
 from .memory import prefer_expandable_segments
 from .options import (ALPHA_MODES, CHANNEL_MODES, COMPRESSIONS, EXECUTORS, OptionError, check_chunk, check_compression,
-                      check_device, check_executor, check_max_memory, check_plan_options, check_value_range)
+                      check_device, check_executor, check_grid, check_max_memory, check_plan_options,
+                      check_value_range)
 from .plan import DEFAULT_TILE_PAD, Plan
 from .schedulers import parse_resources
 
@@ -219,6 +220,7 @@ def plan_command(input: str, model: str | None, device: str, precision: str, ser
     best, plans = plan_for(net, source, torch_device, chunk=chunk, blocks_per_stage=blocks_per_stage, threads=threads,
                            workers=workers, work=work, max_memory=budget, executor=executor, strip=strip,
                            tile_rows=tile_rows)
+    check_grid(best.chunk, net.input_factor, net.scale, best.strip, best.tile_rows)  # what upscale would refuse
     click.echo(f"{input}: {source.height} x {source.width} px, {source.channels} channel(s), {source.plane_count} plane(s)")
     click.echo(f"plan: {best.describe()}")
     if runs > 1:

@@ -498,20 +498,17 @@ def choose(net: Network, height: int, width: int, device: torch.device, *, chunk
 
 def _cut_in_height(plan: Plan, price: Callable[..., Plan], height: int, step: int, reach_px: int, machine: Machine,
                    fixed_workers: int | None) -> Plan:
-    """``plan`` (streaming, full-height tiles) with its tiles cut in height where that helps:
-    into as many bands as keep more of a CPU's cores on tiles of their own, when that is predicted
-    faster within the memory budget (one tile on several threads runs at torch's lower parallel
-    efficiency); then into bands of about ``TILE_SECONDS`` each, no shorter than ``BAND_REACHES``
-    reaches, when a tile would take longer. ``price(workers=, tile_rows=)`` estimates a variant;
-    band heights are multiples of ``step``."""
-
-    def rows_for(bands_: int) -> int:
-        return ceil_div(ceil_div(height, bands_), step) * step
+    """``plan`` (streaming, full-height tiles) with its tiles cut in height where that helps: into
+    as many bands as keep more of a CPU's cores (or the ``fixed_workers`` asked for) on tiles of
+    their own, when that is predicted faster within the memory budget (one tile on several threads
+    runs at torch's lower parallel efficiency); then into bands of at most about ``TILE_SECONDS``
+    each, no shorter than ``BAND_REACHES`` reaches, when a tile would take longer.
+    ``price(workers=, tile_rows=)`` estimates a variant; band heights are multiples of ``step``."""
 
     best = plan
-    if machine.device_type != "cuda" and not fixed_workers:
-        for n in range(plan.chunks + 1, machine.cores + 1):
-            rows = rows_for(ceil_div(n, plan.chunks))
+    if machine.device_type != "cuda":
+        for n in [fixed_workers] if fixed_workers else range(plan.chunks + 1, machine.cores + 1):
+            rows = ceil_div(ceil_div(height, ceil_div(n, plan.chunks)), step) * step  # that many bands or fewer
             if rows < height:
                 e = price(workers=n, tile_rows=rows)
                 if e.seconds < best.seconds and e.peak_memory <= max(machine.memory_budget, plan.peak_memory):

@@ -171,10 +171,13 @@ def test_plan_command_refuses_what_upscale_refuses(capsys, monkeypatch, tmp_path
 
     tifffile.imwrite(tmp_path / "in.tif", smooth_image(20, 20, seed=83))
     monkeypatch.chdir(tmp_path)
+    refused = {("--precision", "fp16"): "--precision fp16 needs a CUDA device",
+               ("--chunk", "64", "--strip", "16", "--tile-rows", "100"): "--tile-rows 100 must be a multiple of 64"}
     for command in (["plan", "in.tif"], ["upscale", "in.tif", "out.zarr"]):
-        code = main([*command, "--model", str(small_checkpoint), "--precision", "fp16", "--device", "cpu"])
-        stderr = capsys.readouterr().err
-        assert code == 2 and "--precision fp16 needs a CUDA device" in stderr, stderr
+        for options, message in refused.items():
+            code = main([*command, "--model", str(small_checkpoint), *options, "--device", "cpu"])
+            stderr = capsys.readouterr().err
+            assert code == 2 and message in stderr, stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif"]
 
 
