@@ -388,8 +388,8 @@ TILE_SECONDS = 900.0
 """Streaming tiles predicted to take longer than this are cut in height, so that a kill, a lost
 worker or Ctrl-C loses less work..."""
 BAND_REACHES = 16
-"""...into bands no shorter than this many times the network's reach (the cut repeats about half a
-reach of compute above each band: at most a few percent)."""
+"""...into bands no shorter than this many times the network's reach (each cut repeats about one
+reach of rows of compute, half on either side: about 1/16 more)."""
 
 
 def choose(net: Network, height: int, width: int, device: torch.device, *, chunk: int | None = None,
