@@ -108,12 +108,11 @@ def upscale(
 
     ``executor`` is how each run is computed: "stream" (tiles ``chunk`` wide and ``tile_rows`` high,
     0 for the image's height, streamed row strip by row strip through every stage, ``strip`` rows
-    at a time: no activation stored), "staged" (stage
-    by stage through the work folder), "whole" (the whole network on each chunk, with its full
-    halo), "auto" (the planner's choice among those three, the default; the staged executor when
-    ``chunk`` and ``blocks_per_stage`` are both given without ``strip``), or "lazy" (one dask graph
-    in memory, as :func:`upscale_array`; nothing to resume from).
-    """
+    at a time: no activation stored), "staged" (stage by stage through the work folder), "whole"
+    (the whole network on each chunk, with its full halo), "auto" (the planner's choice among
+    those three, the default; the staged executor when ``chunk`` and ``blocks_per_stage`` are both
+    given without ``strip``), or "lazy" (one dask graph in memory, as :func:`upscale_array`;
+    nothing to resume from)."""
     start = time.perf_counter()
     check_plan_options(chunk, blocks_per_stage, threads, workers, scheduler, tile_pad)
     executor = check_executor(executor, blocks_per_stage, strip, tile_rows)
@@ -211,7 +210,8 @@ def plan_for(net: Network, source: Source, device: torch.device, *, mode: Mode =
     best, plans = choose(net, source.height, source.width, device, chunk=chunk, blocks_per_stage=blocks_per_stage,
                          workers=local if not scheduler else None,
                          work=work.url if work is not None and work.is_local else None,
-                         memory_budget=int(max_memory) if max_memory else None, storages=storages, strip=strip, tile_rows=tile_rows,
+                         memory_budget=int(max_memory) if max_memory else None, storages=storages, strip=strip,
+                         tile_rows=tile_rows,
                          scratch=scratch_space(work, output, source, net.scale))
     return replace(best, workers=threads or (0 if scheduler or workers else best.workers)), plans
 

@@ -159,7 +159,8 @@ def upscale_command(input: str, output: str, model: str | None, chunk: int | Non
                           alpha=alpha, value_range=value_range, workers=workers, scheduler=scheduler,  # type: ignore[arg-type]
                           resources=needs, compression=compression, cog=cog, nodata=nodata, progress=not quiet,
                           wait=wait,
-                          executor=executor, strip=strip, tile_rows=tile_rows, kernels=kernels,  # type: ignore[arg-type]
+                          executor=executor, strip=strip, tile_rows=tile_rows,
+                          kernels=kernels,  # type: ignore[arg-type]
                           max_memory=max_memory * 1e9 if max_memory else None,
                           on_plan=None if quiet else lambda text: click.echo(f"lpdask: {text}", err=True),
                           on_cluster=lambda link: click.echo(f"Dask dashboard: {link}", err=True))

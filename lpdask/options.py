@@ -158,11 +158,11 @@ def check_grid(chunk: int, input_factor: int, scale: int, strip: int = 0, tile_r
         if value % input_factor:
             raise OptionError(option, value, f"must be a multiple of {input_factor} for this x{scale} model "
                                              f"(it pixel-unshuffles by {input_factor})")
-    step = tile_rows_step(chunk, scale, input_factor)
+    step, stored = tile_rows_step(chunk, scale, input_factor), stored_chunk(chunk * scale)
     if tile_rows % step:
         raise OptionError("tile_rows", tile_rows, f"must be a multiple of {step} with tiles {chunk} px wide and this "
-                                                  f"x{scale} model (the output is stored in {stored_chunk(chunk * scale)}"
-                                                  " px chunks, and no two tiles may write one)")
+                                                  f"x{scale} model (the output is stored in {stored} px chunks, and no "
+                                                  "two tiles may write one)")
 
 
 def check_plan_options(chunk: int | None, blocks_per_stage: int | None, threads: int = 0, workers: int = 0,

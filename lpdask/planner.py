@@ -517,7 +517,8 @@ def _cut_in_height(plan: Plan, price: Callable[..., Plan], height: int, step: in
     per_tile = best.seconds * at_once / best.chunks
     current = best.tile_rows or height
     if per_tile > TILE_SECONDS:
-        rows = max(int(current * TILE_SECONDS / per_tile) // step * step, ceil_div(BAND_REACHES * reach_px, step) * step)
+        shortest = ceil_div(BAND_REACHES * reach_px, step) * step
+        rows = max(int(current * TILE_SECONDS / per_tile) // step * step, shortest)
         if rows < current:
             best = price(workers=best.workers, tile_rows=rows)
     return best

@@ -91,8 +91,8 @@ def make_cases(tmp: Path) -> dict[str, tuple[list[str | Path], str]]:
         "tile rows negative": (["in.tif", "out.zarr", "--tile-rows", "-1"], "--tile-rows -1 is out of range"),
         "tile rows when staged": (["in.tif", "out.zarr", "--tile-rows", "256", "--executor", "staged"],
                                   "--tile-rows 256 needs --executor stream or auto, not --executor staged"),
-        "tile rows across stored chunks": (["in.tif", "out.zarr", "--model", "tiny.pth", "--chunk", "64", "--strip", "16",
-                                            "--tile-rows", "100", "-q"],
+        "tile rows across stored chunks": (["in.tif", "out.zarr", "--model", "tiny.pth", "--chunk", "64",
+                                            "--strip", "16", "--tile-rows", "100", "-q"],
                                            "--tile-rows 100 must be a multiple of 64 with tiles 64 px wide"),
         "output exists": (["in.tif", "taken.zarr"], "taken.zarr already exists; use --overwrite"),
         "truncated tiff": (["truncated.tif", "out.zarr", "--model", "tiny.pth", "-q"], "truncated.tif: cannot read rows 0:"),
@@ -121,7 +121,8 @@ def case_names() -> list[str]:
         return list(make_cases(Path(tmp)))
 
 
-SLOW_CASES = {"unreachable scheduler", "float outside [0, 1]", "truncated tiff", "tile rows across stored chunks"}  # they load torch and a model
+SLOW_CASES = {"unreachable scheduler", "float outside [0, 1]", "truncated tiff",  # they load torch and a model
+              "tile rows across stored chunks"}
 
 
 @pytest.mark.parametrize("name", [pytest.param(name, marks=pytest.mark.slow) if name in SLOW_CASES else name
