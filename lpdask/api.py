@@ -141,11 +141,11 @@ def upscale(
         plan, _ = plan_for(net, source, torch_device, mode=mode, chunk=chunk, blocks_per_stage=blocks_per_stage,
                            threads=threads, workers=workers, scheduler=scheduler, work=work.path, max_memory=max_memory,
                            stored=stored, executor=executor, strip=strip, tile_rows=tile_rows, output=output)
+        check_grid(plan.chunk, net.input_factor, net.scale, plan.strip, plan.tile_rows)
         if on_plan and plan.seconds:
             on_plan("plan: " + plan.describe())
         network_stages = (whole_stages(net) if plan.storage == "memory"
                           else stages_for(net, mode, plan.blocks_per_stage, tile_pad))
-        check_grid(plan.chunk, net.input_factor, net.scale, plan.strip, plan.tile_rows)
         identity = digest({
             "input": fingerprint(source), "model": model_digest(net), "scale": scale, "mode": mode,
             "tile_pad": tile_pad if mode == "tile" else None, "plan": plan.to_json(),

@@ -432,6 +432,8 @@ def choose(net: Network, height: int, width: int, device: torch.device, *, chunk
     profiled = [(k, storage, stages, profiles.get(k) or profiles.setdefault(k, profile(stages, image_channels, device)))
                 for k, storage, stages in groupings]
 
+    tiles = [c for c in TILES if not tile_rows or tile_rows % tile_rows_step(c, net.scale, d) == 0] or TILES
+
     def sizes(side: int, tried: Sequence[int] = CHUNKS) -> list[int]:
         if chunk:
             return [chunk]
@@ -449,7 +451,7 @@ def choose(net: Network, height: int, width: int, device: torch.device, *, chunk
                 plans += [estimate_stream(costs, stages, h, w, c, x, machine, blocks_per_stage=k,
                                           image_channels=image_channels, input_factor=d, model_bytes=model_bytes,
                                           workers=n, itemsize=itemsize, tile_rows=tile_rows or 0)
-                          for c in sizes(w, TILES) for x in strips(h) for n in at_once]
+                          for c in sizes(w, tiles) for x in strips(h) for n in at_once]
             else:
                 plans += [estimate(costs, h, w, c, machine, blocks_per_stage=k, storage=storage, input_factor=d,
                                    model_bytes=model_bytes, workers=workers, inner=inner)
@@ -466,7 +468,7 @@ def choose(net: Network, height: int, width: int, device: torch.device, *, chunk
 
     def fitted(e: Plan) -> tuple[object, ...]:
         """``e``'s shape cut to this image, which may be smaller than its chunk (tile) or strip."""
-        here = sizes(width, TILES) if e.storage == "stream" else sizes(max(height, width))
+        here = sizes(width, tiles) if e.storage == "stream" else sizes(max(height, width))
         rows = strips(height) if e.storage == "stream" else [0]
         return (e.chunk if e.chunk in here else here[-1], e.blocks_per_stage, e.storage,
                 e.strip if e.strip in rows else rows[-1], e.workers)

@@ -224,3 +224,14 @@ def test_long_streaming_tiles_are_cut_in_height(small_net, monkeypatch):
     monkeypatch.setattr(planner, "measure_machine", lambda *args: fast)
     best, _ = choose(small_net, 60000, 1024, torch.device("cpu"), chunk=1024, storages=("stream",))
     assert best.tile_rows == 0 and best.chunks == 1
+
+
+def test_tile_rows_given_keep_to_tile_widths_they_fit(small_net):
+    """Tiles 64 rows high fit only tiles whose output's stored chunks they hold in whole rows (for
+    this x4 net: 64 px wide, stored in 256 px chunks; 96 px wide are stored in 384 px chunks)."""
+    from lpdask.chunks import tile_rows_step
+
+    best, plans = choose(small_net, 600, 600, torch.device("cpu"), storages=("stream",), tile_rows=64)
+    assert best.tile_rows == 64 and plans
+    assert all(e.tile_rows == 64 and 64 % tile_rows_step(e.chunk, 4) == 0 for e in plans)
+    assert {e.chunk for e in plans} == {64}
