@@ -54,6 +54,11 @@ def network_on(net: Module, device: torch.device, dtype: torch.dtype, *, owned: 
     return net.to(memory_format=layout) if layout is not None else net  # type: ignore[call-arg]
 
 
+def activation_layout(device: torch.device) -> torch.memory_format:
+    """How activations are laid out on ``device``: channels-last on CUDA (tensor cores want NHWC)."""
+    return torch.channels_last if device.type == "cuda" else torch.contiguous_format
+
+
 def storage_dtype(precision: torch.dtype) -> torch.dtype:
     """What stage outputs are stored as between stages: float16 when computing in fp16 (its
     activations round-trip exactly and the activation I/O halves), else float32 (NumPy has no

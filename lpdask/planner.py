@@ -335,8 +335,7 @@ def estimate_stream(costs: Sequence[StageCost], stages: Sequence[Stage], height:
     dry = _dry_run(tuple(stages), min(rows, DRY_ROWS), strip_d)
     stretch = rows / dry.rows
     computed = np.zeros(len(stages))  # each stage's input rows computed over all row bands
-    for y0, y1 in (row_bands if len(row_bands) <= 3 else [row_bands[0], row_bands[1], row_bands[-1]]):
-        weight = 1 if len(row_bands) <= 3 or y0 in (row_bands[0][0], row_bands[-1][0]) else len(row_bands) - 2
+    for (y0, y1), weight in _sampled(row_bands):
         outputs = reach_span(stages, rows, y0, y1).outputs
         computed += [weight * (b - a) / stage.scale for stage, (a, b) in zip(stages, outputs)]
     repeat = computed / np.array([rows * f for f in factors(stages)[:-1]])  # > 1 by the cuts' repeated reach
@@ -346,9 +345,8 @@ def estimate_stream(costs: Sequence[StageCost], stages: Sequence[Stage], height:
     channels = {IMAGE: image_channels, **{stage.name: stage.channels for stage in stages}}
     macs = whole = 0.0
     peak_tile = 0.0
-    for x0, x1 in (tiles if len(tiles) <= 3 else [tiles[0], tiles[1], tiles[-1]]):
+    for (x0, x1), weight in _sampled(tiles):
         columns = reach_span(stages, cols, x0, x1)
-        weight = 1 if len(tiles) <= 3 or x0 in (tiles[0][0], tiles[-1][0]) else len(tiles) - 2
         widths = np.array([(columns.arrays[n][1] - columns.arrays[n][0]) * channels[n] for n in dry.names])
         working = max(cost.memory * tall * (w1 - w0)
                       for cost, tall, (w0, w1) in zip(costs, dry.largest_window, columns.windows))
@@ -367,6 +365,14 @@ def estimate_stream(costs: Sequence[StageCost], stages: Sequence[Stage], height:
     return Plan(tile, blocks_per_stage, "stream", workers, strip, tile_rows, stages=len(costs), chunks=tasks,
                 seconds=compute, compute_seconds=compute, compute_overhead=macs / whole if whole else 1.0,
                 peak_memory=peak)
+
+
+def _sampled(spans: list[tuple[int, int]]) -> list[tuple[tuple[int, int], int]]:
+    """The first, second and last of ``spans`` (all of them, if three or fewer), each with how many
+    it stands for: the inner ones are alike."""
+    if len(spans) <= 3:
+        return [(span, 1) for span in spans]
+    return [(spans[0], 1), (spans[1], len(spans) - 2), (spans[-1], 1)]
 
 
 def _extent_sum(length: int, chunk: int, halo: int, granule: int = 1) -> float:

@@ -18,7 +18,7 @@ from torch.nn import functional as F
 from .channels import Pass
 from .chunks import Box, Grid, reflect
 from .geometry import factors, stage_grid
-from .device import ieee_fp32, storage_dtype
+from .device import activation_layout, ieee_fp32, storage_dtype
 from .errors import LpdaskError, writing
 from .io.omezarr import OmeZarrSink
 from .io.sources import Source
@@ -169,7 +169,7 @@ def run_window(stage: Stage, inputs: Sequence[Tensor], inner: Box, device: torch
                precision: torch.dtype = torch.float32, kept: torch.dtype = torch.float32) -> Tensor:
     """Run ``stage`` on window tensors and keep ``inner`` (the chunk, in window coordinates), as
     ``kept``."""
-    layout = torch.channels_last if device.type == "cuda" else torch.contiguous_format  # tensor cores want NHWC
+    layout = activation_layout(device)
     with torch.inference_mode(), ieee_fp32(device):
         out = stage.module(*(t.to(device, precision, memory_format=layout) for t in inputs))
     s = stage.scale

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from ..chunks import Box
-from ..device import ieee_fp32
+from ..device import activation_layout, ieee_fp32
 from ..errors import writing
 from ..geometry import bands, ceil_div, factors, unshuffled
 from ..io.omezarr import half
@@ -197,14 +197,23 @@ class Tile:
     x1: int
 
 
-def tiles(job: Job) -> list[Tile]:
-    """The tiles on the stages' grid: ``job.chunk`` image pixels wide and ``job.tile_rows`` high (0:
-    the image's height), row by row."""
+def _bands(job: Job) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """The tiles' row and column ranges on the stages' grid: ``job.tile_rows`` image pixels high (0:
+    the image's height) and ``job.chunk`` wide."""
     d = job.input_factor
     rows, cols = unshuffled(job.source.height, job.source.width, d)
-    return [Tile(i, j, y0, y1, x0, x1)
-            for i, (y0, y1) in enumerate(bands(rows, job.tile_rows // d or rows))
-            for j, (x0, x1) in enumerate(bands(cols, job.chunk // d))]
+    return bands(rows, job.tile_rows // d or rows), bands(cols, job.chunk // d)
+
+
+def tiles(job: Job) -> list[Tile]:
+    """The tiles, row by row."""
+    rows, cols = _bands(job)
+    return [Tile(i, j, *r, *c) for i, r in enumerate(rows) for j, c in enumerate(cols)]
+
+
+def tile_at(job: Job, i: int, j: int) -> Tile:
+    rows, cols = _bands(job)
+    return Tile(i, j, *rows[i], *cols[j])
 
 
 def strips(job: Job, tile: Tile) -> int:
@@ -268,11 +277,11 @@ def run_tile(job: Job, i: int, j: int, tick: Callable[[], None] | None = None,
     (raising :class:`Stopped`), its output unfinished and unmarked."""
     stages = job.stages
     rows, cols = unshuffled(job.source.height, job.source.width, job.input_factor)
-    tile = next(t for t in tiles(job) if (t.i, t.j) == (i, j))
+    tile = tile_at(job, i, j)
     columns = reach_span(stages, cols, tile.x0, tile.x1)
     span = reach_span(stages, rows, tile.y0, tile.y1)
     device, dtype = job.device, job.precision
-    layout = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    layout = activation_layout(device)
     held: dict[str, Tensor] = {}
     first_row = {name: lo for name, (lo, _) in span.arrays.items()}
     out_height, out_width = job.sink.level0.shape[-2:]
@@ -319,18 +328,16 @@ def run_tile(job: Job, i: int, j: int, tick: Callable[[], None] | None = None,
 
 def _append(held: dict[str, Tensor], name: str, rows: Tensor) -> None:
     previous = held.get(name)
-    held[name] = rows.contiguous(memory_format=_layout(rows)) if previous is None else torch.cat((previous, rows), 2)
+    held[name] = (rows.contiguous(memory_format=activation_layout(rows.device)) if previous is None
+                  else torch.cat((previous, rows), 2))
 
 
 def _kept(rows: Tensor) -> Tensor:
     """The rows still needed after a drop: a view while they are most of the array's memory, else a
     copy, so that the rows dropped are freed now, not at the next append (a view keeps them)."""
     kept = rows.numel() * rows.element_size()
-    return rows.clone(memory_format=_layout(rows)) if rows.untyped_storage().nbytes() > 2 * kept else rows
-
-
-def _layout(t: Tensor) -> torch.memory_format:
-    return torch.channels_last if t.is_cuda else torch.contiguous_format
+    copy = rows.untyped_storage().nbytes() > 2 * kept
+    return rows.clone(memory_format=activation_layout(rows.device)) if copy else rows
 
 
 @dataclass
@@ -410,12 +417,12 @@ def pyramid_levels(job: Job) -> int:
     it, and the rows written at a time from the level above are even. The rest are built after."""
     sink = job.sink
     shapes = sink.level_shapes()
-    every = tiles(job)
+    rows, cols = _bands(job)
     f, d = factors(job.stages)[-1], job.input_factor
     sides = []  # (a tile's output pixels, axis) along each axis cut into several tiles
-    if any(t.j for t in every):
+    if len(cols) > 1:
         sides.append((job.chunk // d * f, -1))
-    if any(t.i for t in every):
+    if len(rows) > 1:
         sides.append((job.tile_rows // d * f, -2))
     count = 1
     for index in range(1, len(shapes)):
@@ -428,4 +435,4 @@ def pyramid_levels(job: Job) -> int:
 
 
 __all__ = ["Drop", "Read", "Run", "Span", "Stream", "Tile", "heights", "pyramid_levels", "reach_span", "run_tile",
-           "schedule", "stage_strips", "strips", "tiles"]
+           "schedule", "stage_strips", "strips", "tile_at", "tiles"]
