@@ -38,6 +38,10 @@ from .schedulers import Cluster, Threads
 from .stages import Stage, resize_stages
 from .task import Job
 
+INPUT_CHECK_SECONDS = 1.0
+"""How often, at most, progress within a stage (or a streamed tile) looks whether the input changed:
+one stat (one request for a remote input) a second."""
+
 
 @dataclass(frozen=True)
 class Summary:
@@ -136,12 +140,17 @@ def run(spec: JobSpec, state: State, executor: Executor, scheduler: Threads | Cl
             leases.check()
             _check_input(source, identity)
 
+        last_input_check = [time.monotonic()]
+
         def stage(index: int | None, stage: Stage, chunks: int) -> Callable[[], None]:
             checked()
             tick = bars(index, stage, chunks)
 
             def ticked() -> None:
                 leases.check()
+                if time.monotonic() - last_input_check[0] >= INPUT_CHECK_SECONDS:  # a streamed tile can take hours
+                    last_input_check[0] = time.monotonic()
+                    _check_input(source, identity)
                 tick()
 
             return ticked

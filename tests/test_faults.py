@@ -22,6 +22,7 @@ import pytest
 import tifffile
 import zarr
 
+from lpdask.executors.stream import MARKER
 from lpdask.io.omezarr import is_complete
 
 from .reference import smooth_image
@@ -301,6 +302,38 @@ def test_an_input_replaced_during_the_run_stops_it_and_overwrite_starts_over(cas
     code, stderr = run(case, here, "out.zarr", "--overwrite")
     assert code == 0, stderr
     assert np.array_equal(result(here / "out.zarr"), case.other_reference)
+
+
+INPUT_REPLACED = """
+import os, shutil, sys, time
+import lpdask.executors.stream as stream
+from lpdask.cli import main
+tile, finished = stream.run_tile, []
+def replacing(*args, **kwargs):
+    tile(*args, **kwargs)
+    finished.append(args[1:3])
+    if len(finished) == int(sys.argv[1]):
+        shutil.copy(sys.argv[2], "new.tif")
+        os.replace("new.tif", "in.tif")
+        time.sleep(1.2)  # past the runner's interval between two looks at the input
+stream.run_tile = replacing
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+def test_an_input_replaced_during_a_streamed_run_stops_it_within_a_tile(case: Case, here: Path) -> None:
+    """A streamed run is one stage of tiles that can take hours each: the input is looked at as strips
+    complete, not only between stages, so the run stops in the next tile, not at the end."""
+    streamed = [*command(case, here)[3:], "--executor", "stream", "--strip", "8"]  # 5 tiles of 16 x 80 px
+    process = subprocess.Popen([sys.executable, "-c", INPUT_REPLACED, "2", str(case.other), *streamed], cwd=here,
+                               env=environment(here), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    code, stderr = finish(process)
+    assert code == 5, stderr
+    assert one_line(stderr).startswith(f"lpdask: error: the input {here / 'in.tif'} changed during the run")
+    assert len(list((here / "out.zarr.work" / "markers" / "r0" / MARKER).iterdir())) == 2  # tiles 0.0 and 0.1
+    assert not is_complete(here / "out.zarr")
+    code, stderr = run(case, here, "out.zarr", "--executor", "stream", "--strip", "8")
+    assert code == 2 and "holds a different job" in one_line(stderr)
 
 
 A_BUG = """
