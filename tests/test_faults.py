@@ -256,6 +256,26 @@ def test_disk_full_during_the_run_is_one_line_and_the_same_command_resumes(case:
     assert np.array_equal(result(here / "out.zarr"), case.reference)
 
 
+def test_disk_full_while_streaming_is_one_line_and_the_same_command_resumes(case: Case, here: Path) -> None:
+    """Streaming keeps no activations: the disk that fills is the output's, written by a tile's writer
+    thread. Every write after the 18th fails as a full disk would (two of the five tiles are written)."""
+    streamed = ("--executor", "stream", "--strip", "8")
+    code, stderr = run(case, here, "reference.zarr", *streamed)
+    assert code == 0, stderr
+    first = subprocess.Popen([sys.executable, "-c", WRITE_FAILS, "18", *command(case, here)[3:], *streamed],
+                             cwd=here, env=environment(here), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    code, stderr = finish(first)
+    assert code == 3, stderr
+    assert re.fullmatch(rf"lpdask: error: no space left on the disk of the output {re.escape(str(Path('out.zarr')))} "
+                        rf"\(the job needs about [\d.]+ [MG]B there\); free some space, then {RESUMES}", one_line(stderr))
+    assert not is_complete(here / "out.zarr")
+    done = len(list((here / "out.zarr.work" / "markers" / "r0" / MARKER).iterdir()))
+    assert 0 < done < 5
+    code, stderr = run(case, here, "out.zarr", *streamed)
+    assert code == 0 and f"resumed: {5 - done} tile tasks recomputed" in one_line(stderr), stderr
+    assert np.array_equal(result(here / "out.zarr"), result(here / "reference.zarr"))
+
+
 @pytest.fixture
 def read_only(tmp_path: Path) -> Iterator[Path]:
     """A folder nobody can write to: a read-only mount for root (who may write anywhere else), or
