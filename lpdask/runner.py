@@ -140,16 +140,17 @@ def run(spec: JobSpec, state: State, executor: Executor, scheduler: Threads | Cl
             leases.check()
             _check_input(source, identity)
 
-        last_input_check = [time.monotonic()]
+        input_looked_at = time.monotonic()
 
         def stage(index: int | None, stage: Stage, chunks: int) -> Callable[[], None]:
             checked()
             tick = bars(index, stage, chunks)
 
             def ticked() -> None:
+                nonlocal input_looked_at
                 leases.check()
-                if time.monotonic() - last_input_check[0] >= INPUT_CHECK_SECONDS:  # a streamed tile can take hours
-                    last_input_check[0] = time.monotonic()
+                if time.monotonic() - input_looked_at >= INPUT_CHECK_SECONDS:  # a streamed tile can take hours
+                    input_looked_at = time.monotonic()
                     _check_input(source, identity)
                 tick()
 
