@@ -492,11 +492,11 @@ def choose(net: Network, height: int, width: int, device: torch.device, *, chunk
         best = _pick(feasible, machine.memory_budget)  # the reference's shape needs more here (larger halos)
     if best.storage == "stream" and tile_rows is None:
         k, _, stages, costs = next(p for p in profiled if p[:2] == (best.blocks_per_stage, "stream"))
-        best = _cut_in_height(best, partial(estimate_stream, costs, stages, height, width, best.chunk, best.strip,
-                                            machine, blocks_per_stage=k, image_channels=image_channels,
+        best = _cut_in_height(best, partial(estimate_stream, costs, stages, height, width, best.chunk,
+                                            machine=machine, blocks_per_stage=k, image_channels=image_channels,
                                             input_factor=d, model_bytes=model_bytes, itemsize=itemsize),
-                              height, tile_rows_step(best.chunk, net.scale, d), reach(stages) * d,
-                              machine, fixed_workers=workers)
+                              height, tile_rows_step(best.chunk, net.scale, d), reach(stages) * d, machine,
+                              max(best.peak_memory, reference.peak_memory), strips(height), fixed_workers=workers)
     if best.peak_memory > machine.memory_budget:
         warnings.warn(f"no plan fits the memory budget of {machine.memory_budget / 2**30:.2f} GiB; using the one "
                       f"needing the least, predicted {best.peak_memory / 2**30:.2f} GiB (chunk {best.chunk})",
@@ -505,22 +505,25 @@ def choose(net: Network, height: int, width: int, device: torch.device, *, chunk
 
 
 def _cut_in_height(plan: Plan, price: Callable[..., Plan], height: int, step: int, reach_px: int, machine: Machine,
-                   fixed_workers: int | None) -> Plan:
+                   memory: int, strips: Sequence[int], fixed_workers: int | None) -> Plan:
     """``plan`` (streaming, full-height tiles) with its tiles cut in height where that helps: into
     as many bands as keep more of a CPU's cores (or the ``fixed_workers`` asked for) on tiles of
-    their own, when that is predicted faster within the memory budget (one tile on several threads
-    runs at torch's lower parallel efficiency); then into bands of at most about ``TILE_SECONDS``
+    their own, when that is predicted faster within ``memory`` (the plan picked for a large image
+    needs no less: a smaller image never takes more; one tile on several threads runs at torch's
+    lower parallel efficiency); then into bands of at most about ``TILE_SECONDS``
     each, no shorter than ``BAND_REACHES`` reaches, when a tile would take longer.
-    ``price(workers=, tile_rows=)`` estimates a variant; band heights are multiples of ``step``."""
+    ``price(strip=, workers=, tile_rows=)`` estimates a variant (with any of ``strips`` for more
+    bands at once); band heights are multiples of ``step``."""
 
     best = plan
     if machine.device_type != "cuda":
         for n in [fixed_workers] if fixed_workers else range(plan.chunks + 1, machine.cores + 1):
             rows = ceil_div(ceil_div(height, ceil_div(n, plan.chunks)), step) * step  # that many bands or fewer
             if rows < height:
-                e = price(workers=n, tile_rows=rows)
-                if e.seconds < best.seconds and e.peak_memory <= max(machine.memory_budget, plan.peak_memory):
-                    best = e
+                for strip in strips:
+                    e = price(strip=strip, workers=n, tile_rows=rows)
+                    if e.seconds < best.seconds and e.peak_memory <= memory:
+                        best = e
     at_once = 1 if machine.device_type == "cuda" else best.workers
     per_tile = best.seconds * at_once / best.chunks
     current = best.tile_rows or height
@@ -528,7 +531,7 @@ def _cut_in_height(plan: Plan, price: Callable[..., Plan], height: int, step: in
         shortest = ceil_div(BAND_REACHES * reach_px, step) * step
         rows = max(int(current * TILE_SECONDS / per_tile) // step * step, shortest)
         if rows < current:
-            best = price(workers=best.workers, tile_rows=rows)
+            best = price(strip=best.strip, workers=best.workers, tile_rows=rows)
     return best
 
 

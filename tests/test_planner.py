@@ -201,6 +201,21 @@ def test_streaming_tiles_are_cut_in_height_to_keep_the_cores_busy(small_net, mon
         assert best.seconds < whole_height.seconds if cut else best.seconds == pytest.approx(whole_height.seconds)
 
 
+def test_a_cut_takes_no_more_memory_than_the_plan_for_a_large_image(small_net, monkeypatch):
+    """On a fast core a 600 px image is one 768 px tile, in strips of 512 rows where one at a time
+    fits; two bands at once then need shorter strips, as the 4096 px image's plan has."""
+    from dataclasses import replace
+
+    from lpdask import planner
+
+    machine = replace(MACHINE, macs_per_core=50e9, parallel_efficiency=0.7, memory_budget=8 * 2**30)
+    monkeypatch.setattr(planner, "measure_machine", lambda *args: machine)
+    large, _ = choose(small_net, REFERENCE, REFERENCE, torch.device("cpu"))
+    small, _ = choose(small_net, 600, 600, torch.device("cpu"))
+    assert (small.chunks, small.workers) == (2, 2), small  # cut: a band per core
+    assert small.peak_memory <= large.peak_memory, (small, large)
+
+
 def test_long_streaming_tiles_are_cut_in_height(small_net, monkeypatch):
     """A tile that would take longer than TILE_SECONDS is cut into bands of about that long (a kill
     loses less), a multiple of the output's stored chunk rows and no shorter than BAND_REACHES
