@@ -23,7 +23,7 @@ from .errors import LpdaskError, writing
 from .io.omezarr import OmeZarrSink
 from .io.sources import Source
 from .jobs import WorkFolder
-from .memory import trim
+from .memory import reuse_freed_memory, trim
 from .nodata import FILL_RADIUS, Nodata, fill, input_box, mark, read_mask, upscaled_mask, valid_of
 from .pixels import ValueRange, from_unit, from_unit_tensor, to_unit
 from .stages import IMAGE, Stage
@@ -176,10 +176,18 @@ def run_window(stage: Stage, inputs: Sequence[Tensor], inner: Box, device: torch
     return out[:, :, inner.y0 * s : inner.y1 * s, inner.x0 * s : inner.x1 * s].to(kept)
 
 
-def run_chunk(job: Job, index: int, i: int, j: int) -> None:
-    """Compute chunk (i, j) of stage ``index``, store it, then mark it done."""
+def settle(job: Job) -> None:
+    """Ready the process a task of ``job`` runs in (this one, or a cluster worker): torch's threads,
+    and on a CPU the allocator's reuse of freed memory (:func:`~lpdask.memory.reuse_freed_memory`)."""
     if job.torch_threads and torch.get_num_threads() != job.torch_threads:
         torch.set_num_threads(job.torch_threads)
+    if job.device.type == "cpu":
+        reuse_freed_memory()
+
+
+def run_chunk(job: Job, index: int, i: int, j: int) -> None:
+    """Compute chunk (i, j) of stage ``index``, store it, then mark it done."""
+    settle(job)
     stage = job.stages[index]
     grid = job.grid(index)
     box = grid.box(i, j)

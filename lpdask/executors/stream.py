@@ -40,7 +40,7 @@ from ..io.omezarr import half
 from ..memory import trim
 from ..schedulers import Scheduler
 from ..stages import IMAGE, Stage
-from ..task import Job
+from ..task import Job, settle
 from . import Progress
 
 MARKER = "stream"
@@ -266,8 +266,7 @@ class Stopped(Exception):
 
 def _run_tile(job: Job, tick: Callable[[], None] | None, stop: threading.Event | None, stages: Sequence[Stage],
               i: int, j: int) -> None:
-    if job.torch_threads and torch.get_num_threads() != job.torch_threads:
-        torch.set_num_threads(job.torch_threads)
+    settle(job)
     run_tile(replace(job, stages=stages), i, j, tick, stop)
 
 
@@ -315,13 +314,12 @@ def run_tile(job: Job, i: int, j: int, tick: Callable[[], None] | None = None,
                     else:
                         _append(held, stage.name, out)
                     del inputs, out
-                    if device.type != "cuda":
-                        trim()
         writer.close()
     except BaseException:
         writer.abandon()
         raise
     del held
+    trim()  # between tiles: within one, each strip's tensors reuse the last one's memory
     with writing(job.work.path):
         job.work.mark_chunk(job.run, MARKER, i, j)
 

@@ -1,0 +1,52 @@
+"""How a CPU run has glibc serve its tensors: large blocks from the heap, kept for reuse, unless the
+user configured the allocator. Each case runs in a fresh process (the setting lasts a process)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+
+RUN_THEN_ALLOCATE = """
+import ctypes, sys
+import numpy as np, tifffile
+from lpdask import upscale
+from lpdask.memory import reuse_freed_memory
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                       "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+mallinfo2 = ctypes.CDLL("libc.so.6").mallinfo2
+mallinfo2.restype = MallInfo2
+tifffile.imwrite("in.tif", np.zeros((24, 24, 3), np.uint8))
+upscale("in.tif", "out.zarr", model=sys.argv[1], executor=sys.argv[2], chunk=16, threads=1, progress=False)
+before = mallinfo2().hblks  # blocks mapped before the run, some still alive
+block = np.ones(2**24)  # 128 MiB: four times glibc's largest mmap threshold
+print(reuse_freed_memory(), mallinfo2().hblks - before)
+"""
+
+
+def allocated(tmp_path: Path, checkpoint: Path, executor: str, **environ: str) -> tuple[str, int]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+    done = subprocess.run([sys.executable, "-c", RUN_THEN_ALLOCATE, str(checkpoint), executor], cwd=tmp_path,
+                          env={**env, "LPDASK_CACHE_DIR": str(tmp_path / "cache"), **environ},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    applied, mapped = done.stdout.split()[-2:]
+    return applied, int(mapped)
+
+
+@pytest.mark.parametrize("executor", ["stream", "staged"])
+def test_a_cpu_run_serves_large_blocks_from_the_heap(tmp_path, small_checkpoint, executor):
+    assert allocated(tmp_path, small_checkpoint, executor) == ("True", 0)
+
+
+def test_the_users_allocator_settings_are_left_alone(tmp_path, small_checkpoint):
+    applied, mapped = allocated(tmp_path, small_checkpoint, "stream", MALLOC_MMAP_MAX_="65536")
+    assert applied == "False" and mapped == 1  # glibc's default: the 128 MiB block is mapped on its own
