@@ -1,10 +1,11 @@
 """The streaming executor against the staged plan and whole-image inference, side by side in one run.
 
-- ``--cpu`` (default): three cases, each run as whole-image inference, ``executor="stream"`` and
-  ``executor="staged"`` (each with the planner's choice of the rest), one fresh process per run
-  (``suite.py``'s children): the 2-block RRDBNet x4 at 768^2, a 16-feature 1-block RRDBNet at
-  2048^2, and the real x4plus weights at 1024^2. Prints work-time ratios to whole-image inference,
-  peak RSS, the plan, its predicted scratch space and the bytes each run wrote. ``--cut-rows N``
+- ``--cpu`` (default): three cases, each run as whole-image inference (twice: with glibc's
+  allocator as PyTorch gets it, and set as lpdask sets it for a CPU run, large blocks kept for
+  reuse), ``executor="stream"`` and ``executor="staged"`` (each with the planner's choice of the
+  rest), one fresh process per run (``suite.py``'s children): the 2-block RRDBNet x4 at 768^2, a
+  16-feature 1-block RRDBNet at 2048^2, and the real x4plus weights at 1024^2. Prints work-time
+  ratios to whole-image inference, peak RSS, the plan, its predicted scratch space and the bytes each run wrote. ``--cut-rows N``
   adds a streaming run with tiles cut in height every N rows.
 - ``--memory``: streaming's peak RSS at 1x and 16x the area (512^2 and 2048^2, the small model,
   tiles of 256 px and strips of 64 rows fixed) beside the planner's prediction for each.
@@ -69,10 +70,14 @@ def cpu(args: argparse.Namespace, tmp: Path) -> dict:
         src = tmp / f"in_{size}.tif"
         mt.make_image(src, size, seed=0)
         whole = run({"kind": "whole", "model": model, "src": str(src)}, f"{label} {size}: whole image")
+        reused = run({"kind": "whole", "model": model, "src": str(src), "reuse_freed_memory": True},
+                     f"{label} {size}: whole image, glibc set as lpdask sets it")
         stream = run(lpdask_spec(model, src, tmp / "stream.zarr", size, executor="stream"), f"{label} {size}: stream")
         staged = run(lpdask_spec(model, src, tmp / "staged.zarr", size, executor="staged"), f"{label} {size}: staged")
-        row = {"case": label, "size": size, "whole": whole, "stream": stream, "staged": staged,
+        row = {"case": label, "size": size, "whole": whole, "whole_reused": reused, "stream": stream, "staged": staged,
                "stream_over_whole": suite.ratio(stream, whole, "work_seconds"),
+               "stream_over_whole_reused": suite.ratio(stream, reused, "work_seconds"),
+               "staged_over_whole_reused": suite.ratio(staged, reused, "work_seconds"),
                "staged_over_whole": suite.ratio(staged, whole, "work_seconds"),
                "stream_over_staged": suite.ratio(stream, staged, "work_seconds")}
         if args.cut_rows:
@@ -197,16 +202,18 @@ def table(report: dict) -> str:
     gib = suite.gib
     lines = []
     if report["mode"] == "cpu":
-        lines.append("| case | size | whole s | stream / whole | staged / whole | stream / staged | peak RSS whole / "
-                     "stream / staged | scratch predicted stream / staged | written stream / staged |")
-        lines.append("|---|---|---|---|---|---|---|---|---|")
+        lines.append("| case | size | whole s | stream / whole | staged / whole | stream / staged | stream / staged "
+                     "over whole, glibc as lpdask sets it | peak RSS whole / stream / staged | scratch predicted "
+                     "stream / staged | written stream / staged |")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|")
         for r in report["rows"]:
             w, s, g = r["whole"], r["stream"], r["staged"]
             scratch = "/".join(f"{(x.get('planner') or {}).get('scratch_bytes', 0) / 1e9:.2f} GB" for x in (s, g))
             written = "/".join(f"{x.get('written_bytes', 0) / 1e9:.2f} GB" for x in (s, g))
             lines.append(f"| {r['case']} | {r['size']}^2 | {suite.fmt(w.get('work_seconds'), '.1f')} | "
                          f"{suite.fmt(r['stream_over_whole'])} | {suite.fmt(r['staged_over_whole'])} | "
-                         f"{suite.fmt(r['stream_over_staged'])} | "
+                         f"{suite.fmt(r['stream_over_staged'])} | {suite.fmt(r.get('stream_over_whole_reused'))} / "
+                         f"{suite.fmt(r.get('staged_over_whole_reused'))} | "
                          f"{' / '.join(gib(x.get('peak_rss_bytes')) for x in (w, s, g))} | {scratch} | {written} |")
         for r in report["rows"]:
             for key in ("stream", "staged", "cut"):

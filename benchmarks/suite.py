@@ -128,7 +128,8 @@ def child_whole(spec: dict) -> dict:
     from lpdask import load_model  # noqa: F401
     from lpdask.memory import reuse_freed_memory
 
-    reuse_freed_memory()  # glibc serves its tensors as it serves an lpdask run's on a CPU
+    if spec.get("reuse_freed_memory"):  # glibc then serves its tensors as it serves an lpdask run's
+        reuse_freed_memory()
     after_import = mt._current_rss_bytes()
     usage, io_before, start = mt._usage(), _io_counters(), time.perf_counter()
     _, _, out, net_seconds = mt.whole_image_inference(spec["model"], spec["src"])

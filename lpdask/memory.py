@@ -22,8 +22,10 @@ from functools import cache
 
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
 """mallopt's parameter numbers (malloc.h)."""
-ALLOCATOR_SETTINGS = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_")
-"""Environment variables by which a user configures glibc's allocator (and GLIBC_TUNABLES' glibc.malloc)."""
+REUSE = {M_MMAP_MAX: (0, ("MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_", "glibc.malloc.mmap_")),
+         M_TRIM_THRESHOLD: (2**31 - 1, ("MALLOC_TRIM_THRESHOLD_", "glibc.malloc.trim_threshold"))}
+"""What :func:`reuse_freed_memory` sets, and the environment variables (or GLIBC_TUNABLES entries)
+by which a user (or dask's nanny, which sets MALLOC_TRIM_THRESHOLD_) configured it instead."""
 
 
 @cache
@@ -47,14 +49,15 @@ def trim() -> None:
 @cache
 def reuse_freed_memory() -> bool:
     """Make glibc serve large blocks from its heap and keep freed ones there for reuse, instead of
-    a fresh mmap per block that is unmapped when freed (once per process; glibc only). Left alone
-    where the user configured the allocator. Returns whether it applied."""
-    if any(name in os.environ for name in ALLOCATOR_SETTINGS) or "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", ""):
-        return False
+    a fresh mmap per block that is unmapped when freed (once per process; glibc only). A setting
+    configured in the environment is left alone. Returns whether large blocks now come from the heap."""
     libc = _glibc()
     if libc is None:
         return False
-    return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+    configured = " ".join([*os.environ, os.environ.get("GLIBC_TUNABLES", "")])
+    applied = {parameter: not any(name in configured for name in names) and bool(libc.mallopt(parameter, value))
+               for parameter, (value, names) in REUSE.items()}
+    return applied[M_MMAP_MAX]
 
 
 def peak_bytes() -> int:

@@ -50,3 +50,5 @@ def test_a_cpu_run_serves_large_blocks_from_the_heap(tmp_path, small_checkpoint,
 def test_the_users_allocator_settings_are_left_alone(tmp_path, small_checkpoint):
     applied, mapped = allocated(tmp_path, small_checkpoint, "stream", MALLOC_MMAP_MAX_="65536")
     assert applied == "False" and mapped == 1  # glibc's default: the 128 MiB block is mapped on its own
+    # dask's nanny sets its workers' trim threshold: that one is kept, and large blocks still reused
+    assert allocated(tmp_path, small_checkpoint, "stream", MALLOC_TRIM_THRESHOLD_="65536") == ("True", 0)
