@@ -34,7 +34,9 @@ print(reuse_freed_memory(), mallinfo2().hblks - before)
 
 def allocated(tmp_path: Path, checkpoint: Path, executor: str, **environ: str) -> tuple[str, int]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
-    done = subprocess.run([sys.executable, "-c", RUN_THEN_ALLOCATE, str(checkpoint), executor], cwd=tmp_path,
+    here = tmp_path / ("+".join(f"{k}={v}" for k, v in environ.items()) or "default")
+    here.mkdir()
+    done = subprocess.run([sys.executable, "-c", RUN_THEN_ALLOCATE, str(checkpoint), executor], cwd=here,
                           env={**env, "LPDASK_CACHE_DIR": str(tmp_path / "cache"), **environ},
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
