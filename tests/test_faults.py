@@ -22,11 +22,10 @@ import pytest
 import tifffile
 import zarr
 
-from lpdask.executors.stream import MARKER
 from lpdask.io.omezarr import is_complete
 
 from .reference import smooth_image
-from .test_resume import chunks_done
+from .test_resume import chunks_done, tiles_done
 
 pytestmark = pytest.mark.slow  # the real command in subprocesses: up to 18 s a test, after 18 s of reference runs
 
@@ -271,7 +270,7 @@ def test_disk_full_while_streaming_is_one_line_and_the_same_command_resumes(case
     assert re.fullmatch(rf"lpdask: error: no space left on the disk of the output {re.escape(str(Path('out.zarr')))} "
                         rf"\(the job needs about [\d.]+ [MG]B there\); free some space, then {RESUMES}", one_line(stderr))
     assert not is_complete(here / "out.zarr")
-    done = len(list((here / "out.zarr.work" / "markers" / "r0" / MARKER).iterdir()))
+    done = tiles_done(here / "out.zarr.work")
     assert 0 < done < 5
     code, stderr = run(case, here, "out.zarr", *streamed)
     assert code == 0 and f"resumed: {5 - done} tile tasks recomputed" in one_line(stderr), stderr
@@ -352,7 +351,7 @@ def test_an_input_replaced_during_a_streamed_run_stops_it_within_a_tile(case: Ca
     code, stderr = finish(process)
     assert code == 5, stderr
     assert one_line(stderr).startswith(f"lpdask: error: the input {here / 'in.tif'} changed during the run")
-    assert len(list((here / "out.zarr.work" / "markers" / "r0" / MARKER).iterdir())) == 2  # tiles 0.0 and 0.1
+    assert tiles_done(here / "out.zarr.work") == 2  # tiles 0.0 and 0.1
     assert not is_complete(here / "out.zarr")
     code, stderr = run(case, here, "out.zarr", "--executor", "stream", "--strip", "8")
     assert code == 2 and "holds a different job" in one_line(stderr)

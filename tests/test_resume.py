@@ -17,6 +17,7 @@ import tifffile
 import zarr
 
 from lpdask import upscale
+from lpdask.executors.stream import MARKER
 from lpdask.io.omezarr import is_complete
 
 from .reference import smooth_image
@@ -30,6 +31,12 @@ def start(tmp_path: Path, checkpoint: Path, output: str, *extra: str) -> subproc
     return subprocess.Popen([sys.executable, "-m", "lpdask", "upscale", "in.tif", output, "--model", str(checkpoint),
                              *ARGS, *(extra or ("--blocks-per-stage", "1"))], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
+
+
+def tiles_done(work: Path) -> int:
+    """Streamed tiles recorded as finished in a work folder."""
+    folder = work / "markers" / "r0" / MARKER
+    return len(list(folder.iterdir())) if folder.is_dir() else 0
 
 
 def chunks_done(work: Path, chunks: int) -> int:

@@ -31,6 +31,7 @@ from lpdask.task import Job
 from .reference import assert_exact, lively, smooth_image, whole_image, whole_image_any, whole_image_float
 from .test_channels import image_with
 from .test_faults import interruptible
+from .test_resume import tiles_done
 from .test_srvgg import compact  # noqa: F401  (a fixture)
 
 
@@ -384,11 +385,6 @@ def start(tmp_path: Path, checkpoint: Path, output: str) -> subprocess.Popen[str
                              "--executor", "stream", "--chunk", "16", "--tile-rows", "48", "--strip", "8",
                              "--blocks-per-stage", "1", "--threads", "1", "-q"], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def tiles_done(work: Path) -> int:
-    folder = work / "markers" / "r0" / MARKER
-    return len(list(folder.iterdir())) if folder.is_dir() else 0
 
 
 @pytest.mark.slow  # the CLI in subprocesses, killed and rerun
