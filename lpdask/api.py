@@ -24,6 +24,7 @@ from .jobs import (JobSpec, WorkFolder, check_output, check_output_name, default
                    held_places, model_digest, output_state, stored_plan)
 from .kernels import Kernels
 from .lease import hold
+from .memory import reuse_freed_memory
 from .models import load_model
 from .models.network import Network
 from .nodata import gdal_number, nodata_of
@@ -118,6 +119,9 @@ def upscale(
     executor = check_executor(executor, blocks_per_stage, strip, tile_rows)
     check_output_name(dst)
     check_kernels(kernels)
+    torch_device = resolve_device(device)
+    if torch_device.type == "cpu":
+        reuse_freed_memory()  # before this run's threads (the lease's, the scheduler's) first allocate
     with hold(held_places(dst, workdir), wait) as leases:
         source = open_source(src, series, level)
         value_range = check_value_range(value_range, source.dtype)
@@ -126,7 +130,6 @@ def upscale(
         missing = nodata_of(source, nodata, photometric)
         output = check_output(src, dst, overwrite)
         tiff_kind(output, source.ome, source.meta, cog, source.plane_count)  # a COG that cannot be: refused now
-        torch_device = resolve_device(device)
         compute = resolve_precision(precision, torch_device)
         net = _network(model, torch_device, compute, kernels)
         scale = net.scale

@@ -9,6 +9,13 @@ strip's tensors of the same sizes. Blocks the heap keeps make a process running 
 hold more than it uses (1.51 GiB peak where the tensors alive at once need about 1.05 GiB: one RRDB
 per stage, 192 px chunks), so ``malloc_trim(0)`` after each chunk or tile returns the free pages,
 as dask.distributed advises for its workers; the peak was then 1.22 GiB.
+
+Threads other than the first get heaps of their own from glibc ("arenas"), and an arena other than
+the main one maps every block over 64 MiB afresh whatever the settings: a tile or chunk runs on a
+pool thread, so a streamed x4plus tile's wide strips (a 64-channel strip 4096 px wide is 134 MB)
+were mapped and zeroed again each strip (80 of 321 CPU seconds in the kernel on a 256 x 1024 input;
+2 with one arena). :func:`reuse_freed_memory` therefore also gives all threads the main arena; a
+thread keeps the arena it had, so a run sets this before it starts its threads.
 """
 
 from __future__ import annotations
@@ -20,10 +27,11 @@ from collections.abc import MutableMapping
 from functools import cache
 
 
-M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
 """mallopt's parameter numbers (malloc.h)."""
 REUSE = {M_MMAP_MAX: (0, ("MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_", "glibc.malloc.mmap_")),
-         M_TRIM_THRESHOLD: (2**31 - 1, ("MALLOC_TRIM_THRESHOLD_", "glibc.malloc.trim_threshold"))}
+         M_TRIM_THRESHOLD: (2**31 - 1, ("MALLOC_TRIM_THRESHOLD_", "glibc.malloc.trim_threshold")),
+         M_ARENA_MAX: (1, ("MALLOC_ARENA_MAX", "glibc.malloc.arena_max"))}
 """What :func:`reuse_freed_memory` sets, and the environment variables (or GLIBC_TUNABLES entries)
 by which a user (or dask's nanny, which sets MALLOC_TRIM_THRESHOLD_) configured it instead."""
 
@@ -48,9 +56,10 @@ def trim() -> None:
 
 @cache
 def reuse_freed_memory() -> bool:
-    """Make glibc serve large blocks from its heap and keep freed ones there for reuse, instead of
-    a fresh mmap per block that is unmapped when freed (once per process; glibc only). A setting
-    configured in the environment is left alone. Returns whether large blocks now come from the heap."""
+    """Make glibc serve large blocks from its main heap, for every thread started from now on, and
+    keep freed ones there for reuse, instead of a fresh mmap per block that is unmapped when freed
+    (once per process; glibc only). A setting configured in the environment is left alone. Returns
+    whether large blocks now come from the heap."""
     libc = _glibc()
     if libc is None:
         return False

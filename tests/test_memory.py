@@ -13,7 +13,7 @@ import pytest
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
 
 RUN_THEN_ALLOCATE = """
-import ctypes, sys
+import ctypes, sys, threading
 import numpy as np, tifffile
 from lpdask import upscale
 from lpdask.memory import reuse_freed_memory
@@ -26,13 +26,29 @@ mallinfo2 = ctypes.CDLL("libc.so.6").mallinfo2
 mallinfo2.restype = MallInfo2
 tifffile.imwrite("in.tif", np.zeros((24, 24, 3), np.uint8))
 upscale("in.tif", "out.zarr", model=sys.argv[1], executor=sys.argv[2], chunk=16, threads=1, progress=False)
-before = mallinfo2().hblks  # blocks mapped before the run, some still alive
-block = np.ones(2**24)  # 128 MiB: four times glibc's largest mmap threshold
-print(reuse_freed_memory(), mallinfo2().hblks - before)
+
+
+def mapped_by(allocate):  # blocks glibc maps on their own while a 128 MiB one (four times its
+    # largest mmap threshold, twice the heap of a thread's own arena) is held
+    before = mallinfo2().hblks  # blocks mapped before, some still alive
+    block = allocate()
+    return mallinfo2().hblks - before
+
+def in_a_thread(allocate):  # as a tile or chunk runs: on a thread started after the run's first
+    held = []
+    worker = threading.Thread(target=lambda: held.append(mapped_by(allocate)))
+    worker.start()
+    worker.join()
+    return held[0]
+
+one_block = lambda: np.ones(2**24)
+print(reuse_freed_memory(), mapped_by(one_block), in_a_thread(one_block))
 """
 
 
-def allocated(tmp_path: Path, checkpoint: Path, executor: str, **environ: str) -> tuple[str, int]:
+def allocated(tmp_path: Path, checkpoint: Path, executor: str, **environ: str) -> tuple[str, int, int]:
+    """Whether lpdask set glibc's allocator, and the 128 MiB blocks mapped on their own after a run,
+    allocated on the main thread and on a new one."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
     here = tmp_path / ("+".join(f"{k}={v}" for k, v in environ.items()) or "default")
     here.mkdir()
@@ -40,17 +56,19 @@ def allocated(tmp_path: Path, checkpoint: Path, executor: str, **environ: str) -
                           env={**env, "LPDASK_CACHE_DIR": str(tmp_path / "cache"), **environ},
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    applied, mapped = done.stdout.split()[-2:]
-    return applied, int(mapped)
+    applied, on_main, on_thread = done.stdout.split()[-3:]
+    return applied, int(on_main), int(on_thread)
 
 
 @pytest.mark.parametrize("executor", ["stream", "staged"])
 def test_a_cpu_run_serves_large_blocks_from_the_heap(tmp_path, small_checkpoint, executor):
-    assert allocated(tmp_path, small_checkpoint, executor) == ("True", 0)
+    assert allocated(tmp_path, small_checkpoint, executor) == ("True", 0, 0)
 
 
 def test_the_users_allocator_settings_are_left_alone(tmp_path, small_checkpoint):
-    applied, mapped = allocated(tmp_path, small_checkpoint, "stream", MALLOC_MMAP_MAX_="65536")
-    assert applied == "False" and mapped == 1  # glibc's default: the 128 MiB block is mapped on its own
+    # glibc's default: the 128 MiB blocks are mapped on their own
+    assert allocated(tmp_path, small_checkpoint, "stream", MALLOC_MMAP_MAX_="65536") == ("False", 1, 1)
     # dask's nanny sets its workers' trim threshold: that one is kept, and large blocks still reused
-    assert allocated(tmp_path, small_checkpoint, "stream", MALLOC_TRIM_THRESHOLD_="65536") == ("True", 0)
+    assert allocated(tmp_path, small_checkpoint, "stream", MALLOC_TRIM_THRESHOLD_="65536") == ("True", 0, 0)
+    # threads with arenas of their own map large blocks whatever the other settings
+    assert allocated(tmp_path, small_checkpoint, "stream", MALLOC_ARENA_MAX="8") == ("True", 0, 1)
