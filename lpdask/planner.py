@@ -280,11 +280,12 @@ extrapolated: past the network's reach, every further strip costs the same."""
 @dataclass(frozen=True)
 class _Rows:
     """A dry run of a tile's row schedule: each stage's window rows in all, and the rows of every
-    array held at each step."""
+    array's buffer at each step."""
 
     names: list[str]
     held: np.ndarray
-    """(steps, arrays) rows held."""
+    """(steps, arrays) rows each array's buffer has room for (the streaming executor's ``_Held``:
+    the rows held, a quarter more once it grows)."""
     window_rows: np.ndarray
     """Per stage: the rows of all its windows, over the dry run's rows."""
     largest_window: np.ndarray
@@ -300,6 +301,7 @@ def _dry_run(stages: tuple[Stage, ...], rows: int, strip: int) -> _Rows:
     names = list(heights(stages, rows))
     index = {name: k for k, name in enumerate(names)}
     done, first = np.zeros(len(names), np.int64), np.zeros(len(names), np.int64)
+    room = np.zeros(len(names), np.int64)
     held, window_rows, tallest, steps = [], np.zeros(len(stages)), np.zeros(len(stages)), 0
     for step in schedule(stages, rows, strip):
         if isinstance(step, Read):
@@ -314,7 +316,9 @@ def _dry_run(stages: tuple[Stage, ...], rows: int, strip: int) -> _Rows:
             if step.index < len(stages) - 1:  # the last stage's rows go to the output
                 done[index[stage.name]] = step.stop * stage.scale
             steps += 1
-        held.append(done - first)
+        now = done - first
+        room = np.where(now > room, now + now // 4, np.where(now > 0, room, 0))
+        held.append(room)
     return _Rows(names, np.array(held), window_rows, tallest, steps, rows)
 
 

@@ -281,8 +281,7 @@ def run_tile(job: Job, i: int, j: int, tick: Callable[[], None] | None = None,
     span = reach_span(stages, rows, tile.y0, tile.y1)
     device, dtype = job.device, job.precision
     layout = activation_layout(device)
-    held: dict[str, Tensor] = {}
-    first_row = {name: lo for name, (lo, _) in span.arrays.items()}
+    held = {name: _Held(lo) for name, (lo, _) in span.arrays.items()}
     out_height, out_width = job.sink.level0.shape[-2:]
     (r0, r1), (o0, o1) = span.outputs[-1], columns.outputs[-1]
     writer = _Writer(job, Box(r0, min(r1, out_height), o0, min(o1, out_width)), tick)
@@ -292,17 +291,16 @@ def run_tile(job: Job, i: int, j: int, tick: Callable[[], None] | None = None,
                 if isinstance(step, Read):
                     c0, c1 = columns.arrays[IMAGE]
                     image = job.read_image(Box(step.start, step.stop, c0, c1))
-                    _append(held, IMAGE, image.to(device, dtype, memory_format=layout))
+                    held[IMAGE].append(image.to(device, dtype, memory_format=layout))
                 elif isinstance(step, Drop):
-                    held[step.name] = _kept(held[step.name][:, :, step.row - first_row[step.name]:])
-                    first_row[step.name] = step.row
+                    held[step.name].drop(step.row)
                 else:
                     if stop is not None and stop.is_set():
                         raise Stopped(f"tile {i}.{j} stopped")
                     stage = stages[step.index]
                     w0, w1 = columns.windows[step.index]
-                    inputs = [held[name][:, :, step.window_start - first_row[name]:step.window_stop - first_row[name],
-                                         w0 - columns.arrays[name][0]:w1 - columns.arrays[name][0]]
+                    inputs = [held[name].rows(step.window_start, step.window_stop)[
+                                  :, :, :, w0 - columns.arrays[name][0]:w1 - columns.arrays[name][0]]
                               for name in stage.inputs]
                     out = stage.module(*inputs)
                     s = stage.scale
@@ -312,7 +310,7 @@ def run_tile(job: Job, i: int, j: int, tick: Callable[[], None] | None = None,
                     if step.index == len(stages) - 1:
                         writer.put(step.start * s, out)
                     else:
-                        _append(held, stage.name, out)
+                        held[stage.name].append(out)
                     del inputs, out
         writer.close()
     except BaseException:
@@ -324,18 +322,47 @@ def run_tile(job: Job, i: int, j: int, tick: Callable[[], None] | None = None,
         job.work.mark_chunk(job.run, MARKER, i, j)
 
 
-def _append(held: dict[str, Tensor], name: str, rows: Tensor) -> None:
-    previous = held.get(name)
-    held[name] = (rows.contiguous(memory_format=activation_layout(rows.device)) if previous is None
-                  else torch.cat((previous, rows), 2))
+class _Held:
+    """Rows [first, first + held) of one array of a tile, in a buffer that each strip's new rows are
+    written into: dropped rows leave room at its start, which a full buffer reuses by moving the rows
+    it holds up; a larger buffer (a quarter to spare) replaces it only when the rows held and the new
+    ones do not fit. So a strip copies only its own rows, where concatenating would copy the whole
+    array and briefly hold it twice, and the buffers keep their sizes strip after strip."""
 
+    def __init__(self, first: int) -> None:
+        self.first = first
+        self.buffer: Tensor | None = None
+        self.start = self.stop = 0  # the buffer's rows holding array rows [first, first + stop - start)
 
-def _kept(rows: Tensor) -> Tensor:
-    """The rows still needed after a drop: a view while they are most of the array's memory, else a
-    copy, so that the rows dropped are freed now, not at the next append (a view keeps them)."""
-    kept = rows.numel() * rows.element_size()
-    copy = rows.untyped_storage().nbytes() > 2 * kept
-    return rows.clone(memory_format=activation_layout(rows.device)) if copy else rows
+    def rows(self, start: int, stop: int) -> Tensor:
+        """Array rows [start, stop) (a view)."""
+        assert self.buffer is not None and self.first <= start and stop - self.first <= self.stop - self.start
+        return self.buffer[:, :, self.start + start - self.first:self.start + stop - self.first]
+
+    def append(self, rows: Tensor) -> None:
+        """Hold ``rows`` below the rows held."""
+        n, held = rows.shape[2], self.stop - self.start
+        if self.buffer is None or held + n > self.buffer.shape[2]:
+            buffer = torch.empty((*rows.shape[:2], held + n + (held + n) // 4, rows.shape[3]), dtype=rows.dtype,
+                                 device=rows.device, memory_format=activation_layout(rows.device))
+            if held:
+                buffer[:, :, :held] = self.buffer[:, :, self.start:self.stop]
+            self.buffer, self.start, self.stop = buffer, 0, held
+        elif self.stop + n > self.buffer.shape[2]:
+            gap = self.start  # > 0 here; pieces no taller than the gap never overlap their source
+            for k in range(0, held, gap):
+                m = min(gap, held - k)
+                self.buffer[:, :, k:k + m] = self.buffer[:, :, gap + k:gap + k + m]
+            self.start, self.stop = 0, held
+        self.buffer[:, :, self.stop:self.stop + n] = rows
+        self.stop += n
+
+    def drop(self, row: int) -> None:
+        """No stage needs rows above ``row`` any more (none at all: the buffer is freed)."""
+        self.start = min(self.stop, self.start + row - self.first)
+        self.first = row
+        if self.start == self.stop:
+            self.buffer, self.start, self.stop = None, 0, 0
 
 
 @dataclass
