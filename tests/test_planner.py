@@ -65,8 +65,10 @@ def test_choices_follow_the_memory_budget(small_net):
         reference.chunk, reference.blocks_per_stage, reference.storage, reference.strip)
     assert large.peak_memory <= 1.05 * reference.peak_memory
     # a smaller image runs the same executor and grouping (streaming: taller strips or fewer tiles at
-    # once where they fit), never with more memory than the large one
-    assert (roomy.blocks_per_stage, roomy.storage) == (large.blocks_per_stage, large.storage)
+    # once where they fit) or, when it fits one of the large plan's chunks, the whole network as one
+    # stage where that is predicted faster (on a machine measured fast); never with more memory
+    assert (roomy.blocks_per_stage, roomy.storage) in {(large.blocks_per_stage, large.storage), (0, "memory")}
+    assert roomy.storage != "memory" or 600 <= reference.chunk
     assert roomy.peak_memory <= reference.peak_memory
     fixed, _ = choose(small_net, 600, 600, device, chunk=96, blocks_per_stage=2)
     assert (fixed.chunk, fixed.blocks_per_stage) == (96, 2)
