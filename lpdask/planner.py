@@ -284,8 +284,8 @@ class _Rows:
 
     names: list[str]
     held: np.ndarray
-    """(steps, arrays) rows each array's buffer has room for (the streaming executor's ``_Held``:
-    the rows held, a quarter more once it grows)."""
+    """(steps, arrays) rows each array's buffer has room for (the streaming executor's ``_Held``,
+    grown to :func:`~lpdask.executors.stream.room_for` the rows it must hold)."""
     window_rows: np.ndarray
     """Per stage: the rows of all its windows, over the dry run's rows."""
     largest_window: np.ndarray
@@ -296,7 +296,7 @@ class _Rows:
 
 @lru_cache(maxsize=64)
 def _dry_run(stages: tuple[Stage, ...], rows: int, strip: int) -> _Rows:
-    from .executors.stream import Drop, Read, heights, schedule
+    from .executors.stream import Drop, Read, heights, room_for, schedule
 
     names = list(heights(stages, rows))
     index = {name: k for k, name in enumerate(names)}
@@ -317,7 +317,7 @@ def _dry_run(stages: tuple[Stage, ...], rows: int, strip: int) -> _Rows:
                 done[index[stage.name]] = step.stop * stage.scale
             steps += 1
         now = done - first
-        room = np.where(now > room, now + now // 4, np.where(now > 0, room, 0))
+        room = np.where(now > room, [room_for(int(r)) for r in now], np.where(now > 0, room, 0))
         held.append(room)
     return _Rows(names, np.array(held), window_rows, tallest, steps, rows)
 

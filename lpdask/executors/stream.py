@@ -322,6 +322,11 @@ def run_tile(job: Job, i: int, j: int, tick: Callable[[], None] | None = None,
         job.work.mark_chunk(job.run, MARKER, i, j)
 
 
+def room_for(rows: int) -> int:
+    """Rows a held array's buffer is given when ``rows`` no longer fit it: a quarter to spare."""
+    return rows + rows // 4
+
+
 class _Held:
     """Rows [first, first + held) of one array of a tile, in a buffer that each strip's new rows are
     written into: dropped rows leave room at its start, which a full buffer reuses by moving the rows
@@ -343,7 +348,7 @@ class _Held:
         """Hold ``rows`` below the rows held."""
         n, held = rows.shape[2], self.stop - self.start
         if self.buffer is None or held + n > self.buffer.shape[2]:
-            buffer = torch.empty((*rows.shape[:2], held + n + (held + n) // 4, rows.shape[3]), dtype=rows.dtype,
+            buffer = torch.empty((*rows.shape[:2], room_for(held + n), rows.shape[3]), dtype=rows.dtype,
                                  device=rows.device, memory_format=activation_layout(rows.device))
             if held:
                 buffer[:, :, :held] = self.buffer[:, :, self.start:self.stop]
