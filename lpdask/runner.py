@@ -33,6 +33,7 @@ from .io.sources import Source
 from .jobs import SOFTWARE_PREFIX, JobSpec, State, WorkFolder, fingerprint
 from .lease import Leases
 from .memory import peak_bytes
+from .plan import Plan
 from .progress import Bars
 from .schedulers import Cluster, Threads
 from .stages import Stage, resize_stages
@@ -66,6 +67,8 @@ class Summary:
     """Each worker's peak, for a local cluster the call started (counted in ``peak_memory_bytes``)."""
     executor: str = "staged"
     """What computed it (``chunks`` are tiles when it streamed)."""
+    plan: Plan | None = None
+    """The plan it ran, with the planner's prediction where the planner made it."""
 
     @property
     def megapixels_per_second(self) -> float:
@@ -94,7 +97,7 @@ def run(spec: JobSpec, state: State, executor: Executor, scheduler: Threads | Cl
     shape = spec.output_shape
     if state == "complete":
         return Summary(output, time.perf_counter() - started, _megapixels(source), shape, 0, len(network_stages), 0,
-                       peak_bytes(), 0, already_complete=True)
+                       peak_bytes(), 0, already_complete=True, plan=plan)
     _warn_dropped(meta, as_tiff)
     kind = tiff_kind(output, source.ome, meta, cog, source.plane_count, warn=True) if as_tiff else None
     result = work.path / "result.zarr" if as_tiff else output
@@ -187,7 +190,7 @@ def run(spec: JobSpec, state: State, executor: Executor, scheduler: Threads | Cl
         workers = tuple(scheduler.worker_peaks()) if isinstance(scheduler, Cluster) else ()
         return Summary(output, time.perf_counter() - started, _megapixels(source), shape, chunks, len(network_stages),
                        levels, peak_bytes() + sum(workers), len(jobs), computed, resumed,
-                       worker_peak_memory_bytes=workers, executor=executor.name)
+                       worker_peak_memory_bytes=workers, executor=executor.name, plan=plan)
     except BaseException as exc:
         fault = _fault(exc, source, identity, output, work, need, started=state != "new" or work.path.exists())
         if fault is not None:
