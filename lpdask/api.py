@@ -4,34 +4,25 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 import dask.array as da
 import torch
 
-from . import __version__
 from .channels import passes, photometric_of
-from .device import network_on, resolve_device, resolve_precision
+from .device import load_network, resolve_device, resolve_precision
 from .errors import LpdaskError
-from .executors.staged import Mode, Staged, stages_for, whole_stages
-from .executors.lazy import Lazy, denormalise, lazy_pass
-from .executors.stream import Stream
-from .export import TIFF_SUFFIXES, tiff_kind
-from .io.locations import Location, existing_folder
-from .io.sources import Source, open_source
-from .jobs import (JobSpec, WorkFolder, check_output, check_output_name, default_workdir, digest, fingerprint,
-                   held_places, model_digest, output_state, stored_plan)
+from .executors.lazy import denormalise, lazy_pass
+from .executors.staged import Mode, stages_for
+from .jobs import Preflight, build, check_output, check_output_name, held_places, preflight
 from .kernels import Kernels
 from .lease import hold
 from .memory import reuse_freed_memory
-from .models import load_model
 from .models.network import Network
-from .nodata import gdal_number, nodata_of
-from .options import (AlphaMode, ChannelMode, check_compression, check_executor, check_grid, check_kernels,
+from .options import (DEFAULT_TILE_PAD, AlphaMode, ChannelMode, Reports, UpscaleOptions, check_grid, check_kernels,
                       check_plan_options, check_value_range)
 from .pixels import ValueRange, check_dtype
-from .plan import DEFAULT_TILE_PAD, EXECUTOR_STORAGE, Plan
+from .plan import Plan
 from . import runner
 from .runner import Summary
 from .schedulers import Cluster, Threads
@@ -40,7 +31,9 @@ from .stages import resize_stages
 if TYPE_CHECKING:
     import xarray
 
-__all__ = ["Summary", "upscale", "upscale_array"]
+    from .executors import Executor
+
+__all__ = ["Reports", "Summary", "UpscaleOptions", "run_upscale", "upscale", "upscale_array"]
 
 
 def upscale(
@@ -69,7 +62,7 @@ def upscale(
     max_memory: float | None = None,
     progress: bool = False,
     wait: bool = False,
-    executor: str = "auto",
+    executor: str | Executor = "auto",
     strip: int | None = None,
     tile_rows: int | None = None,
     on_cluster: Callable[[str], None] | None = None,
@@ -114,54 +107,33 @@ def upscale(
     those three, the default; the staged executor when ``chunk`` and ``blocks_per_stage`` are both
     given without ``strip``), or "lazy" (one dask graph in memory, as :func:`upscale_array`;
     nothing to resume from)."""
+    options = UpscaleOptions(
+        src, dst, model=model, chunk=chunk, blocks_per_stage=blocks_per_stage, threads=threads, device=device,
+        precision=precision, workdir=workdir, overwrite=overwrite, mode=mode, tile_pad=tile_pad, series=series,
+        level=level, channels=channels, alpha=alpha, value_range=value_range, workers=workers, scheduler=scheduler,
+        resources=resources, compression=compression, max_memory=max_memory, wait=wait, executor=executor,
+        strip=strip, tile_rows=tile_rows, cog=cog, nodata=nodata, kernels=kernels)
+    return run_upscale(options, Reports(progress, on_plan, on_cluster))
+
+
+def run_upscale(options: UpscaleOptions, reports: Reports = Reports(), prepared: Preflight | None = None) -> Summary:
+    """:func:`upscale` with its options in one object (``prepared``: its preflight, where the caller
+    already made it)."""
     start = time.perf_counter()
-    check_plan_options(chunk, blocks_per_stage, threads, workers, scheduler, tile_pad)
-    executor = check_executor(executor, blocks_per_stage, strip, tile_rows)
-    check_output_name(dst)
-    check_kernels(kernels)
-    torch_device = resolve_device(device)
-    if torch_device.type == "cpu":
+    options = options.checked()
+    check_output_name(options.dst)  # type: ignore[arg-type]
+    pre = prepared or preflight(options)
+    device = resolve_device(options.device)
+    if device.type == "cpu":
         reuse_freed_memory()  # before this run's threads (the lease's, the scheduler's) first allocate
-    with hold(held_places(dst, workdir), wait) as leases:
-        source = open_source(src, series, level)
-        value_range = check_value_range(value_range, source.dtype)
-        photometric = photometric_of(source.channels, channels, source.photometric)
-        runs = passes(source.channels, photometric, alpha)
-        missing = nodata_of(source, nodata, photometric)
-        output = check_output(src, dst, overwrite)
-        tiff_kind(output, source.ome, source.meta, cog, source.plane_count)  # a COG that cannot be: refused now
-        compute = resolve_precision(precision, torch_device)
-        net = _network(model, torch_device, compute, kernels)
-        scale = net.scale
-        meta = replace(source.meta, photometric=photometric).rescaled(scale)
-        if meta.geotiff is not None and (nodata is not None or source.palette or missing is not None):
-            meta = replace(meta, geotiff=replace(meta.geotiff, gdal_nodata=gdal_number(missing.output)  # what its
-                                                 if missing is not None and missing.marks else None))  # missing hold
-        as_tiff = output.name.lower().endswith(TIFF_SUFFIXES)
-        check_compression(compression, source.dtype, photometric)
-        work = WorkFolder(held_places(output, workdir)[-1] if workdir else default_workdir(output))
-        stored = None if overwrite else stored_plan(output, work)
-        plan, _ = plan_for(net, source, torch_device, mode=mode, chunk=chunk, blocks_per_stage=blocks_per_stage,
-                           threads=threads, workers=workers, scheduler=scheduler, work=work.path, max_memory=max_memory,
-                           stored=stored, executor=executor, strip=strip, tile_rows=tile_rows, output=output)
-        check_grid(plan.chunk, net.input_factor, net.scale, plan.strip, plan.tile_rows)
-        if on_plan and plan.seconds:
-            on_plan("plan: " + plan.describe())
-        network_stages = (whole_stages(net) if plan.storage == "memory"
-                          else stages_for(net, mode, plan.blocks_per_stage, tile_pad))
-        identity = digest({
-            "input": fingerprint(source), "model": model_digest(net), "scale": scale, "mode": mode,
-            "tile_pad": tile_pad if mode == "tile" else None, "plan": plan.to_json(),
-            "channels": photometric, "alpha": alpha, "value_range": value_range, "precision": precision,
-            "device": torch_device.type, "kernels": kernels, "output": "tiff" if as_tiff else "zarr",
-            "nodata": missing.to_json() if missing else None, "version": __version__})
-        state = output_state(output, work, identity["digest"], overwrite)
-        chunks_on = _scheduler(plan, torch_device, workers, scheduler, resources)  # before any output: it may fail
-        spec = JobSpec(source, output, work, identity, plan, net, network_stages, runs, meta, torch_device, compute,
-                       value_range, compression, missing)
+    with hold(held_places(options.dst, options.workdir), options.wait) as leases:  # type: ignore[arg-type]
+        check_output(options.src, options.dst, options.overwrite)  # type: ignore[arg-type]
+        spec, state = build(pre, device)
+        if reports.on_plan and spec.plan.seconds:
+            reports.on_plan("plan: " + spec.plan.describe())
+        chunks_on = _scheduler(spec.plan, device, options)  # before any output: it may fail
         try:
-            executes = Lazy() if executor == "lazy" else Stream() if plan.storage == "stream" else Staged()
-            return runner.run(spec, state, executes, chunks_on, leases, start, progress, on_cluster, cog)
+            return runner.run(spec, state, chunks_on, leases, reports, start)
         finally:
             if isinstance(chunks_on, Cluster):
                 chunks_on.close()
@@ -173,72 +145,14 @@ def network_for(model: str | os.PathLike[str] | Network | None, device: str = "a
     caller's network where that would change it), and that device."""
     check_kernels(kernels)
     torch_device = resolve_device(device)
-    return _network(model, torch_device, resolve_precision(precision, torch_device), kernels), torch_device
+    return load_network(model, torch_device, resolve_precision(precision, torch_device), kernels), torch_device
 
 
-def _network(model: str | os.PathLike[str] | Network | None, device: torch.device, dtype: torch.dtype,
-             kernels: Kernels = "fast") -> Network:
-    """The model on ``device`` in ``dtype`` running ``kernels``: loaded by name or path, or the
-    caller's network (a copy where converting would change it)."""
-    if isinstance(model, Network):
-        return network_on(model, device, dtype, kernels=kernels)
-    return network_on(load_model(model), device, dtype, owned=True, kernels=kernels)
-
-
-def plan_for(net: Network, source: Source, device: torch.device, *, mode: Mode = "exact", chunk: int | None = None,
-             blocks_per_stage: int | None = None, threads: int = 0, workers: int = 0, scheduler: str | None = None,
-             work: Location | None = None, max_memory: float | None = None,
-             stored: dict[str, Any] | None = None, executor: str = "auto", strip: int | None = None,
-             tile_rows: int | None = None, output: Location | None = None) -> tuple[Plan, list[Plan]]:
-    """The plan ``upscale`` runs (and ``lpdask plan`` prints) with the alternatives the planner weighed
-    (none where the plan was given or resumed): as given, as a resumed job (``stored``) started, or
-    the planner's choice for ``net`` as it will run (device, precision) and ``threads`` / ``workers``,
-    among the executors ``executor`` allows. Staged plans whose activations would not fit the free
-    space of ``work``'s disk are left out while another plan is possible."""
-    if mode == "tile":
-        return Plan(chunk or Plan.chunk, 1, "zarr", threads), []
-    forced = EXECUTOR_STORAGE.get(executor)
-    if chunk is not None and blocks_per_stage is not None and (strip is not None or forced in (None, "zarr", "memory")):
-        if forced == "stream" or strip is not None:
-            return Plan.given(chunk, blocks_per_stage, threads, strip, tile_rows or 0), []
-        return Plan.given(chunk, blocks_per_stage, threads), []
-    if (stored and chunk in (None, stored.get("chunk")) and blocks_per_stage in (None, stored.get("blocks_per_stage"))
-            and strip in (None, stored.get("strip")) and tile_rows in (None, stored.get("tile_rows", 0))
-            and forced in (None, stored.get("storage", "zarr"))):
-        return Plan.from_json(stored, threads), []
-    from .planner import STORAGES, choose
-
-    local = threads or workers or None
-    storages = (forced,) if forced else ("zarr", "memory") if executor == "lazy" else STORAGES
-    best, plans = choose(net, source.height, source.width, device, chunk=chunk, blocks_per_stage=blocks_per_stage,
-                         workers=local if not scheduler else None,
-                         work=work.url if work is not None and work.is_local else None,
-                         memory_budget=int(max_memory) if max_memory else None, storages=storages, strip=strip,
-                         tile_rows=tile_rows,
-                         scratch=scratch_space(work, output, source, net.scale))
-    return replace(best, workers=threads or (0 if scheduler or workers else best.workers)), plans
-
-
-def scratch_space(work: Location | None, output: Location | None, source: Source, scale: int) -> int | None:
-    """Bytes free for activations on the work folder's disk, less the output's where it shares that
-    disk (None: not known, as on object stores)."""
-    import shutil
-
-    if work is None or not work.is_local:
-        return None
-    place = existing_folder(work.local_path)
-    free = shutil.disk_usage(place).free
-    if output is not None and output.is_local and existing_folder(output.local_path).stat().st_dev == place.stat().st_dev:
-        free -= source.height * source.width * scale**2 * source.channels * source.dtype.itemsize * 4 // 3
-    return max(0, free)
-
-
-def _scheduler(plan: Plan, device: torch.device, workers: int, address: str | None,
-               resources: dict[str, float] | None) -> Threads | Cluster:
-    if address:
-        return Cluster.connect(address, resources)
-    if workers:
-        return Cluster.local(workers, resources)
+def _scheduler(plan: Plan, device: torch.device, options: UpscaleOptions) -> Threads | Cluster:
+    if options.scheduler:
+        return Cluster.connect(options.scheduler, options.resources)
+    if options.workers:
+        return Cluster.local(options.workers, options.resources)
     return Threads(plan.chunks_at_once(device.type))
 
 
@@ -284,7 +198,7 @@ def upscale_array(
     plan = Plan.given(chunk, blocks_per_stage)
     torch_device = resolve_device(device)
     compute = resolve_precision(precision, torch_device)
-    net = _network(model, torch_device, compute, kernels)
+    net = load_network(model, torch_device, compute, kernels)
     network_stages = stages_for(net, mode, plan.blocks_per_stage, tile_pad)
     check_grid(plan.chunk, net.input_factor, net.scale)
     pixels = image.transpose(2, 0, 1)

@@ -7,6 +7,7 @@ import sys
 import traceback
 import warnings
 from types import FrameType
+from typing import Any
 
 import click
 
@@ -14,16 +15,17 @@ from . import __version__
 from .errors import INTERRUPTED, RESUMES, TERMINATED, USAGE, LeaseWarning, LpdaskError, MetadataWarning, PlanWarning
 from .kernels import KERNELS
 from .memory import prefer_expandable_segments
-from .options import (ALPHA_MODES, CHANNEL_MODES, COMPRESSIONS, EXECUTORS, OptionError, check_chunk, check_compression,
-                      check_device, check_executor, check_grid, check_max_memory, check_plan_options,
-                      check_value_range)
-from .plan import DEFAULT_TILE_PAD, Plan
-from .schedulers import parse_resources
+from .executors import EXECUTORS
+from .options import (ALPHA_MODES, CHANNEL_MODES, COMPRESSIONS, DEFAULT_TILE_PAD, OptionError, Reports, UpscaleOptions,
+                      check_chunk, check_grid)
+from .plan import Plan
 
 # Only what checks the options is imported here: numpy, zarr and tifffile load once they pass, torch
 # once the input is found, so mistakes are answered at once.
 
 USER_ERROR = USAGE
+EXECUTOR_CHOICES = ("auto", *(e.name for e in EXECUTORS if e.planned))
+EXECUTOR_HELP = " ".join(f"{e.name}: {e.help}." for e in EXECUTORS if e.planned) + " auto: the planner's choice."
 
 
 def _value_range(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[float, float] | None:
@@ -97,9 +99,8 @@ def cli() -> None:
               help="The value of missing pixels (a number or nan), overriding the input's; none: no pixel is "
                    "missing. Missing pixels are filled before the network and take this value in the output "
                    "[default: the input's GDAL nodata tag and internal mask].")
-@click.option("--executor", type=click.Choice(EXECUTORS[:-1]), default="auto", show_default=True,
-              help="stream: tiles streamed in row strips, nothing stored between stages. staged: stage by stage "
-                   "through the work folder. whole: the whole network on each chunk. auto: the planner's choice.")
+@click.option("--executor", type=click.Choice(EXECUTOR_CHOICES), default="auto", show_default=True,
+              help=EXECUTOR_HELP)
 @click.option("--strip", type=int, default=None, help="Rows per strip when streaming [default: the planner's choice].")
 @click.option("--tile-rows", type=int, default=None,
               help="Rows per tile when streaming; 0: the image's height [default: the planner's choice].")
@@ -107,13 +108,7 @@ def cli() -> None:
               help="fast: lpdask's kernels. eager: the network's reference forward, for comparison.")
 @click.option("--wait", is_flag=True, help="If another run holds OUTPUT, wait for it to end instead of exiting.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def upscale_command(input: str, output: str, model: str | None, chunk: int | None, blocks_per_stage: int | None,
-                    max_memory: float | None,
-                    threads: int, device: str, precision: str, workdir: str | None, overwrite: bool, mode: str,
-                    tile_pad: int, series: int, level: int, channels: str, alpha: str,
-                    value_range: tuple[float, float] | None, workers: int, scheduler: str | None,
-                    resources: str | None, compression: str, cog: bool | None, nodata: str | None, executor: str,
-                    strip: int | None, tile_rows: int | None, kernels: str, wait: bool, quiet: bool) -> None:
+def upscale_command(input: str, output: str, quiet: bool, **given: Any) -> None:
     """Super-resolve INPUT (TIFF, OME-TIFF, GeoTIFF, Zarr, OME-Zarr; MRXS, VMS, SCN, BIF slides
     through OpenSlide, with lpdask[pathology]; CZI, ND2, LIF through bioio, with lpdask[microscopy];
     LPDASK_READER=openslide|bioio|tifffile forces a reader) into OUTPUT: an OME-Zarr (.zarr) or a
@@ -124,47 +119,19 @@ def upscale_command(input: str, output: str, model: str | None, chunk: int | Non
 
     Exit codes: 0 done, 1 a bug (with a traceback), 2 bad input or options or OUTPUT in use, 3 no space
     left, 4 a place not writable, 5 the input changed during the run, 130 SIGINT, 143 SIGTERM."""
-    # Check what needs no torch first, so mistakes are answered before the slow imports.
-    check_plan_options(chunk, blocks_per_stage, threads, workers, scheduler, tile_pad)
-    check_executor(executor, blocks_per_stage, strip, tile_rows)
-    check_max_memory(max_memory)
-    check_value_range(value_range)
-    check_device(device, precision)
-    needs = parse_resources(resources)
-    from .io.locations import find_input
-
-    find_input(input)
-    from .channels import photometric_of
-    from .io.sources import open_source
-    from .jobs import check_output, check_output_name, held_places
+    options = UpscaleOptions.from_cli(src=input, dst=output, **given)  # answered before the slow imports
+    from .jobs import check_output, held_places, preflight
     from .lease import hold
 
-    source = open_source(input, series, level)
-    photometric = photometric_of(source.channels, channels, source.photometric)  # type: ignore[arg-type]
-    check_compression(compression, source.dtype, photometric)
-    from .nodata import nodata_of
+    prepared = preflight(options)
+    with hold(held_places(output, options.workdir), options.wait):  # before the output is read, and torch loads
+        check_output(input, output, options.overwrite)
+        from .api import run_upscale
 
-    nodata_of(source, nodata, photometric)
-
-    from .export import tiff_kind
-
-    tiff_kind(check_output_name(output), source.ome, source.meta, cog, source.plane_count)
-    with hold(held_places(output, workdir), wait):  # before the output is read, and before the slow imports
-        check_output(input, output, overwrite)
-        from .api import upscale
-
-        summary = upscale(input, output, model=model, chunk=chunk, blocks_per_stage=blocks_per_stage,
-                          threads=threads, device=device, precision=precision, workdir=workdir, overwrite=overwrite,
-                          mode=mode, tile_pad=tile_pad, series=series, level=level, channels=channels,  # type: ignore[arg-type]
-                          alpha=alpha, value_range=value_range, workers=workers, scheduler=scheduler,  # type: ignore[arg-type]
-                          resources=needs, compression=compression, cog=cog, nodata=nodata, progress=not quiet,
-                          wait=wait,
-                          executor=executor, strip=strip, tile_rows=tile_rows,
-                          kernels=kernels,  # type: ignore[arg-type]
-                          max_memory=max_memory * 1e9 if max_memory else None,
+        reports = Reports(progress=not quiet,
                           on_plan=None if quiet else lambda text: click.echo(f"lpdask: {text}", err=True),
                           on_cluster=lambda link: click.echo(f"Dask dashboard: {link}", err=True))
-        click.echo(str(summary), err=True)
+        click.echo(str(run_upscale(options, reports, prepared)), err=True)
 
 
 @cli.command(name="plan")
@@ -186,41 +153,31 @@ def upscale_command(input: str, output: str, model: str | None, chunk: int | Non
 @click.option("--workers", type=int, default=0, show_default=True, help="Worker processes of a local cluster.")
 @click.option("--workdir", metavar="DIR", help="Where the work folder would go (its disk speed is measured) "
                                                "[default: beside INPUT, where an output beside it puts it].")
-@click.option("--executor", type=click.Choice(EXECUTORS[:-1]), default="auto", show_default=True,
+@click.option("--executor", type=click.Choice(EXECUTOR_CHOICES), default="auto", show_default=True,
               help="Plan only for this executor, as for upscale.")
 @click.option("--strip", type=int, default=None, help="Fix the strip height of a streaming plan.")
 @click.option("--tile-rows", type=int, default=None, help="Fix the tile height of a streaming plan (0: the image's).")
 @click.option("--kernels", type=click.Choice(KERNELS), default="fast", show_default=True,
               help="fast: lpdask's kernels. eager: the network's reference forward, for comparison.")
 @click.option("--top", type=int, default=8, show_default=True, help="How many alternatives to list.")
-def plan_command(input: str, model: str | None, device: str, precision: str, series: int, level: int, channels: str,
-                 alpha: str, chunk: int | None, blocks_per_stage: int | None, max_memory: float | None, threads: int,
-                 workers: int, workdir: str | None, executor: str, strip: int | None, tile_rows: int | None,
-                 kernels: str, top: int) -> None:
+def plan_command(input: str, workdir: str | None, top: int, **given: Any) -> None:
     """Print the plan `lpdask upscale` would use for INPUT with the same options (executor, chunk or
     tile, strip, stage grouping) with its predicted time, compute overhead, scratch space and peak
     memory; the best plan of each executor; and the alternatives it weighed."""
-    check_plan_options(chunk, blocks_per_stage, threads, workers)
-    executor = check_executor(executor, blocks_per_stage, strip, tile_rows)
-    check_max_memory(max_memory)
-    check_device(device, precision)
-    from .channels import passes, photometric_of
-    from .io.sources import open_source
+    options = UpscaleOptions.from_cli(src=input, workdir=workdir, resources=None, **given)
+    from .channels import passes
+    from .jobs import preflight
 
-    source = open_source(input, series, level)
-    runs = source.plane_count * len(passes(source.channels, photometric_of(source.channels, channels,  # type: ignore[arg-type]
-                                                                           source.photometric), alpha))  # type: ignore[arg-type]
-    from .api import network_for, plan_for, scratch_space
+    pre = preflight(options)
+    source = pre.source
+    runs = source.plane_count * len(passes(source.channels, pre.photometric, options.alpha))
+    from .api import network_for
     from .io.locations import Location
-    from .plan import EXECUTOR_STORAGE
-    from .planner import measure_machine
+    from .planner import measure_machine, plan_for, scratch_space
 
-    net, torch_device = network_for(model, device, precision, kernels)  # type: ignore[arg-type]
+    net, torch_device = network_for(options.model, options.device, options.precision, options.kernels)
     work = Location.of(workdir) if workdir else Location.of(input).parent
-    budget = int(max_memory * 1e9) if max_memory else None
-    best, plans = plan_for(net, source, torch_device, chunk=chunk, blocks_per_stage=blocks_per_stage, threads=threads,
-                           workers=workers, work=work, max_memory=budget, executor=executor, strip=strip,
-                           tile_rows=tile_rows)
+    best, plans = plan_for(net, source, torch_device, options, work)
     check_grid(best.chunk, net.input_factor, net.scale, best.strip, best.tile_rows)  # what upscale would refuse
     click.echo(f"{input}: {source.height} x {source.width} px, {source.channels} channel(s), {source.plane_count} plane(s)")
     click.echo(f"plan: {best.describe()}")
@@ -228,6 +185,7 @@ def plan_command(input: str, model: str | None, device: str, precision: str, ser
         click.echo(f"  (per run; this input takes {runs} runs: planes x channel passes)")
     if not plans:
         return
+    budget = int(options.max_memory) if options.max_memory else None
     limit = measure_machine(torch_device.type, work.url if work.is_local else None, budget).memory_budget
     free = scratch_space(work, None, source, net.scale)
 
@@ -236,12 +194,12 @@ def plan_command(input: str, model: str | None, device: str, precision: str, ser
 
     click.echo("best of each executor (* over the memory budget, ! more scratch than the work folder's "
                f"disk has{f': {free / 1e9:.1f} GB free' if free is not None else ''}):")
-    for name, storage in EXECUTOR_STORAGE.items():
-        own = [e for e in plans if e.storage == storage]
+    for entry in EXECUTORS:
+        own = [e for e in plans if e.executor == entry.name]
         if own:
             pick = min(own, key=lambda e: (mark(e) != " ", e.seconds))
             click.echo(f" {mark(pick)} {pick.describe()}")
-    if any(mark(e) == "!" for e in plans) and best.storage != "zarr":
+    if any(mark(e) == "!" for e in plans) and best.executor != "staged":
         click.echo(f"the staged executor's activations need more scratch than the {free / 1e9:.1f} GB free where "
                    "the work folder goes, so the plan streams instead")
     click.echo("alternatives (fastest first):")

@@ -6,7 +6,7 @@ import copy
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
 
@@ -14,6 +14,9 @@ from .errors import LpdaskError
 from .kernels import Kernels, kernels_of, use_kernels
 from .memory import prefer_expandable_segments  # noqa: F401  (its home is torch-free, for the CLI)
 from .options import check_device
+
+if TYPE_CHECKING:
+    from .models.network import Network
 
 
 def resolve_device(device: str) -> torch.device:
@@ -111,3 +114,15 @@ def ieee_fp32(device: torch.device) -> Iterator[None]:
             _fp32_users -= 1
             if _fp32_users == 0:
                 setattr(owner, name, _fp32_saved)
+
+
+def load_network(model: object, device: torch.device, dtype: torch.dtype, kernels: Kernels = "fast") -> Network:
+    """The network a job runs: ``model`` (a checkpoint path, a model name, None for the default, or a
+    loaded network, copied where converting would change it) on ``device`` in ``dtype`` running
+    ``kernels``."""
+    from .models import load_model
+    from .models.network import Network as Loaded
+
+    if isinstance(model, Loaded):
+        return network_on(model, device, dtype, kernels=kernels)
+    return network_on(load_model(model), device, dtype, owned=True, kernels=kernels)  # type: ignore[arg-type]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -24,6 +24,9 @@ if TYPE_CHECKING:
     import torch
 
     from .channels import Pass
+    from .executors import Executor
+    from .io.metadata import Photometric
+    from .options import UpscaleOptions
     from .io.metadata import ImageMetadata
     from .io.sources import Source
     from .models.network import Network
@@ -122,14 +125,45 @@ class WorkFolder:
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
-    def start(self, identity: dict[str, Any]) -> bool:
+    def start(self, identity: Identity) -> bool:
         """Begin or resume the job ``identity``; returns whether earlier work was kept."""
-        if self.identity() == identity["digest"]:
+        if self.identity() == identity.digest:
             return True
         self.clear()
         self.path.mkdir()
-        (self.path / IDENTITY_FILE).write_text(json.dumps(identity, indent=1))
+        (self.path / IDENTITY_FILE).write_text(json.dumps(identity.to_json(), indent=1))
         return False
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What identifies a job: the input, the model and every option that changes the result's bytes.
+    Two runs with the same ``digest`` write the same output, so one may resume the other."""
+
+    input: dict[str, object]
+    model: str
+    scale: int
+    mode: str
+    tile_pad: int | None
+    plan: dict[str, Any]
+    channels: str
+    alpha: str
+    value_range: tuple[float, float] | None
+    precision: str
+    device: str
+    kernels: str
+    output: str
+    nodata: dict[str, object] | None
+    version: str
+
+    @property
+    def digest(self) -> str:
+        text = json.dumps(asdict(self), sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+    def to_json(self) -> dict[str, Any]:
+        """What the work folder records (with the digest)."""
+        return {**asdict(self), "digest": self.digest}
 
 
 @dataclass(frozen=True)
@@ -139,9 +173,9 @@ class JobSpec:
     source: Source
     output: Location
     work: WorkFolder
-    identity: dict[str, Any]
-    """What identifies the job (input fingerprint, model digest, options) and its ``digest``."""
+    identity: Identity
     plan: Plan
+    executor: Executor
     network: Network
     stages: list[Stage]
     passes: list[Pass]
@@ -153,6 +187,8 @@ class JobSpec:
     compression: str = "zlib"
     nodata: Nodata | None = None
     """The input's missing pixels (filled before the network, marked in the output)."""
+    cog: bool | None = None
+    """A TIFF output as a Cloud Optimized GeoTIFF: :func:`~lpdask.export.tiff_kind`."""
 
     @property
     def as_tiff(self) -> bool:
@@ -190,12 +226,6 @@ def model_digest(net: Network) -> str:
         h.update(str(tuple(tensor.shape)).encode())
         h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
     return h.hexdigest()[:32]
-
-
-def digest(identity: dict[str, Any]) -> dict[str, Any]:
-    """``identity`` with its ``digest``: a hash of everything in it."""
-    text = json.dumps(identity, sort_keys=True, default=str)
-    return {**identity, "digest": hashlib.sha256(text.encode()).hexdigest()[:32]}
 
 
 def check_output(src: str | os.PathLike[str] | Location, dst: str | os.PathLike[str] | Location,
@@ -288,3 +318,79 @@ def output_state(output: Location, work: WorkFolder, job: str, overwrite: bool) 
         raise LpdaskError(f"output {output} holds a different job (input, model or options differ); "
                           "use --overwrite to replace it")
     return "complete" if complete else "resume"
+
+
+@dataclass(frozen=True)
+class Preflight:
+    """What is known of a job before its output is held and its model loaded: the input, opened
+    once, how its channels go through the network, and its missing pixels."""
+
+    options: UpscaleOptions
+    source: Source
+    photometric: Photometric
+    nodata: Nodata | None
+    value_range: ValueRange | None
+
+
+def preflight(options: UpscaleOptions) -> Preflight:
+    """Open the input and answer what can be told without torch: the value range, channel, nodata and
+    compression options for this input, and whether the output can be the TIFF asked for."""
+    from .channels import photometric_of
+    from .export import tiff_kind
+    from .io.sources import open_source
+    from .nodata import nodata_of
+    from .options import check_compression, check_value_range
+
+    source = open_source(options.src, options.series, options.level)
+    value_range = check_value_range(options.value_range, source.dtype)
+    photometric = photometric_of(source.channels, options.channels, source.photometric)
+    nodata = nodata_of(source, options.nodata, photometric)
+    check_compression(options.compression, source.dtype, photometric)
+    if options.dst is not None:
+        tiff_kind(check_output_name(options.dst), source.ome, source.meta, options.cog, source.plane_count)
+    return Preflight(options, source, photometric, nodata, value_range)
+
+
+def build(pre: Preflight, device: torch.device) -> tuple[JobSpec, State]:
+    """The job ``pre`` describes, on ``device``, and what to do with its output (start, resume,
+    nothing): the network loaded, the plan made (or the one a resumed job started with), the stages
+    and the identity. Its output must be held (:func:`~lpdask.lease.hold`) and checked."""
+    from . import __version__
+    from .channels import passes
+    from .device import load_network, resolve_precision
+    from .executors import executor_named
+    from .options import check_grid
+    from .planner import plan_for
+
+    o, source = pre.options, pre.source
+    assert o.dst is not None
+    output = Location.of(o.dst)
+    net = load_network(o.model, device, resolve_precision(o.precision, device), o.kernels)  # type: ignore[arg-type]
+    meta = _output_meta(pre, net.scale)
+    work = WorkFolder(held_places(output, o.workdir)[-1] if o.workdir else default_workdir(output))
+    plan, _ = plan_for(net, source, device, o, work.path, output, None if o.overwrite else stored_plan(output, work))
+    check_grid(plan.chunk, net.input_factor, net.scale, plan.strip, plan.tile_rows)
+    executor = o.executor if not isinstance(o.executor, str) else executor_named(plan.executor)
+    stages = executor.stages(net, plan, o.mode, o.tile_pad)
+    as_tiff = output.name.lower().endswith((".tif", ".tiff"))
+    missing = pre.nodata
+    identity = Identity(
+        fingerprint(source), model_digest(net), net.scale, o.mode, o.tile_pad if o.mode == "tile" else None,
+        plan.to_json(), pre.photometric, o.alpha, pre.value_range, o.precision, device.type, o.kernels,
+        "tiff" if as_tiff else "zarr", missing.to_json() if missing else None, __version__)
+    spec = JobSpec(source, output, work, identity, plan, executor, net, stages,
+                   passes(source.channels, pre.photometric, o.alpha), meta, device,
+                   resolve_precision(o.precision, device), pre.value_range, o.compression, missing, o.cog)
+    return spec, output_state(output, work, identity.digest, o.overwrite)
+
+
+def _output_meta(pre: Preflight, scale: int) -> ImageMetadata:
+    """The input's metadata as the output's: rescaled, with the GDAL nodata of what it marks missing."""
+    from .nodata import gdal_number
+
+    source, missing = pre.source, pre.nodata
+    meta = replace(source.meta, photometric=pre.photometric).rescaled(scale)
+    if meta.geotiff is not None and (pre.options.nodata is not None or source.palette or missing is not None):
+        value = gdal_number(missing.output) if missing is not None and missing.marks else None
+        meta = replace(meta, geotiff=replace(meta.geotiff, gdal_nodata=value))
+    return meta

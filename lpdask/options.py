@@ -7,10 +7,14 @@ range``) where Python called, and the command line turns into the flag (``--chun
 from __future__ import annotations
 
 import math
+import os
 import re
-from typing import TYPE_CHECKING, Literal
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Literal
 
 from .errors import LpdaskError
+from .executors import EXECUTORS as _REGISTERED
 
 if TYPE_CHECKING:
     import numpy as np
@@ -23,7 +27,11 @@ ChannelMode = Literal["auto", "rgb", "rgba", "separate"]
 AlphaMode = Literal["network", "nearest", "bilinear"]
 CHANNEL_MODES = ("auto", "rgb", "rgba", "separate")
 ALPHA_MODES = ("network", "nearest", "bilinear")
-EXECUTORS = ("auto", "stream", "staged", "whole", "lazy")
+EXECUTORS = ("auto", *(e.name for e in _REGISTERED))
+"""What ``executor`` takes: "auto" (the planner's choice), or one of :data:`lpdask.executors.EXECUTORS`."""
+MODES = ("exact", "tile")
+DEFAULT_TILE_PAD = 10
+"""Real-ESRGAN's default ``tile_pad``, for tile mode."""
 ValueRange = tuple[float, float]
 
 
@@ -177,11 +185,15 @@ def check_plan_options(chunk: int | None, blocks_per_stage: int | None, threads:
     check_tile_pad(tile_pad)
 
 
-def check_executor(executor: str, blocks_per_stage: int | None = None, strip: int | None = None,
-                   tile_rows: int | None = None) -> str:
+def check_executor(executor: Any, blocks_per_stage: int | None = None, strip: int | None = None,
+                   tile_rows: int | None = None) -> Any:
     """The executor, agreeing with the plan options given: ``strip`` and ``tile_rows`` are
     streaming's, and ``blocks_per_stage`` 0 (the whole network as one stage) is the ``whole``
     executor's."""
+    if not isinstance(executor, str):  # an executor object (a name lpdask does not list)
+        if not callable(getattr(executor, "run", None)) or not isinstance(getattr(executor, "name", None), str):
+            raise OptionError("executor", executor, "is neither an executor's name nor an executor object")
+        return executor
     if executor not in EXECUTORS:
         raise OptionError("executor", executor, f"is not one of {', '.join(EXECUTORS)}")
     if tile_rows is not None:
@@ -199,3 +211,76 @@ def check_executor(executor: str, blocks_per_stage: int | None = None, strip: in
         raise OptionError("blocks_per_stage", blocks_per_stage, "does not apply to {executor} whole "
                           "(the whole network as one stage)")
     return "stream" if (strip is not None or tile_rows is not None) and executor == "auto" else executor
+
+
+@dataclass(frozen=True)
+class UpscaleOptions:
+    """Everything ``upscale`` takes besides its callbacks, as given (``max_memory`` in bytes); the
+    command line and :func:`lpdask.upscale` both build one. :meth:`checked` answers mistakes before
+    anything is opened or loaded. ``model`` may be a loaded :class:`~lpdask.models.network.Network`
+    and ``executor`` an executor object (:mod:`lpdask.executors`) instead of a name."""
+
+    src: str | os.PathLike[str]
+    dst: str | os.PathLike[str] | None = None
+    """None where only a plan is asked for (``lpdask plan``)."""
+    model: Any = None
+    chunk: int | None = None
+    blocks_per_stage: int | None = None
+    threads: int = 0
+    device: str = "auto"
+    precision: str = "fp32"
+    workdir: str | os.PathLike[str] | None = None
+    overwrite: bool = False
+    mode: str = "exact"
+    tile_pad: int = DEFAULT_TILE_PAD
+    series: int = 0
+    level: int = 0
+    channels: ChannelMode = "auto"
+    alpha: AlphaMode = "network"
+    value_range: ValueRange | None = None
+    workers: int = 0
+    scheduler: str | None = None
+    resources: dict[str, float] | None = None
+    compression: str = "zlib"
+    max_memory: float | None = None
+    wait: bool = False
+    executor: Any = "auto"
+    strip: int | None = None
+    tile_rows: int | None = None
+    cog: bool | None = None
+    nodata: str | float | None = None
+    kernels: str = "fast"
+
+    def checked(self) -> UpscaleOptions:
+        """These options checked (what needs no file, no numpy and no torch), with the executor
+        settled where the plan options given imply it."""
+        check_plan_options(self.chunk, self.blocks_per_stage, self.threads, self.workers, self.scheduler,
+                           self.tile_pad)
+        executor = check_executor(self.executor, self.blocks_per_stage, self.strip, self.tile_rows)
+        if self.max_memory is not None and not self.max_memory > 0:
+            raise OptionError("max_memory", self.max_memory, "must be more than 0 bytes", f"{self.max_memory:g}")
+        check_value_range(self.value_range)
+        check_device(self.device, self.precision)
+        check_kernels(self.kernels)
+        if self.mode not in MODES:
+            raise OptionError("mode", self.mode, f"is not one of {', '.join(MODES)}")
+        return replace(self, executor=executor)
+
+    @classmethod
+    def from_cli(cls, max_memory: float | None, resources: str | None, **given: Any) -> UpscaleOptions:
+        """The options of ``lpdask upscale`` / ``lpdask plan`` (memory in GB, resources as NAME=N,...)."""
+        from .schedulers import parse_resources
+
+        check_max_memory(max_memory)
+        return cls(max_memory=max_memory * 1e9 if max_memory else None, resources=parse_resources(resources),
+                   **given).checked()
+
+
+@dataclass(frozen=True)
+class Reports:
+    """How a run reports as it goes: progress bars, and callbacks given the plan's description and
+    a cluster's dashboard link."""
+
+    progress: bool = False
+    on_plan: Callable[[str], None] | None = None
+    on_cluster: Callable[[str], None] | None = None

@@ -1,4 +1,4 @@
-"""The plan: how a job is cut up (chunk, stage grouping, where activations live, chunks at once) and,
+"""The plan: how a job is cut up (chunk, stage grouping, which executor, chunks at once) and,
 when the planner (:mod:`lpdask.planner`) made it, what it predicted. Its JSON form is what a job's
 identity records, so a resumed job keeps the plan it started with."""
 
@@ -6,18 +6,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
-from .options import MAX_CHUNK, MIN_CHUNK, check_chunk, check_grouping, check_strip, check_threads, check_tile_rows
+from .options import DEFAULT_TILE_PAD, MAX_CHUNK, MIN_CHUNK, check_chunk, check_grouping, check_strip, check_threads, check_tile_rows
 
 GPU_CHUNKS = 2
-DEFAULT_TILE_PAD = 10
-"""Real-ESRGAN's default ``tile_pad``, for tile mode."""
-Storage = Literal["zarr", "memory", "stream"]
-EXECUTOR_STORAGE: dict[str, Storage] = {"staged": "zarr", "whole": "memory", "stream": "stream"}
-"""What each ``--executor`` forces (``auto``: the planner weighs all three)."""
+_STORED_AS = {"zarr": "staged", "memory": "whole", "stream": "stream"}
+"""The executor an identity recorded before plans named it (as where its activations lived)."""
 
-__all__ = ["DEFAULT_TILE_PAD", "EXECUTOR_STORAGE", "GPU_CHUNKS", "MAX_CHUNK", "MIN_CHUNK", "Plan", "Storage"]
+__all__ = ["DEFAULT_TILE_PAD", "GPU_CHUNKS", "MAX_CHUNK", "MIN_CHUNK", "Plan"]
 
 
 @dataclass(frozen=True)
@@ -27,9 +24,10 @@ class Plan:
     chunk: side of a chunk in input pixels; streaming: width of a tile (a column band).
     blocks_per_stage: RRDBs per trunk stage (Compact nets: 15 convs); 0 runs the whole network as
         one stage with its full halo.
-    storage: "zarr" (the staged executor): stages pass activations through the work folder;
-        "memory": the whole network is one stage, so nothing is stored between stages; "stream":
-        tiles stream row strips through every stage, activations held in memory only while needed.
+    executor: the executor that runs it (:data:`lpdask.executors.EXECUTORS`): "staged" (stages pass
+        activations through the work folder), "whole" (the whole network is one stage, nothing
+        stored between stages), "stream" (tiles stream row strips through every stage, activations
+        held in memory only while needed), "lazy" (one dask graph).
     workers: chunks (tiles) computed at once (0: one per CPU core, or two per GPU, one tile per
         GPU); torch gets the cores divided among them.
     strip: streaming: rows (input pixels) each stage computes at a time.
@@ -38,7 +36,7 @@ class Plan:
 
     chunk: int = 256
     blocks_per_stage: int = 1
-    storage: Storage = "zarr"
+    executor: str = "staged"
     workers: int = 0
     strip: int = 0
     tile_rows: int = 0
@@ -60,7 +58,7 @@ class Plan:
         check_chunk(self.chunk)
         check_grouping(self.blocks_per_stage)
         check_threads(self.workers)
-        if self.storage == "stream":
+        if self.executor == "stream":
             check_strip(self.strip)
             check_tile_rows(self.tile_rows)
 
@@ -71,23 +69,19 @@ class Plan:
         network as one stage (which keeps nothing between stages) for ``blocks_per_stage`` 0."""
         if strip:
             return cls(chunk, max(1, blocks_per_stage), "stream", workers, strip, tile_rows)
-        return cls(chunk, blocks_per_stage, "memory" if blocks_per_stage == 0 else "zarr", workers)
-
-    @property
-    def executor(self) -> str:
-        """The ``--executor`` that runs this plan."""
-        return next(name for name, storage in EXECUTOR_STORAGE.items() if storage == self.storage)
+        return cls(chunk, blocks_per_stage, "whole" if blocks_per_stage == 0 else "staged", workers)
 
     def to_json(self) -> dict[str, Any]:
         """What the job's identity records: the parts that change the result's bytes on disk."""
-        own = {"chunk": self.chunk, "blocks_per_stage": self.blocks_per_stage, "storage": self.storage}
-        if self.storage != "stream":
+        own = {"chunk": self.chunk, "blocks_per_stage": self.blocks_per_stage, "executor": self.executor}
+        if self.executor != "stream":
             return own
         return {**own, "strip": self.strip, **({"tile_rows": self.tile_rows} if self.tile_rows else {})}
 
     @classmethod
     def from_json(cls, fields: dict[str, Any], workers: int = 0) -> Plan:
-        return cls(int(fields["chunk"]), int(fields["blocks_per_stage"]), fields.get("storage", "zarr"), workers,
+        executor = fields.get("executor") or _STORED_AS.get(fields.get("storage", "zarr"), "staged")
+        return cls(int(fields["chunk"]), int(fields["blocks_per_stage"]), executor, workers,
                    int(fields.get("strip", 0)), int(fields.get("tile_rows", 0)))
 
     def chunks_at_once(self, device_type: str) -> int:
@@ -97,13 +91,13 @@ class Plan:
         if self.workers:
             return self.workers
         if device_type == "cuda":
-            return 1 if self.storage == "stream" else GPU_CHUNKS
+            return 1 if self.executor == "stream" else GPU_CHUNKS
         return os.cpu_count() or 1
 
     def describe(self) -> str:
-        grouping = "whole network, one stage" if self.storage == "memory" else f"{self.blocks_per_stage} per stage"
+        grouping = "whole network, one stage" if self.blocks_per_stage == 0 else f"{self.blocks_per_stage} per stage"
         workers = f"{self.workers} worker{'s' if self.workers > 1 else ''}"
-        if self.storage == "stream":
+        if self.executor == "stream":
             size = f"{self.chunk} x {self.tile_rows} px" if self.tile_rows else f"{self.chunk} px wide"
             cut = (f"stream: tiles {size} in strips of {self.strip} rows, blocks {grouping} "
                    f"({self.stages} stages), {self.chunks} tile{'s' if self.chunks > 1 else ''} on {workers}")

@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache, partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -37,7 +38,12 @@ from .executors.staged import whole_stages
 from .chunks import tile_rows_step
 from .geometry import bands, ceil_div, factors, reach, unshuffled
 from .plan import GPU_CHUNKS, MAX_CHUNK, MIN_CHUNK, Plan
+from .io.locations import Location, existing_folder
 from .stages import IMAGE, Stage
+
+if TYPE_CHECKING:
+    from .io.sources import Source
+    from .options import UpscaleOptions
 
 CHUNKS = (64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096)
 DEFAULT_GROUPINGS = (1,)
@@ -227,7 +233,7 @@ def _disk_speed(existing: Path) -> tuple[float, float]:
 
 
 def estimate(costs: Sequence[StageCost], height: int, width: int, chunk: int, machine: Machine, *,
-             blocks_per_stage: int, storage: str, input_factor: int = 1, model_bytes: int = 0,
+             blocks_per_stage: int, executor: str, input_factor: int = 1, model_bytes: int = 0,
              workers: int | None = None, inner: int = 0) -> Plan:
     """Predict the cost of running ``costs`` (the stages of one grouping) on a ``height`` x ``width``
     image in chunks of ``chunk``. ``inner`` is the work arrays' read granularity (0: whole chunks)."""
@@ -259,10 +265,10 @@ def estimate(costs: Sequence[StageCost], height: int, width: int, chunk: int, ma
         speed, imbalance = machine.macs_per_core, 1.0
     compute = macs / speed * imbalance + TASK_SECONDS * n * len(costs) / workers
     io = written / machine.write_bytes_per_s + read / machine.read_bytes_per_s
-    peak = int(workers * largest_window + model_bytes * (2 if storage == "memory" else 1)
+    peak = int(workers * largest_window + model_bytes * (2 if executor == "whole" else 1)
                + (GPU_ALLOWANCE if gpu else PROCESS_MEMORY))
     stored = sorted(stage.written * rows * f * cols * f for stage, f in zip(costs, factors(costs)))
-    return Plan(chunk, blocks_per_stage, storage, workers, stages=len(costs), chunks=n, seconds=compute + io,  # type: ignore[arg-type]
+    return Plan(chunk, blocks_per_stage, executor, workers, stages=len(costs), chunks=n, seconds=compute + io,  # type: ignore[arg-type]
                 compute_seconds=compute, io_seconds=io, compute_overhead=macs / whole if whole else 1.0,
                 bytes_written=int(written), peak_memory=peak, read_amplification=read / asked if asked else 1.0,
                 scratch_bytes=int(sum(stored[-3:])))
@@ -389,7 +395,8 @@ def _extent_sum(length: int, chunk: int, halo: int, granule: int = 1) -> float:
     return float((hi - lo).sum())
 
 
-STORAGES = ("zarr", "memory", "stream")
+PLANNED = ("staged", "whole", "stream")
+"""The executors the planner can price (:data:`lpdask.executors.EXECUTORS`' planned ones)."""
 STREAM_GROUPINGS = 2
 """How many of a network's finest groupings streaming plans try."""
 TILES = (*CHUNKS, 6144, 8192)
@@ -404,11 +411,11 @@ reach of rows of compute, half on either side: about 1/16 more)."""
 
 def choose(net: Network, height: int, width: int, device: torch.device, *, chunk: int | None = None,
            blocks_per_stage: int | None = None, workers: int | None = None, work: str | None = None,
-           memory_budget: int | None = None, inner: int = 0, storages: Sequence[str] = STORAGES,
+           memory_budget: int | None = None, inner: int = 0, executors: Sequence[str] = PLANNED,
            strip: int | None = None, scratch: int | None = None,
            tile_rows: int | None = None) -> tuple[Plan, list[Plan]]:
     """The plan to use, and every plan considered for this image (fastest first). ``chunk`` /
-    ``blocks_per_stage`` / ``strip`` / ``tile_rows`` fix that part of the plan, ``storages`` the executors weighed
+    ``blocks_per_stage`` / ``strip`` / ``tile_rows`` fix that part of the plan, ``executors`` the executors weighed
     (:data:`lpdask.plan.EXECUTOR_STORAGE`). Staged plans whose activations need more than ``scratch``
     bytes (the work folder's free space; None: not checked) are left out while any other plan is left.
 
@@ -425,22 +432,22 @@ def choose(net: Network, height: int, width: int, device: torch.device, *, chunk
     d = net.input_factor
     groupings: list[tuple[int, str, list[Stage]]] = []
     tried = getattr(net, "groupings", lambda: DEFAULT_GROUPINGS)()
-    for storage in ("zarr", "stream"):
-        if storage not in storages:
+    for kind in ("staged", "stream"):
+        if kind not in executors:
             continue
         seen = set()
         # streaming pays each stage's halo again per strip: only the finest cuts are worth pricing
-        cuts = tried if storage == "zarr" else tried[:STREAM_GROUPINGS]
+        cuts = tried if kind == "staged" else tried[:STREAM_GROUPINGS]
         for k in ([] if blocks_per_stage == 0 else [blocks_per_stage] if blocks_per_stage else cuts):
             stages = net.stages(k)
             if len(stages) not in seen:
                 seen.add(len(stages))
-                groupings.append((k, storage, stages))
-    if "memory" in storages and not blocks_per_stage:
-        groupings.append((0, "memory", whole_stages(net)))
+                groupings.append((k, kind, stages))
+    if "whole" in executors and not blocks_per_stage:
+        groupings.append((0, "whole", whole_stages(net)))
     profiles: dict[int, list[StageCost]] = {}
-    profiled = [(k, storage, stages, profiles.get(k) or profiles.setdefault(k, profile(stages, image_channels, device)))
-                for k, storage, stages in groupings]
+    profiled = [(k, kind, stages, profiles.get(k) or profiles.setdefault(k, profile(stages, image_channels, device)))
+                for k, kind, stages in groupings]
 
     tiles = [c for c in TILES if not tile_rows or tile_rows % tile_rows_step(c, net.scale, d) == 0] or TILES
 
@@ -455,15 +462,15 @@ def choose(net: Network, height: int, width: int, device: torch.device, *, chunk
 
     def plans_for(h: int, w: int) -> list[Plan]:
         plans = []
-        for k, storage, stages, costs in profiled:
-            if storage == "stream":
+        for k, kind, stages, costs in profiled:
+            if kind == "stream":
                 at_once = [workers] if workers else range(1, (1 if machine.device_type == "cuda" else machine.cores) + 1)
                 plans += [estimate_stream(costs, stages, h, w, c, x, machine, blocks_per_stage=k,
                                           image_channels=image_channels, input_factor=d, model_bytes=model_bytes,
                                           workers=n, itemsize=itemsize, tile_rows=tile_rows or 0)
                           for c in sizes(w, tiles) for x in strips(h) for n in at_once]
             else:
-                plans += [estimate(costs, h, w, c, machine, blocks_per_stage=k, storage=storage, input_factor=d,
+                plans += [estimate(costs, h, w, c, machine, blocks_per_stage=k, executor=kind, input_factor=d,
                                    model_bytes=model_bytes, workers=workers, inner=inner)
                           for c in sizes(max(h, w))]
         return sorted(plans, key=lambda e: (e.seconds, e.peak_memory))
@@ -472,29 +479,29 @@ def choose(net: Network, height: int, width: int, device: torch.device, *, chunk
     feasible = plans
     if scratch is not None and any(e.scratch_bytes <= scratch for e in plans):
         feasible = [e for e in plans if e.scratch_bytes <= scratch]
-    kinds = {(e.storage, e.blocks_per_stage) for e in feasible}
+    kinds = {(e.executor, e.blocks_per_stage) for e in feasible}
     large = plans if (height, width) == (REFERENCE, REFERENCE) else plans_for(REFERENCE, REFERENCE)
-    reference = _pick([e for e in large if (e.storage, e.blocks_per_stage) in kinds], machine.memory_budget)
+    reference = _pick([e for e in large if (e.executor, e.blocks_per_stage) in kinds], machine.memory_budget)
 
     def fitted(e: Plan) -> tuple[object, ...]:
         """``e``'s shape cut to this image, which may be smaller than its chunk (tile) or strip."""
-        here = sizes(width, tiles) if e.storage == "stream" else sizes(max(height, width))
-        rows = strips(height) if e.storage == "stream" else [0]
-        return (e.chunk if e.chunk in here else here[-1], e.blocks_per_stage, e.storage,
+        here = sizes(width, tiles) if e.executor == "stream" else sizes(max(height, width))
+        rows = strips(height) if e.executor == "stream" else [0]
+        return (e.chunk if e.chunk in here else here[-1], e.blocks_per_stage, e.executor,
                 e.strip if e.strip in rows else rows[-1], e.workers)
 
     same = [e for e in feasible if _shape(e)[:4] == fitted(reference)[:4]]
     best = min((e for e in same if e.workers <= reference.workers), key=lambda e: e.seconds, default=same[0])
-    if best.storage == "stream":  # taller strips or fewer tiles at once, where they need no more memory
+    if best.executor == "stream":  # taller strips or fewer tiles at once, where they need no more memory
         best = min((e for e in feasible if _shape(e)[:3] == _shape(best)[:3] and e.peak_memory <= reference.peak_memory),
                    key=lambda e: e.seconds, default=best)
     if max(height, width) <= reference.chunk:
-        whole = [e for e in feasible if e.storage == "memory" and _shape(e) == fitted(e)
+        whole = [e for e in feasible if e.executor == "whole" and _shape(e) == fitted(e)
                  and e.seconds < best.seconds and e.peak_memory <= reference.peak_memory]
         best = whole[0] if whole else best
     if best.peak_memory > machine.memory_budget and any(e.peak_memory <= machine.memory_budget for e in feasible):
         best = _pick(feasible, machine.memory_budget)  # the reference's shape needs more here (larger halos)
-    if best.storage == "stream" and tile_rows is None:
+    if best.executor == "stream" and tile_rows is None:
         k, _, stages, costs = next(p for p in profiled if p[:2] == (best.blocks_per_stage, "stream"))
         best = _cut_in_height(best, partial(estimate_stream, costs, stages, height, width, best.chunk,
                                             machine=machine, blocks_per_stage=k, image_channels=image_channels,
@@ -542,7 +549,7 @@ def _cut_in_height(plan: Plan, price: Callable[..., Plan], height: int, step: in
 def _shape(plan: Plan) -> tuple[object, ...]:
     """What a plan is, apart from the image it was priced for: the size of one chunk (tile) and of
     its strips, the grouping, the executor and the chunks at once."""
-    return plan.chunk, plan.blocks_per_stage, plan.storage, plan.strip, plan.workers
+    return plan.chunk, plan.blocks_per_stage, plan.executor, plan.strip, plan.workers
 
 
 def _pick(plans: list[Plan], budget: int) -> Plan:
@@ -553,3 +560,51 @@ def _pick(plans: list[Plan], budget: int) -> Plan:
         return min(plans, key=lambda e: (e.peak_memory, e.seconds))
     near = [e for e in fitting if e.seconds <= fitting[0].seconds * (1 + NEAR)]
     return min(near, key=lambda e: (e.peak_memory, e.seconds))
+
+
+def plan_for(net: Network, source: Source, device: torch.device, options: UpscaleOptions,
+             work: Location | None = None, output: Location | None = None,
+             stored: dict[str, object] | None = None) -> tuple[Plan, list[Plan]]:
+    """The plan ``upscale`` runs (and ``lpdask plan`` prints) with the alternatives weighed (none
+    where the plan was given or resumed): as ``options`` fix it, as a resumed job (``stored``)
+    started, or the planner's choice for ``net`` as it will run (device, precision) and the threads or
+    workers asked for, among the executors ``options.executor`` allows. Staged plans whose activations
+    would not fit the free space of ``work``'s disk are left out while another plan is possible."""
+    o = options
+    executor = o.executor if isinstance(o.executor, str) else o.executor.name
+    chunk, blocks, strip, tile_rows = o.chunk, o.blocks_per_stage, o.strip, o.tile_rows
+    if o.mode == "tile":
+        return Plan(chunk or Plan.chunk, 1, "staged", o.threads), []
+    forced = None if executor == "auto" else executor
+    if chunk is not None and blocks is not None and (strip is not None or forced != "stream"):
+        plan = Plan.given(chunk, blocks, o.threads, strip, tile_rows or 0)
+        return (replace(plan, executor=forced) if forced and forced not in PLANNED else plan), []
+    if (stored and chunk in (None, stored.get("chunk")) and blocks in (None, stored.get("blocks_per_stage"))
+            and strip in (None, stored.get("strip")) and tile_rows in (None, stored.get("tile_rows", 0))
+            and forced in (None, Plan.from_json(stored).executor)):
+        return Plan.from_json(stored, o.threads), []
+    local = o.threads or o.workers or None
+    weighed = (("staged", "whole") if forced not in PLANNED else (forced,)) if forced else PLANNED
+    best, plans = choose(net, source.height, source.width, device, chunk=chunk, blocks_per_stage=blocks,
+                         workers=local if not o.scheduler else None,
+                         work=work.url if work is not None and work.is_local else None,
+                         memory_budget=int(o.max_memory) if o.max_memory else None, executors=weighed, strip=strip,
+                         tile_rows=tile_rows, scratch=scratch_space(work, output, source, net.scale))
+    best = replace(best, workers=o.threads or (0 if o.scheduler or o.workers else best.workers))
+    if forced and forced not in PLANNED:  # an executor the planner cannot price runs the shape it picked
+        best = replace(best, executor=forced, scratch_bytes=0)
+    return best, plans
+
+
+def scratch_space(work: Location | None, output: Location | None, source: Source, scale: int) -> int | None:
+    """Bytes free for activations on the work folder's disk, less the output's where it shares that
+    disk (None: not known, as on object stores)."""
+    import shutil
+
+    if work is None or not work.is_local:
+        return None
+    place = existing_folder(work.local_path)
+    free = shutil.disk_usage(place).free
+    if output is not None and output.is_local and existing_folder(output.local_path).stat().st_dev == place.stat().st_dev:
+        free -= source.height * source.width * scale**2 * source.channels * source.dtype.itemsize * 4 // 3
+    return max(0, free)

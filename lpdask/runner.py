@@ -15,24 +15,23 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Any
 
 import torch
 import zarr
 
+from .channels import Pass
 from .chunks import stored_chunk
 from .device import storage_dtype
 from .errors import RESUMES, Fault, InputChanged, LpdaskError, MetadataWarning, OutputBusy, fault_of, writing
-from .executors import Executor
 from .export import partial_tiff_path, publish, scratch_tiff_path, tiff_kind, write_pyramid_tiff
-from .geometry import activation_bytes
 from .io.locations import Location, existing_folder
 from .io.metadata import ImageMetadata
 from .io.omezarr import OmeZarrSink
 from .io.sources import Source
-from .jobs import SOFTWARE_PREFIX, JobSpec, State, WorkFolder, fingerprint
+from .jobs import SOFTWARE_PREFIX, Identity, JobSpec, State, WorkFolder, fingerprint
 from .lease import Leases
 from .memory import peak_bytes
+from .options import Reports
 from .plan import Plan
 from .progress import Bars
 from .schedulers import Cluster, Threads
@@ -87,28 +86,28 @@ class Summary:
                 f"peak memory {self.peak_memory_bytes / 2**20:.0f} MiB{resumed}")
 
 
-def run(spec: JobSpec, state: State, executor: Executor, scheduler: Threads | Cluster, leases: Leases,
-        started: float, progress: bool = False, on_cluster: Callable[[str], None] | None = None,
-        cog: bool | None = None) -> Summary:
-    """Run (or resume, or find complete) ``spec`` on ``scheduler`` with ``executor`` and finish its output
-    (a TIFF one as a Cloud Optimized GeoTIFF as ``cog`` says: :func:`~lpdask.export.tiff_kind`)."""
+def run(spec: JobSpec, state: State, scheduler: Threads | Cluster, leases: Leases, reports: Reports,
+        started: float) -> Summary:
+    """Run (or resume, or find complete) ``spec`` on ``scheduler`` with its executor and finish its output
+    (a TIFF one as a Cloud Optimized GeoTIFF as the job says: :func:`~lpdask.export.tiff_kind`)."""
     source, output, work, identity, plan, meta = spec.source, spec.output, spec.work, spec.identity, spec.plan, spec.meta
+    executor = spec.executor
     network_stages, scale, as_tiff = spec.stages, spec.network.scale, spec.as_tiff
     shape = spec.output_shape
     if state == "complete":
         return Summary(output, time.perf_counter() - started, _megapixels(source), shape, 0, len(network_stages), 0,
                        peak_bytes(), 0, already_complete=True, plan=plan)
     _warn_dropped(meta, as_tiff)
-    kind = tiff_kind(output, source.ome, meta, cog, source.plane_count, warn=True) if as_tiff else None
+    kind = tiff_kind(output, source.ome, meta, spec.cog, source.plane_count, warn=True) if as_tiff else None
     result = work.path / "result.zarr" if as_tiff else output
     if state == "resume" and not (result / "0").exists():
         state = "new"  # its stored result is gone (removed by hand, or killed before it began): start again
-    resumed = state == "resume" and work.identity() == identity["digest"]
-    need = {work.path: _work_bytes(network_stages if plan.storage == "zarr" else [], source,
-                                   spec.network.input_factor, as_tiff, shape, storage_dtype(spec.precision).itemsize),
-            output: math.prod(shape) * source.dtype.itemsize * 4 // 3}
-    if kind == "cog":  # the COG's source pyramid, written to the work folder first
-        need[work.path] += math.prod(shape) * source.dtype.itemsize * 4 // 3
+    resumed = state == "resume" and work.identity() == identity.digest
+    result_bytes = math.prod(shape) * source.dtype.itemsize * 4 // 3
+    scratch = executor.scratch_bytes(network_stages, source.height, source.width, spec.network.input_factor,
+                                     storage_dtype(spec.precision).itemsize)
+    # the result before it becomes a TIFF, and a COG's source pyramid, go to the work folder first
+    need = {work.path: scratch + result_bytes * (as_tiff + (kind == "cog")), output: result_bytes}
     if not resumed:
         check_disk(work.path, output, need[work.path], need[output])
     try:
@@ -120,20 +119,18 @@ def run(spec: JobSpec, state: State, executor: Executor, scheduler: Threads | Cl
             result.remove()
         sink = OmeZarrSink(result, source.output_axes, shape, source.dtype, stored_chunk(plan.chunk * scale),
                            source.channels if meta.photometric != "minisblack" else 1,
-                           {"job": identity["digest"], "plan": identity["plan"]}, resume=resumed,
+                           {"job": identity.digest, "plan": identity.plan}, resume=resumed,
                            nodata=spec.nodata.output if spec.nodata and spec.nodata.marks else None)
-        if isinstance(scheduler, Cluster) and on_cluster:
-            on_cluster(scheduler.dashboard_link)
-        jobs = [Job(source, network_stages if p.uses_network else resize_stages(p.kind, scale), plan.chunk, work,
-                    sink, spec.device, spec.network.input_factor if p.uses_network else 1, spec.precision, plane, p,
-                    spec.value_range, k, 0, plan.strip, spec.nodata, plan.tile_rows)
+        if isinstance(scheduler, Cluster) and reports.on_cluster:
+            reports.on_cluster(scheduler.dashboard_link)
+        jobs = [_job(spec, sink, plane, p, k)
                 for k, (plane, p) in enumerate((plane, p) for plane in source.planes() for p in spec.passes)]
         chunks = executor.tasks(jobs[0])
         torch_threads = 0
         if isinstance(scheduler, Threads):  # cores split between the chunks that can run at once
             torch_threads = max(1, (os.cpu_count() or 1) // max(1, min(scheduler.workers, chunks)))
             jobs = [replace(job, torch_threads=torch_threads) for job in jobs]
-        bars = Bars([job.stages for job in jobs], chunks, disable=not progress)
+        bars = Bars([job.stages for job in jobs], chunks, disable=not reports.progress)
         partial_tiff = partial_tiff_path(output, work.path)
         computed = 0
 
@@ -172,7 +169,7 @@ def run(spec: JobSpec, state: State, executor: Executor, scheduler: Threads | Cl
                                          num_workers=plan.chunks_at_once("cpu"))
                 if kind is not None:
                     group = zarr.open_group(str(result), mode="r")
-                    software = f"{SOFTWARE_PREFIX}{identity['digest']} {json.dumps(identity['plan'])}"
+                    software = f"{SOFTWARE_PREFIX}{identity.digest} {json.dumps(identity.plan)}"
                     with writing(output):
                         write_pyramid_tiff(partial_tiff, [group[str(k)] for k in range(levels)], meta, kind,
                                            scratch=scratch_tiff_path(output, work.path), software=software,
@@ -198,15 +195,24 @@ def run(spec: JobSpec, state: State, executor: Executor, scheduler: Threads | Cl
         raise
 
 
-def _input_changed(source: Source, identity: dict[str, Any]) -> str | None:
+def _job(spec: JobSpec, sink: OmeZarrSink, plane: dict[str, int], pass_: Pass, run: int) -> Job:
+    """The chunk tasks' view of run ``run`` of ``spec``: one plane, one channel pass."""
+    net, plan = spec.network, spec.plan
+    return Job(spec.source, spec.stages if pass_.uses_network else resize_stages(pass_.kind, net.scale), plan.chunk,
+               spec.work, sink, device=spec.device, input_factor=net.input_factor if pass_.uses_network else 1,
+               precision=spec.precision, plane=plane, pass_=pass_, value_range=spec.value_range, run=run,
+               strip=plan.strip, nodata=spec.nodata, tile_rows=plan.tile_rows)
+
+
+def _input_changed(source: Source, identity: Identity) -> str | None:
     """How the input differs from when the job started ("changed", "vanished"), or None."""
     try:
-        return "changed" if fingerprint(source) != identity["input"] else None
+        return "changed" if fingerprint(source) != identity.input else None
     except FileNotFoundError:
         return "vanished"
 
 
-def _input_fault(source: Source, identity: dict[str, Any]) -> InputChanged | None:
+def _input_fault(source: Source, identity: Identity) -> InputChanged | None:
     """The fault to raise if the input is not what it was when the job started (one stat)."""
     how = _input_changed(source, identity)
     if how == "vanished":
@@ -219,13 +225,13 @@ def _input_fault(source: Source, identity: dict[str, Any]) -> InputChanged | Non
     return None
 
 
-def _check_input(source: Source, identity: dict[str, Any]) -> None:
+def _check_input(source: Source, identity: Identity) -> None:
     fault = _input_fault(source, identity)
     if fault is not None:
         raise fault
 
 
-def _fault(exc: BaseException, source: Source, identity: dict[str, Any], output: Location, work: WorkFolder,
+def _fault(exc: BaseException, source: Source, identity: Identity, output: Location, work: WorkFolder,
            need: dict[Location, int], started: bool) -> Fault | None:
     """The one-line fault behind ``exc``, if it is one: the input changed under the run, or a write
     failed for want of space or permission."""
@@ -247,16 +253,6 @@ def _fault(exc: BaseException, source: Source, identity: dict[str, Any], output:
 
 def _megapixels(source: Source) -> float:
     return source.height * source.width * source.plane_count / 1e6
-
-
-def _work_bytes(stages: list[Stage], source: Source, d: int, as_tiff: bool, shape: tuple[int, ...],
-                itemsize: int = 4) -> int:
-    """Disk the work folder needs at most: the three largest activations (no more are ever kept
-    at once), plus the result before it becomes a TIFF."""
-    need = sum(sorted(activation_bytes(stages, source.height, source.width, d, itemsize))[-3:])
-    if as_tiff:
-        need += math.prod(shape) * source.dtype.itemsize * 4 // 3
-    return need
 
 
 def check_disk(work: Location, output: Location, work_bytes: int, output_bytes: int) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -22,11 +23,13 @@ from .device import activation_layout, ieee_fp32, storage_dtype
 from .errors import LpdaskError, writing
 from .io.omezarr import OmeZarrSink
 from .io.sources import Source
-from .jobs import WorkFolder
 from .memory import reuse_freed_memory, trim
 from .nodata import FILL_RADIUS, Nodata, fill, input_box, mark, read_mask, upscaled_mask, valid_of
 from .pixels import ValueRange, from_unit, from_unit_tensor, to_unit
 from .stages import IMAGE, Stage
+
+if TYPE_CHECKING:
+    from .jobs import WorkFolder
 
 
 @dataclass

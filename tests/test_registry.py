@@ -201,7 +201,7 @@ def test_networks_say_their_groupings(plain):
     from lpdask.planner import choose
 
     _, plans = choose(plain, 64, 64, torch.device("cpu"), chunk=64)
-    assert {(e.blocks_per_stage, e.storage) for e in plans} == {(1, "zarr"), (2, "zarr"), (0, "memory"),
+    assert {(e.blocks_per_stage, e.executor) for e in plans} == {(1, "staged"), (2, "staged"), (0, "whole"),
                                                                 (1, "stream"), (2, "stream")}
 
 

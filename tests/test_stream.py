@@ -387,18 +387,18 @@ def test_planner_streams_when_the_work_folder_has_no_room(default_net):
     from lpdask.planner import choose
 
     roomy, plans = choose(default_net, 3000, 3000, torch.device("cpu"), scratch=None)
-    assert {e.storage for e in plans} == {"zarr", "memory", "stream"}
+    assert {e.executor for e in plans} == {"staged", "whole", "stream"}
     cramped, _ = choose(default_net, 3000, 3000, torch.device("cpu"), scratch=10**9)
-    assert cramped.storage == "stream" and cramped.scratch_bytes == 0
-    assert min(e.scratch_bytes for e in plans if e.storage == "zarr") > 10**9
+    assert cramped.executor == "stream" and cramped.scratch_bytes == 0
+    assert min(e.scratch_bytes for e in plans if e.executor == "staged") > 10**9
 
 
 def test_plan_command_says_why_it_streams(tmp_path, monkeypatch, capsys):
-    import lpdask.api
+    import lpdask.planner
     from lpdask.cli import main
 
     tifffile.imwrite(tmp_path / "in.tif", np.zeros((3000, 3000, 3), np.uint8), tile=(256, 256))
-    monkeypatch.setattr(lpdask.api, "scratch_space", lambda *args: 10**9)
+    monkeypatch.setattr(lpdask.planner, "scratch_space", lambda *args: 10**9)
     assert main(["plan", str(tmp_path / "in.tif"), "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert re.search(r"^plan: stream: tiles \d+ px wide in strips of \d+ rows", out, re.M), out

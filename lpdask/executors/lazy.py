@@ -16,12 +16,15 @@ from torch.nn import functional as F
 from ..channels import Pass
 from ..chunks import Box
 from ..io.sources import Source
+from ..models.network import Network
+from ..plan import Plan
 from ..schedulers import Scheduler
 from ..geometry import chunk_sizes, factors, unshuffled
 from ..pixels import ValueRange, from_unit, to_unit
 from ..stages import IMAGE, Stage
 from ..task import Job, run_window
 from . import Progress
+from .staged import stages_for, whole_stages
 
 
 def lazy_pass(pixels: da.Array, run: Pass, stages: list[Stage], d: int, chunk: int, device: torch.device,
@@ -83,6 +86,14 @@ class Lazy:
     their neighbours, and a run that stops computes its pass again when resumed."""
 
     name = "lazy"
+    unit = "chunk"
+
+    def stages(self, net: Network, plan: Plan, mode: str, tile_pad: int) -> list[Stage]:
+        """The whole network as one stage for ``blocks_per_stage`` 0, else the staged network."""
+        return whole_stages(net) if plan.blocks_per_stage == 0 else stages_for(net, mode, plan.blocks_per_stage, tile_pad)  # type: ignore[arg-type]
+
+    def scratch_bytes(self, stages: list[Stage], height: int, width: int, input_factor: int, itemsize: int) -> int:
+        return 0
 
     def tasks(self, job: Job) -> int:
         return len(job.grid(0))
@@ -127,3 +138,6 @@ def _write(block: np.ndarray, job: Job, block_info: dict | None = None) -> np.nd
     (_, _), (y0, y1), (x0, x1) = block_info[0]["array-location"]
     job.write_result(Box(y0, y1, x0, x1), np.ascontiguousarray(block, dtype=np.float32))  # a copy only if needed
     return np.ones((1, 1, 1), bool)
+
+
+EXECUTOR = Lazy()

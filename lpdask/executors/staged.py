@@ -19,10 +19,11 @@ from torch import Tensor, nn
 from ..chunks import Grid
 from ..device import storage_dtype
 from ..errors import LpdaskError, writing
-from ..geometry import reach
+from ..geometry import activation_bytes, reach
 from ..options import check_tile_pad
 from ..models.network import Network
-from ..plan import DEFAULT_TILE_PAD
+from ..options import DEFAULT_TILE_PAD
+from ..plan import Plan
 from ..schedulers import Scheduler
 from ..stages import IMAGE, Stage, validate
 from ..task import Job, run_chunk_of
@@ -83,6 +84,14 @@ class Staged:
     """Every stage in order over the whole image, the activations in the work folder."""
 
     name = "staged"
+    unit = "chunk"
+
+    def stages(self, net: Network, plan: Plan, mode: str, tile_pad: int) -> list[Stage]:
+        return stages_for(net, mode, plan.blocks_per_stage, tile_pad)  # type: ignore[arg-type]
+
+    def scratch_bytes(self, stages: list[Stage], height: int, width: int, input_factor: int, itemsize: int) -> int:
+        """The three largest activations: no more are ever kept at once."""
+        return sum(sorted(activation_bytes(stages, height, width, input_factor, itemsize))[-3:])
 
     def tasks(self, job: Job) -> int:
         return len(job.grid(0))
@@ -127,3 +136,6 @@ def run_job(job: Job, scheduler: Scheduler, progress: Progress | None = None) ->
             for name in deletable.get(index, []):
                 job.work.remove(name)
     return computed
+
+
+EXECUTOR = Staged()

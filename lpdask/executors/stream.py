@@ -38,10 +38,13 @@ from ..errors import writing
 from ..geometry import bands, ceil_div, factors, unshuffled
 from ..io.omezarr import half
 from ..memory import trim
+from ..models.network import Network
+from ..plan import Plan
 from ..schedulers import Scheduler
 from ..stages import IMAGE, Stage
 from ..task import Job, settle
 from . import Progress
+from .staged import stages_for
 
 MARKER = "stream"
 """The work folder's name for the tiles' done markers (no activation is ever stored)."""
@@ -229,6 +232,13 @@ class Stream:
     every stage."""
 
     name = "stream"
+    unit = "tile"
+
+    def stages(self, net: Network, plan: Plan, mode: str, tile_pad: int) -> list[Stage]:
+        return stages_for(net, "exact", plan.blocks_per_stage, tile_pad)
+
+    def scratch_bytes(self, stages: list[Stage], height: int, width: int, input_factor: int, itemsize: int) -> int:
+        return 0
 
     def tasks(self, job: Job) -> int:
         return len(tiles(job))
@@ -466,3 +476,6 @@ def pyramid_levels(job: Job) -> int:
 
 __all__ = ["Drop", "Read", "Run", "Span", "Stream", "Tile", "heights", "pyramid_levels", "reach_span", "run_tile",
            "schedule", "stage_strips", "strips", "tile_at", "tiles"]
+
+
+EXECUTOR = Stream()
