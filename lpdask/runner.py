@@ -117,10 +117,12 @@ def run(spec: JobSpec, state: State, scheduler: Threads | Cluster, leases: Lease
         work.start(identity)
         if not resumed:
             result.remove()
-        sink = OmeZarrSink(result, source.output_axes, shape, source.dtype, stored_chunk(plan.chunk * scale),
-                           source.channels if meta.photometric != "minisblack" else 1,
-                           {"job": identity.digest, "plan": identity.plan}, resume=resumed,
-                           nodata=spec.nodata.output if spec.nodata and spec.nodata.marks else None)
+        marks = spec.nodata.output if spec.nodata and spec.nodata.marks else None
+        chunk = stored_chunk(plan.chunk * scale)
+        sink = (OmeZarrSink.reopen(result, source.output_axes, shape, source.dtype, chunk, marks) if resumed else
+                OmeZarrSink(result, source.output_axes, shape, source.dtype, chunk,
+                            source.channels if meta.photometric != "minisblack" else 1,
+                            {"job": identity.digest, "plan": identity.plan}, marks))
         if isinstance(scheduler, Cluster) and reports.on_cluster:
             reports.on_cluster(scheduler.dashboard_link)
         jobs = [_job(spec, sink, plane, p, k)

@@ -29,24 +29,36 @@ class OmeZarrSink:
 
     def __init__(self, path: str | os.PathLike[str] | Location, axes: str, shape: tuple[int, ...], dtype: np.dtype,
                  chunk: int, channel_chunk: int | None = None, status: dict[str, Any] | None = None,
-                 resume: bool = False, nodata: float | None = None) -> None:
-        self.path = Location.of(path)
-        self.axes = axes
-        self.chunk = chunk
-        self.nodata = nodata
-        """The value of missing pixels: pyramid means leave them out."""
-        self._levels: dict[int, zarr.Array] = {}
-        if resume:
-            self._level0: zarr.Array | None = zarr.open_array(str(self.path / "0"), mode="r+")
-            if self._level0.shape != tuple(shape) or self._level0.dtype != dtype:
-                raise ValueError(f"{self.path}: level 0 is {self._level0.shape}, expected {shape}")
-            return
+                 nodata: float | None = None) -> None:
+        """A new group at ``path`` (``status`` goes into its lpdask attributes); :meth:`reopen` for one
+        an earlier run began."""
+        self._start(path, axes, chunk, nodata)
         group = zarr.open_group(str(self.path), mode="w-", zarr_format=3)
         group.attrs[STATUS_KEY] = {"complete": False, **(status or {})}
         channels = shape[axes.index("c")]
         chunks = tuple(chunk if a in "yx" else (channel_chunk or channels) if a == "c" else 1 for a in axes)
         self._level0 = group.create_array(
             "0", shape=shape, chunks=chunks, dtype=dtype, dimension_names=list(axes), fill_value=0)
+
+    @classmethod
+    def reopen(cls, path: str | os.PathLike[str] | Location, axes: str, shape: tuple[int, ...], dtype: np.dtype,
+               chunk: int, nodata: float | None = None) -> OmeZarrSink:
+        """The sink an earlier run of the same job began at ``path``, to resume it."""
+        sink = cls.__new__(cls)
+        sink._start(path, axes, chunk, nodata)
+        sink._level0 = zarr.open_array(str(sink.path / "0"), mode="r+")
+        if sink._level0.shape != tuple(shape) or sink._level0.dtype != dtype:
+            raise ValueError(f"{sink.path}: level 0 is {sink._level0.shape}, expected {shape}")
+        return sink
+
+    def _start(self, path: str | os.PathLike[str] | Location, axes: str, chunk: int, nodata: float | None) -> None:
+        self.path = Location.of(path)
+        self.axes = axes
+        self.chunk = chunk
+        self.nodata = nodata
+        """The value of missing pixels: pyramid means leave them out."""
+        self._levels: dict[int, zarr.Array] = {}
+        self._level0: zarr.Array | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_level0": None, "_levels": {}}  # workers reopen the arrays themselves
