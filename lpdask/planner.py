@@ -424,7 +424,7 @@ def choose(net: Network, height: int, width: int, device: torch.device, *, chunk
     itemsize = next((p.element_size() for p in net.parameters()), 4)  # type: ignore[attr-defined]
     d = net.input_factor
     groupings: list[tuple[int, str, list[Stage]]] = []
-    tried = getattr(net, "groupings", lambda: DEFAULT_GROUPINGS)()
+    tried = net.groupings()
     for storage in ("zarr", "stream"):
         if storage not in storages:
             continue
