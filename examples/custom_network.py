@@ -5,7 +5,9 @@ A network needs ``scale``, ``input_factor`` (pixel-unshuffle factor, 1 if none),
 ``out_channels``, ``forward_unshuffled`` (the whole network, for tile mode and references) and
 ``stages()``: a list of :class:`lpdask.stages.Stage`, each with the module to run, its halo (the
 receptive-field radius of its layers, from :func:`lpdask.stages.chain_radius`), its scale, the arrays
-it reads (``IMAGE`` or earlier stages) and its output channels.
+it reads (``IMAGE`` or earlier stages) and its output channels; and ``groupings()``, the
+``blocks_per_stage`` values worth planning, which a subclass of :class:`lpdask.models.Network`
+inherits (one block per stage) unless it says its own.
 
 Run: ``.venv/bin/python examples/custom_network.py`` (writes custom-output/ and checks the result
 against whole-image inference).
@@ -24,10 +26,11 @@ from skimage import data
 from torch import Tensor, nn
 
 import lpdask
+from lpdask.models import Network
 from lpdask.stages import IMAGE, Stage, chain_radius
 
 
-class TinySR(nn.Module):
+class TinySR(nn.Module, Network):
     """An ESPCN-style x2 network: 5x5 and 3x3 feature convs, then a conv to 3*2*2 channels and a
     pixel shuffle."""
 

@@ -46,8 +46,6 @@ if TYPE_CHECKING:
     from .options import UpscaleOptions
 
 CHUNKS = (64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096)
-DEFAULT_GROUPINGS = (1,)
-"""``blocks_per_stage`` values tried for a network that does not say its own (``groupings()``)."""
 PROBE = 16
 """Side of the window stages are profiled on."""
 WORKING_MEMORY = 1.65
@@ -431,7 +429,7 @@ def choose(net: Network, height: int, width: int, device: torch.device, *, chunk
     itemsize = next((p.element_size() for p in net.parameters()), 4)  # type: ignore[attr-defined]
     d = net.input_factor
     groupings: list[tuple[int, str, list[Stage]]] = []
-    tried = getattr(net, "groupings", lambda: DEFAULT_GROUPINGS)()
+    tried = net.groupings()
     for kind in ("staged", "stream"):
         if kind not in executors:
             continue

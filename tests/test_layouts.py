@@ -1,7 +1,7 @@
 """Every common ESRGAN-family checkpoint layout loads to the same network; anything else is refused.
 
 The reverse mappings (basicsr names -> other layouts) are written here from spandrel's and the
-original repositories' conventions, independently of lpdask.models.layouts.
+original repositories' conventions, independently of lpdask.models.rrdbnet.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from lpdask import LpdaskError, RRDBConfig, RRDBNet, load_model
 from lpdask.models.checkpoint import network_from_state_dict
-from lpdask.models.layouts import to_basicsr_rrdbnet
+from lpdask.models.rrdbnet import to_basicsr_rrdbnet
 
 from .reference import lively
 

@@ -1,12 +1,15 @@
-"""The architecture registry: a family added from outside loads from its checkpoint and runs exactly
-on both engines, networks say their own stage groupings, grey pixel-unshuffle RRDBNets load at their
-true scale, and stages that need aligned windows are refused."""
+"""The architecture registry: a family added to a copy of it loads from its checkpoint and runs
+exactly on both engines while the default registry does not know it, the registry does not depend on
+what was imported when, networks say their own stage groupings, grey pixel-unshuffle RRDBNets load at
+their true scale, and stages that need aligned windows are refused."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterator, Mapping
+import subprocess
+import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -21,8 +24,7 @@ from torch.nn import functional as F
 
 import lpdask
 from lpdask import LpdaskError, RRDBConfig, RRDBNet, SRVGGConfig, SRVGGNetCompact
-from lpdask.models import Architecture, architectures, register, unregister
-from lpdask.models.network import Network
+from lpdask.models import DEFAULT_GROUPINGS, REGISTRY, Architecture, Network, Registry
 from lpdask.stages import IMAGE, Stage, chain_radius, validate
 
 from .reference import assert_exact, smooth_image, spread_output, whole_image
@@ -93,10 +95,9 @@ PLAIN = Architecture(PlainConfig.architecture, detect=is_plain, config=plain_con
 
 
 @pytest.fixture
-def plain_registered() -> Iterator[Architecture[PlainConfig]]:
-    register(PLAIN)
-    yield PLAIN
-    unregister(PLAIN.name)
+def plain_registry() -> Registry:
+    """lpdask's registry with PlainConv's family added, in a copy: nothing global changes."""
+    return REGISTRY.with_(PLAIN)
 
 
 def lively_plain(seed: int = 0, reach: float = 1.5) -> PlainConv:
@@ -129,23 +130,22 @@ def level0(path) -> np.ndarray:
 HEIGHT, WIDTH = 40, 54
 
 
-def test_registered_architecture_runs_exactly_staged(plain_registered, plain, tmp_path):
+def test_registered_architecture_runs_exactly_staged(plain_registry, plain, tmp_path):
     torch.save({"params_ema": plain.state_dict()}, tmp_path / "plain.pth")
-    loaded = lpdask.load_model(tmp_path / "plain.pth")
+    loaded = lpdask.load_model(tmp_path / "plain.pth", registry=plain_registry)
     assert isinstance(loaded, PlainConv) and loaded.config == PlainConfig()
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in plain.state_dict().items())
     image = smooth_image(HEIGHT, WIDTH, seed=11)
     tifffile.imwrite(tmp_path / "in.tif", image)
-    lpdask.upscale(tmp_path / "in.tif", tmp_path / "out.zarr", model=tmp_path / "plain.pth", chunk=16,
-                   blocks_per_stage=1)
+    lpdask.upscale(tmp_path / "in.tif", tmp_path / "out.zarr", model=loaded, chunk=16, blocks_per_stage=1)
     reference = whole_image(plain, image)  # independent: the whole image through the network at once
     assert reference.shape == (3, 2 * HEIGHT, 2 * WIDTH)
     assert_exact(level0(tmp_path / "out.zarr"), reference)  # uint8: within 1 level on <= 0.1% of values
 
 
-def test_registered_architecture_runs_exactly_lazily(plain_registered, plain, tmp_path):
+def test_registered_architecture_runs_exactly_lazily(plain_registry, plain, tmp_path):
     torch.save(plain.state_dict(), tmp_path / "plain.pth")
-    net = lpdask.load_model(tmp_path / "plain.pth")
+    net = lpdask.load_model(tmp_path / "plain.pth", registry=plain_registry)
     image = smooth_image(HEIGHT, WIDTH, seed=12)
     result = lpdask.upscale_array(da.from_array(image, chunks=(20, 20, 3)), model=net, chunk=16).compute()
     assert_exact(np.moveaxis(result, -1, 0), whole_image(plain, image))  # uint8: within 1 level on <= 0.1%
@@ -167,27 +167,66 @@ def test_a_wrong_halo_is_caught(plain, tmp_path):
         assert_exact(np.moveaxis(lazy, -1, 0), reference)
 
 
-def test_registry_order_and_refusals(plain_registered, tmp_path):
-    assert [arch.name for arch in architectures()] == ["RRDBNet", "SRVGGNetCompact", "PlainConvTest"]
+def test_registry_order_and_refusals(plain_registry, tmp_path):
+    assert [arch.name for arch in plain_registry] == ["RRDBNet", "SRVGGNetCompact", "PlainConvTest"]
     with pytest.raises(ValueError, match="already registered"):
-        register(dataclasses.replace(PLAIN))
+        plain_registry.with_(dataclasses.replace(PLAIN))
     torch.save({"layer.weight": torch.zeros(2, 2)}, tmp_path / "other.pth")
     with pytest.raises(LpdaskError) as caught:
-        lpdask.load_model(tmp_path / "other.pth")
+        lpdask.load_model(tmp_path / "other.pth", registry=plain_registry)
     assert str(caught.value) == (f"{tmp_path / 'other.pth'} is not an RRDBNet checkpoint: found 1 keys: layer.weight; "
                                  "not SRVGGNetCompact or PlainConvTest either")
     state = PlainConv().state_dict()
     state["conv2.weight"] = state["conv2.weight"][:, :8]
     torch.save(state, tmp_path / "narrow.pth")
     with pytest.raises(LpdaskError, match=r"weights do not match PlainConvTest \(wrong shape conv2.weight\)$"):
-        lpdask.load_model(tmp_path / "narrow.pth")
+        lpdask.load_model(tmp_path / "narrow.pth", registry=plain_registry)
 
 
 def test_unregistered_architecture_is_not_loaded(tmp_path):
-    assert PLAIN.name not in [arch.name for arch in architectures()]
+    assert PLAIN.name not in [arch.name for arch in REGISTRY]
     torch.save(PlainConv().state_dict(), tmp_path / "plain.pth")
     with pytest.raises(LpdaskError, match="is not an RRDBNet checkpoint"):
         lpdask.load_model(tmp_path / "plain.pth")
+
+
+def test_an_extended_copy_knows_the_family_the_default_registry_does_not(plain, tmp_path):
+    torch.save(plain.state_dict(), tmp_path / "plain.pth")
+    extended = REGISTRY.with_(PLAIN)
+    loaded = lpdask.load_model(tmp_path / "plain.pth", registry=extended)
+    assert isinstance(loaded, PlainConv) and torch.equal(loaded.conv2.weight, plain.conv2.weight)
+    with pytest.raises(LpdaskError, match=r"is not an RRDBNet checkpoint: .*; not SRVGGNetCompact either$"):
+        lpdask.load_model(tmp_path / "plain.pth")  # after the copy was made and used
+    assert REGISTRY.names == ("RRDBNet", "SRVGGNetCompact")
+    assert extended.names == ("RRDBNet", "SRVGGNetCompact", "PlainConvTest")
+    assert extended.lookalikes == REGISTRY.lookalikes
+
+
+# Each order imports the family modules before or after the registry and the package's names, then
+# imports both family modules again (as a reload would): none of it may add, drop or reorder a family.
+IMPORT_ORDERS = [
+    ("lpdask.models.srvgg", "lpdask.models.rrdbnet", "lpdask.models.families", "lpdask.models"),
+    ("lpdask.models.registry", "lpdask.models", "lpdask.models.rrdbnet", "lpdask.models.srvgg"),
+]
+
+
+@pytest.mark.parametrize("order", IMPORT_ORDERS)
+def test_the_registry_does_not_depend_on_imports(order, tmp_path):
+    compact = SRVGGNetCompact(SRVGGConfig(num_feat=4, num_conv=2))
+    torch.save(compact.state_dict(), tmp_path / "compact.pth")
+    code = (
+        "import importlib, sys\n"
+        "modules = [importlib.import_module(name) for name in sys.argv[1:]]\n"
+        "for module in modules:\n"
+        "    if module.__name__.endswith(('rrdbnet', 'srvgg')):\n"
+        "        importlib.reload(module)\n"
+        "from lpdask.models import REGISTRY, load_model\n"
+        "print(','.join(REGISTRY.names), type(load_model('compact.pth')).__name__)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, *order], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["RRDBNet,SRVGGNetCompact", "SRVGGNetCompact"]
 
 
 def test_networks_say_their_groupings(plain):
@@ -205,18 +244,32 @@ def test_networks_say_their_groupings(plain):
                                                                 (1, "stream"), (2, "stream")}
 
 
-def test_a_network_without_groupings_is_still_a_network(plain):
-    class Old(nn.Module):
-        scale, input_factor, in_channels, out_channels = 2, 1, 3, 3
+class Old(nn.Module):
+    """A network that does not say its groupings."""
 
-        def forward_unshuffled(self, x: Tensor) -> Tensor:
-            return x
+    scale, input_factor, in_channels, out_channels = 2, 1, 3, 3
 
-        def stages(self, blocks_per_stage: int = 1) -> list[Stage]:
-            return []
+    def forward_unshuffled(self, x: Tensor) -> Tensor:
+        return x
 
-    assert isinstance(Old(), Network) and isinstance(plain, Network)
+    def stages(self, blocks_per_stage: int = 1) -> list[Stage]:
+        return []
+
+
+def test_a_network_that_does_not_override_groupings_gets_the_default(plain):
+    """Subclassing Network gives its default groupings; without them an object is refused, on one line."""
+
+    class Subclassed(Old, Network):
+        pass
+
+    assert isinstance(Subclassed(), Network) and isinstance(plain, Network)
+    assert Subclassed().groupings() == DEFAULT_GROUPINGS == (1,)
     assert not isinstance(PlainConfig(), Network)
+    assert not isinstance(Old(), Network)
+    with pytest.raises(LpdaskError, match=r"^model: an object of type Old is not a model name, a path or a "
+                                          r"network \(it lacks groupings; subclass lpdask.models.Network for "
+                                          r"defaults\)$"):
+        lpdask.load_model(Old())  # what upscale and upscale_array do with what is not a Network
 
 
 @pytest.mark.parametrize(("scale", "inputs"), [(2, 4), (1, 16), (4, 1)])

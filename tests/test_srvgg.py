@@ -15,6 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from lpdask import LpdaskError, load_model, upscale, upscale_array
+from lpdask.models import Network
 from lpdask.models.srvgg import SRVGGConfig, SRVGGNetCompact
 from lpdask.stages import IMAGE
 
@@ -116,7 +117,7 @@ def test_lazy_api_matches_whole_image(compact):
     assert_exact(np.moveaxis(result, -1, 0), whole_image(compact, image))
 
 
-class ShortHalo(nn.Module):
+class ShortHalo(nn.Module, Network):
     """The same network, its stages told a halo one pixel short of their reach."""
 
     def __init__(self, net: SRVGGNetCompact) -> None:

@@ -1,11 +1,12 @@
 """Networks lpdask can stage, and the ways their weights are read."""
 
-# Architectures register as their modules load, and are tried (and named in errors) in that order.
-from .rrdbnet import RRDBConfig, RRDBNet  # isort: skip
-from .srvgg import SRVGGConfig, SRVGGNetCompact  # isort: skip
 from .checkpoint import load_model
+from .families import REGISTRY
 from .names import MODELS
-from .registry import Architecture, architectures, register, unregister
+from .network import DEFAULT_GROUPINGS, Network
+from .registry import Architecture, Lookalike, Registry
+from .rrdbnet import RRDBConfig, RRDBNet
+from .srvgg import SRVGGConfig, SRVGGNetCompact
 
-__all__ = ["MODELS", "Architecture", "RRDBConfig", "RRDBNet", "SRVGGConfig", "SRVGGNetCompact", "architectures",
-           "load_model", "register", "unregister"]
+__all__ = ["DEFAULT_GROUPINGS", "MODELS", "REGISTRY", "Architecture", "Lookalike", "Network", "RRDBConfig", "RRDBNet",
+           "Registry", "SRVGGConfig", "SRVGGNetCompact", "load_model"]

@@ -14,9 +14,10 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import LpdaskError
-from . import names, ncnn, registry
-from .layouts import describe_keys
-from .network import Network
+from . import names, ncnn
+from .families import REGISTRY
+from .network import Network, missing_members
+from .registry import Registry, describe_keys
 from .rrdbnet import RRDBNet
 
 DEFAULT_MODEL = names.DEFAULT_MODEL
@@ -25,10 +26,15 @@ _CONVERSION = 1
 """Bumped whenever the conversion changes, so stale cached files are not reused."""
 
 
-def load_model(model: str | os.PathLike[str] | None = None) -> Network:
+def load_model(model: str | os.PathLike[str] | None = None, registry: Registry = REGISTRY) -> Network:
     """The network for ``model``: a name from :data:`names.MODELS` (None: Real-ESRGAN x4plus) or a
-    checkpoint path, of any architecture in the :mod:`registry`. Names win over files of the same
-    name (write ``./name`` for the file)."""
+    checkpoint path, of any architecture in ``registry`` (by default lpdask's families, see
+    :mod:`.families`). Names win over files of the same name (write ``./name`` for the file)."""
+    if not (model is None or isinstance(model, (str, os.PathLike))):
+        missing = missing_members(model)
+        lacks = f" (it lacks {', '.join(missing)}; subclass lpdask.models.Network for defaults)" if missing else ""
+        raise LpdaskError(f"model: an object of type {type(model).__name__} is not a model name, a path or a "
+                          f"network{lacks}")
     if model is None or str(model) in names.MODELS:
         path = builtin_checkpoint(DEFAULT_MODEL if model is None else str(model))
     else:
@@ -65,8 +71,8 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
 
 def network_from_state_dict(state: Mapping[str, Tensor], origin: str = "state dict") -> RRDBNet:
     """Build the RRDBNet these weights belong to, in any RRDBNet layout, and load them strictly;
-    other networks' weights are refused (:func:`registry.load` takes any registered architecture)."""
-    return cast(RRDBNet, registry.get("RRDBNet").load(state, origin))
+    other networks' weights are refused (:meth:`Registry.load` takes any of its families)."""
+    return cast(RRDBNet, REGISTRY.load(state, origin, only="RRDBNet"))
 
 
 _WRAPPERS = ("params_ema", "params-ema", "params", "state_dict", "model_state_dict", "model", "netG", "net_g",

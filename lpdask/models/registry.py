@@ -1,22 +1,23 @@
-"""The network families lpdask reads from weights alone, tried in the order they register.
+"""What a network family is, and a registry of them: an ordered list that loads weights with the
+first family that recognises them.
 
 Each family is an :class:`Architecture`: how to recognise its weights, how to read the network's
-shape from them, how to build that network. Loading goes through one strict loader, so every family
-refuses a missing, unexpected or misshapen tensor with the same one-line report. RRDBNet and
-SRVGGNetCompact register themselves when their modules are imported; other families can be added
-with :func:`register`.
+shape from them, how to build that network. A :class:`Registry` loads through one strict loader, so
+every family refuses a missing, unexpected or misshapen tensor with the same one-line report. This
+module knows no family: the ones lpdask reads are listed in :mod:`lpdask.models.families`, and a
+registry with one more is made with :meth:`Registry.with_`, leaving the original unchanged.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import dataclasses
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, Protocol, TypeVar, cast
 
 from torch import Tensor, nn
 
 from ..errors import LpdaskError
-from .layouts import describe_keys, looks_like
 from .network import Network
 
 State = Mapping[str, Tensor]
@@ -33,7 +34,7 @@ class ModelConfig(Protocol):
 class Architecture(Generic[C]):
     """A network family lpdask can read from a checkpoint.
 
-    name: what messages and the model table call it, and the key it registers under.
+    name: what messages and the model table call it; unique in a registry.
     detect(state): whether the weights belong to this family, in any layout ``convert`` reads
         (also variants it refuses, so that the refusal says why); asked of every family in turn.
     config(state): the network's shape from the converted weights' shapes; raises KeyError,
@@ -49,67 +50,82 @@ class Architecture(Generic[C]):
     build: Callable[[C], Network]
     convert: Callable[[State], dict[str, Tensor] | None] = dict
 
-    def load(self, state: State, origin: str = "state dict") -> Network:
-        """The network these weights belong to, loaded strictly; ``origin`` names them in errors."""
+
+@dataclass(frozen=True)
+class Lookalike:
+    """Weights that look like ``name``'s (``test``), even where no family loads them: named in a
+    refusal as ``(looks like name)``."""
+
+    name: str
+    test: Callable[[State], bool]
+
+
+@dataclass(frozen=True)
+class Registry:
+    """Network families, tried in order (and named in that order in errors), and the lookalikes
+    that refusals name. Immutable: :meth:`with_` returns an extended copy."""
+
+    architectures: tuple[Architecture[Any], ...] = ()
+    lookalikes: tuple[Lookalike, ...] = ()
+
+    def __post_init__(self) -> None:
+        seen: set[str] = set()
+        for architecture in self.architectures:
+            if architecture.name in seen:
+                raise ValueError(f"an architecture named {architecture.name!r} is already registered")
+            seen.add(architecture.name)
+
+    def with_(self, *architectures: Architecture[Any]) -> Registry:
+        """A registry that also tries ``architectures``, after these; this one is unchanged."""
+        return dataclasses.replace(self, architectures=self.architectures + architectures)
+
+    def __iter__(self) -> Iterator[Architecture[Any]]:
+        return iter(self.architectures)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.names
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(architecture.name for architecture in self.architectures)
+
+    def get(self, name: str) -> Architecture[Any]:
+        """The family called ``name``."""
+        found = next((architecture for architecture in self.architectures if architecture.name == name), None)
+        if found is None:
+            raise LpdaskError(f"unknown architecture {name!r}; known: {', '.join(self.names)}")
+        return found
+
+    def detect(self, state: State) -> Architecture[Any] | None:
+        """The first family that recognises the weights, or None."""
+        return next((architecture for architecture in self.architectures if architecture.detect(state)), None)
+
+    def load(self, state: State, origin: str = "state dict", *, only: str | None = None) -> Network:
+        """The network of whichever family the weights belong to (of family ``only`` if given), loaded
+        strictly; ``origin`` names the weights in errors."""
+        family = self.get(only) if only is not None else self.detect(state)
+        if family is None:
+            if not self.architectures:
+                raise LpdaskError(f"{origin}: no architectures are registered")
+            first, *rest = self.names
+            either = f"; not {' or '.join(rest)} either" if rest else ""
+            raise LpdaskError(f"{self._not_a(first, state, origin)}{either}")
         try:
-            converted = self.convert(state)
+            converted = family.convert(state)
         except LpdaskError as exc:
             raise LpdaskError(f"{origin}: {exc}") from None
         if converted is None:
-            raise LpdaskError(f"{origin} is not {_a(self.name)} checkpoint: {describe_keys(state)}{_hint(state)}")
+            raise LpdaskError(self._not_a(family.name, state, origin))
         try:
-            net = self.build(self.config(converted))
+            net = family.build(family.config(converted))
         except (KeyError, IndexError, ValueError) as exc:
-            raise LpdaskError(f"{origin}: weights do not match {self.name} ({_first_line(exc)})") from None
-        return load_strict(net, converted, f"{origin}: weights do not match {self.name}")
+            raise LpdaskError(f"{origin}: weights do not match {family.name} ({_first_line(exc)})") from None
+        return load_strict(net, converted, f"{origin}: weights do not match {family.name}")
 
-
-_ARCHITECTURES: dict[str, Architecture[Any]] = {}
-
-
-def register(architecture: Architecture[C]) -> Architecture[C]:
-    """Add a family, tried after those already registered; returns it. A name may register once."""
-    known = _ARCHITECTURES.get(architecture.name)
-    if known is not None and known is not architecture:
-        raise ValueError(f"an architecture named {architecture.name!r} is already registered")
-    _ARCHITECTURES[architecture.name] = architecture
-    return architecture
-
-
-def unregister(name: str) -> None:
-    """Remove the family registered as ``name``."""
-    if name not in _ARCHITECTURES:
-        raise KeyError(f"no architecture named {name!r} is registered")
-    del _ARCHITECTURES[name]
-
-
-def architectures() -> tuple[Architecture[Any], ...]:
-    """The registered families, in the order they are tried."""
-    return tuple(_ARCHITECTURES.values())
-
-
-def get(name: str) -> Architecture[Any]:
-    """The family registered as ``name``."""
-    if name not in _ARCHITECTURES:
-        raise LpdaskError(f"unknown architecture {name!r}; known: {', '.join(_ARCHITECTURES)}")
-    return _ARCHITECTURES[name]
-
-
-def detect(state: State) -> Architecture[Any] | None:
-    """The first registered family that recognises the weights, or None."""
-    return next((arch for arch in _ARCHITECTURES.values() if arch.detect(state)), None)
-
-
-def load(state: State, origin: str = "state dict") -> Network:
-    """The network of whichever registered family the weights belong to, loaded strictly."""
-    architecture = detect(state)
-    if architecture is not None:
-        return architecture.load(state, origin)
-    if not _ARCHITECTURES:
-        raise LpdaskError(f"{origin}: no architectures are registered")
-    first, *rest = _ARCHITECTURES
-    either = f"; not {' or '.join(rest)} either" if rest else ""
-    raise LpdaskError(f"{origin} is not {_a(first)} checkpoint: {describe_keys(state)}{_hint(state)}{either}")
+    def _not_a(self, name: str, state: State, origin: str) -> str:
+        guess = next((lookalike.name for lookalike in self.lookalikes if lookalike.test(state)), None)
+        hint = f" (looks like {guess})" if guess else ""
+        return f"{origin} is not {_a(name)} checkpoint: {describe_keys(state)}{hint}"
 
 
 N = TypeVar("N", bound=Network)
@@ -127,6 +143,14 @@ def load_strict(net: N, state: State, refusal: str) -> N:
     return net
 
 
+def describe_keys(keys: Iterable[str], shown: int = 3) -> str:
+    """``found N keys: a, b, c, ...`` on one line, whatever characters the keys hold."""
+    keys = [str(k) for k in keys]
+    names = [k[:60] if k.isprintable() else ascii(k)[:60] for k in keys[:shown]]
+    more = ", ..." if len(keys) > shown else ""
+    return f"found {len(keys)} keys: {', '.join(names)}{more}" if keys else "found no keys"
+
+
 def _mismatch(expected: State, given: State) -> str:
     """Why strict loading would fail, on one line; empty if it would not."""
     missing = [k for k in expected if k not in given]
@@ -138,11 +162,6 @@ def _mismatch(expected: State, given: State) -> str:
         if keys
     ]
     return "; ".join(parts)
-
-
-def _hint(state: State) -> str:
-    guess = looks_like(state)
-    return f" (looks like {guess})" if guess else ""
 
 
 def _a(name: str) -> str:

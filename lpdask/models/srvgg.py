@@ -10,15 +10,16 @@ convolutions (18 LR px for animevideov3: 16 body convs plus the first and the la
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar, cast
+from typing import ClassVar
 
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ..stages import IMAGE, Stage, chain_radius
-from .registry import Architecture, register
+from .registry import Architecture, Lookalike
 
 CONVS_PER_BLOCK = 15
 """Convolutions per "block" when cutting the chain into stages: 15 chained 3x3 convs reach 15 px,
@@ -191,10 +192,11 @@ def config_from_state_dict(state: Mapping[str, Tensor]) -> SRVGGConfig:
     return SRVGGConfig(in_ch, in_ch, num_feat, last // 2 - 1, scale, "prelu")
 
 
-def network_from_state_dict(state: Mapping[str, Tensor], origin: str = "state dict") -> SRVGGNetCompact:
-    """Build the SRVGGNetCompact these weights belong to and load them with strict key matching."""
-    return cast(SRVGGNetCompact, ARCHITECTURE.load(state, origin))
+def looks_compact(state: Mapping[str, Tensor]) -> bool:
+    """Whether the keys are only ``body.N`` weights and biases, as SRVGGNetCompact's (also with ReLU
+    activations, which have no weights and so cannot be read)."""
+    return "body.0.weight" in state and all(re.fullmatch(r"body\.\d+\.(weight|bias)", key) for key in state)
 
 
-ARCHITECTURE = register(Architecture("SRVGGNetCompact", detect=is_compact, config=config_from_state_dict,
-                                     build=SRVGGNetCompact))
+ARCHITECTURE = Architecture("SRVGGNetCompact", detect=is_compact, config=config_from_state_dict, build=SRVGGNetCompact)
+LOOKALIKE = Lookalike("SRVGGNetCompact", looks_compact)
