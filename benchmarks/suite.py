@@ -212,7 +212,7 @@ def child_seams(spec: dict) -> dict:
 
     patch, pad = spec["patch"], spec["tile_pad"]
     report = compare.compare(spec["src"], model=spec["model"], chunk=patch, size=spec["size"], tile_pad=pad,
-                             patch=patch, out=spec["figure"], device="cpu")
+                             patch=patch, out=spec["figure"])
     rows = [{"method": m.label, "key": m.key, "seconds": m.seconds,
              "errors": {"max": m.max_error, "mean": m.mean_error, "over_1_level": m.off_by_more_than_1,
                         "max_at_border": m.max_at_border, "border_reach": compare.SEAM_REACH,

@@ -130,13 +130,11 @@ def compare(
     tile_pad: int = DEFAULT_TILE_PAD,
     patch: int | None = None,
     out: str | os.PathLike[str] = "seams.png",
-    device: str = "cpu",
-    origin: tuple[int, int] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> Report:
-    """Compare tile mode, neighbour-patch context and lpdask with whole-image inference on a
-    ``size`` x ``size`` crop of ``src`` (centred, or with its top-left corner at ``origin``; at most
-    the image), and draw the figure to ``out`` (PNG).
+    """Compare tile mode, neighbour-patch context and lpdask with whole-image inference on the CPU,
+    on a centred ``size`` x ``size`` crop of ``src`` (at most the image), and draw the figure to
+    ``out`` (PNG).
 
     Chunks (and tiles) of ``chunk`` px and patches of ``patch`` px (default: ``chunk``) start at the
     crop's top-left corner. The first t/z plane is used; uint8 and uint16 images, any channel count
@@ -150,12 +148,12 @@ def compare(
         raise LpdaskError(f"--tile-pad {tile_pad} must be at least 0")
     figure = _check_figure_path(out)
     source = open_source(src)
-    box = crop_box(source, size, chunk, origin)
+    box = crop_box(source, size, chunk)
     net = model if isinstance(model, Network) else load_model(model)
     for side, option in ((chunk, "--chunk"), (patch, "--patch")):
         if side % net.input_factor:
             raise LpdaskError(f"{option} {side} must be a multiple of {net.input_factor} for this x{net.scale} model")
-    images, methods, whole_seconds = _run_methods(source, source.read(box), net, chunk, tile_pad, patch, device,
+    images, methods, whole_seconds = _run_methods(source, source.read(box), net, chunk, tile_pad, patch, "cpu",
                                                   progress or (lambda line: None))
     report = Report(str(src), _model_name(model), (box.y0, box.x0, *box.shape), net.scale, str(source.dtype),
                     chunk, tile_pad, patch, whole_seconds, methods, str(figure), images)

@@ -70,15 +70,15 @@ TIME_UNITS = _unit_table("second", "s", {"minute": ("min", 60.0), "hour": ("h", 
 
 
 def write_tiff(path: str | os.PathLike[str], levels: Sequence[zarr.Array], meta: ImageMetadata, *,
-               ome: bool, tile: int = 256, compression: str = "zlib",
+               ome: bool, tile: int = 256, compression: str | tuple[str, int] = "zlib",
                on_tile: Callable[[], None] | None = None, software: str | None = None,
-               overviews: Literal["subifds", "pages"] = "subifds", codec_level: int | None = None) -> None:
+               overviews: Literal["subifds", "pages"] = "subifds") -> None:
     """Write the pyramid ``levels`` (axes ``meta.axis_names``, level 0 first) to a tiled BigTIFF.
 
     ``meta`` describes level 0. ``on_tile`` is called once per tile as it is handed to tifffile.
     ``software`` goes into the first page's Software tag. ``overviews``: levels 1.. as SubIFDs of
     level 0, or as pages after it in the main IFD chain (plain, single-plane output only, no JSON
-    description). ``codec_level``: the compression level (the codec's default if None).
+    description). ``compression``: a codec, or (codec, level) (the codec's default level otherwise).
     """
     pages = overviews == "pages"
     if pages and ome:
@@ -86,7 +86,8 @@ def write_tiff(path: str | os.PathLike[str], levels: Sequence[zarr.Array], meta:
     layout = _Layout.of(meta, levels, ome=ome, tile=tile, gdal=pages)
     if pages and math.prod(levels[0].shape[meta.axis_names.index(a)] for a in "tz" if a in meta.axis_names) > 1:
         raise ValueError("overviews as pages of the main IFD chain need one plane (no t or z)")
-    codec = None if compression.lower() == "none" else compression
+    codec, codec_level = (compression, None) if isinstance(compression, str) else compression
+    codec = None if codec.lower() == "none" else codec
     integer = np.dtype(levels[0].dtype).kind in "ui"
     predictor = bool(codec) and integer and codec.lower() in _PREDICTABLE
     extrasamples = ("unassalpha",) if meta.photometric == "rgba" else None
