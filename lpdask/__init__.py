@@ -14,6 +14,9 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "Summary": "lpdask.api",
+    "Reports": "lpdask.options",
+    "UpscaleOptions": "lpdask.options",
+    "run_upscale": "lpdask.api",
     "upscale": "lpdask.api",
     "upscale_array": "lpdask.api",
     "RRDBConfig": "lpdask.models",
@@ -24,7 +27,8 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
-    from .api import Summary, upscale, upscale_array
+    from .api import Summary, run_upscale, upscale, upscale_array
+    from .options import Reports, UpscaleOptions
     from .models import RRDBConfig, RRDBNet, SRVGGConfig, SRVGGNetCompact, load_model
 
 
@@ -34,5 +38,5 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'lpdask' has no attribute {name!r}")
 
 
-__all__ = ["LpdaskError", "RRDBConfig", "RRDBNet", "SRVGGConfig", "SRVGGNetCompact", "Summary", "load_model",
-           "upscale", "upscale_array"]
+__all__ = ["LpdaskError", "RRDBConfig", "RRDBNet", "Reports", "SRVGGConfig", "SRVGGNetCompact", "Summary",
+           "UpscaleOptions", "load_model", "run_upscale", "upscale", "upscale_array"]

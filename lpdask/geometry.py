@@ -8,8 +8,11 @@ networks); stage ``k``'s input is that grid times the scales of the stages befor
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from collections.abc import Sequence
 from typing import Protocol
+
+import numpy as np
 
 from .chunks import Grid
 from .errors import LpdaskError
@@ -74,3 +77,42 @@ def chunk_sizes(length: int, chunk: int, halo: int) -> tuple[int, ...]:
         raise LpdaskError(f"chunk {chunk} is smaller than the widest stage halo {halo}; "
                           "use a larger chunk or fewer blocks per stage")
     return tuple(sizes)
+
+
+@dataclass(frozen=True)
+class Span:
+    """One tile's extent along one axis (its columns, or its rows): each array's range, and each
+    stage's widest input window and the output range it keeps (all in the array's own pixels)."""
+
+    arrays: dict[str, tuple[int, int]]
+    windows: tuple[tuple[int, int], ...]
+    outputs: tuple[tuple[int, int], ...]
+
+
+def reach_span(stages: Sequence[Stage], size: int, x0: int, x1: int) -> Span:
+    """What a tile of image pixels [x0, x1) along one axis (on the stages' grid, ``size`` long)
+    needs of every array along it, from the last stage back to the first."""
+    f = factors(stages)
+    need: dict[str, tuple[int, int]] = {stages[-1].name: (x0 * f[-1], x1 * f[-1])}
+    windows: list[tuple[int, int]] = [(0, 0)] * len(stages)
+    outputs: list[tuple[int, int]] = [(0, 0)] * len(stages)
+    for k in reversed(range(len(stages))):
+        stage, s = stages[k], stages[k].scale
+        c0, c1 = need[stage.name]
+        first, stop = c0 // s, ceil_div(c1, s)
+        outputs[k] = need[stage.name] = (first * s, stop * s)
+        windows[k] = (max(0, first - stage.halo), min(size * f[k], stop + stage.halo))
+        for name in stage.inputs:
+            lo, hi = need.get(name, windows[k])
+            need[name] = (min(lo, windows[k][0]), max(hi, windows[k][1]))
+    return Span(need, tuple(windows), tuple(outputs))
+
+
+def extent_sum(length: int, chunk: int, halo: int, granule: int = 1) -> float:
+    """Sum over the chunks along one axis of their window's extent (chunk plus halo, clipped at the
+    border), rounded out to whole ``granule``s where reads fetch whole store chunks."""
+    starts = np.arange(0, length, chunk)
+    lo, hi = np.maximum(0, starts - halo), np.minimum(length, starts + chunk + halo)
+    if granule > 1:
+        lo, hi = lo // granule * granule, np.minimum(length, (hi + granule - 1) // granule * granule)
+    return float((hi - lo).sum())

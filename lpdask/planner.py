@@ -32,11 +32,12 @@ from torch import nn
 
 from .device import ieee_fp32, storage_dtype
 from .errors import PlanWarning
+from .executors import EXECUTORS
 from .models.checkpoint import cache_dir
 from .models.network import Network
 from .executors.staged import whole_stages
 from .chunks import tile_rows_step
-from .geometry import bands, ceil_div, factors, reach, unshuffled
+from .geometry import bands, ceil_div, extent_sum, factors, reach, reach_span, unshuffled
 from .plan import GPU_CHUNKS, MAX_CHUNK, MIN_CHUNK, Plan
 from .io.locations import Location, existing_folder
 from .stages import IMAGE, Stage
@@ -246,15 +247,15 @@ def estimate(costs: Sequence[StageCost], height: int, width: int, chunk: int, ma
     largest_window = 0.0
     for stage, factor in zip(costs, factors(costs)):
         h, w, c = rows * factor, cols * factor, grid * factor
-        row_extent = _extent_sum(h, c, stage.halo)
-        col_extent = _extent_sum(w, c, stage.halo)
+        row_extent = extent_sum(h, c, stage.halo)
+        col_extent = extent_sum(w, c, stage.halo)
         macs += stage.macs * row_extent * col_extent
         whole += stage.macs * h * w
         written += stage.written * h * w
         if stage is not costs[0]:
             asked += stage.read * row_extent * col_extent
             granule = inner * factor if inner else c
-            read += stage.read * _extent_sum(h, c, stage.halo, granule) * _extent_sum(w, c, stage.halo, granule)
+            read += stage.read * extent_sum(h, c, stage.halo, granule) * extent_sum(w, c, stage.halo, granule)
         largest_window = max(largest_window, stage.memory * min(h, c + 2 * stage.halo) * min(w, c + 2 * stage.halo))
     threads = max(1, machine.cores // workers)
     speed = machine.macs_per_core * workers * threads * (machine.parallel_efficiency if threads > 1 else 1.0)
@@ -333,8 +334,6 @@ def estimate_stream(costs: Sequence[StageCost], stages: Sequence[Stage], height:
     """Predict the cost of streaming ``stages`` (profiled as ``costs``) over a ``height`` x ``width``
     image in tiles ``tile`` wide and ``tile_rows`` high (0: the image's height) and strips ``strip``
     high (input pixels)."""
-    from .executors.stream import reach_span
-
     d = input_factor
     rows, cols = unshuffled(height, width, d)
     width_d, strip_d = tile // d, max(1, strip // d)
@@ -383,18 +382,8 @@ def _sampled(spans: list[tuple[int, int]]) -> list[tuple[tuple[int, int], int]]:
     return [(spans[0], 1), (spans[1], len(spans) - 2), (spans[-1], 1)]
 
 
-def _extent_sum(length: int, chunk: int, halo: int, granule: int = 1) -> float:
-    """Sum over the chunks along one axis of their window's extent (chunk plus halo, clipped at the
-    border), rounded out to whole ``granule``s where reads fetch whole store chunks."""
-    starts = np.arange(0, length, chunk)
-    lo, hi = np.maximum(0, starts - halo), np.minimum(length, starts + chunk + halo)
-    if granule > 1:
-        lo, hi = lo // granule * granule, np.minimum(length, (hi + granule - 1) // granule * granule)
-    return float((hi - lo).sum())
-
-
-PLANNED = ("staged", "whole", "stream")
-"""The executors the planner can price (:data:`lpdask.executors.EXECUTORS`' planned ones)."""
+PLANNED = tuple(e.name for e in EXECUTORS if e.planned)
+"""The executors the planner weighs (:data:`lpdask.executors.EXECUTORS`' planned ones)."""
 STREAM_GROUPINGS = 2
 """How many of a network's finest groupings streaming plans try."""
 TILES = (*CHUNKS, 6144, 8192)

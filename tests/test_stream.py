@@ -21,7 +21,8 @@ import zarr
 
 from lpdask import upscale
 from lpdask.executors.staged import stages_for
-from lpdask.executors.stream import MARKER, Drop, Read, Run, Stream, reach_span, schedule
+from lpdask.executors.stream import MARKER, Drop, Read, Run, Stream, schedule
+from lpdask.geometry import reach_span
 from lpdask.io.omezarr import OmeZarrSink, is_complete
 from lpdask.io.sources import open_source
 from lpdask.jobs import WorkFolder

@@ -35,7 +35,7 @@ from torch import Tensor
 from ..chunks import Box
 from ..device import activation_layout, ieee_fp32
 from ..errors import writing
-from ..geometry import bands, ceil_div, factors, unshuffled
+from ..geometry import bands, ceil_div, factors, reach_span, unshuffled
 from ..io.omezarr import half
 from ..memory import trim
 from ..models.network import Network
@@ -157,35 +157,6 @@ def stage_strips(stages: Sequence[Stage], strip: int) -> list[int]:
     as that leaves it at least 8 halos' worth (in-window recompute at most a quarter)."""
     return [max(ceil_div(strip * f, stage.scale), min(strip * f, 8 * stage.halo))
             for stage, f in zip(stages, factors(stages))]
-
-
-@dataclass(frozen=True)
-class Span:
-    """One tile's extent along one axis (its columns, or its rows): each array's range, and each
-    stage's widest input window and the output range it keeps (all in the array's own pixels)."""
-
-    arrays: dict[str, tuple[int, int]]
-    windows: tuple[tuple[int, int], ...]
-    outputs: tuple[tuple[int, int], ...]
-
-
-def reach_span(stages: Sequence[Stage], size: int, x0: int, x1: int) -> Span:
-    """What a tile of image pixels [x0, x1) along one axis (on the stages' grid, ``size`` long)
-    needs of every array along it, from the last stage back to the first."""
-    f = factors(stages)
-    need: dict[str, tuple[int, int]] = {stages[-1].name: (x0 * f[-1], x1 * f[-1])}
-    windows: list[tuple[int, int]] = [(0, 0)] * len(stages)
-    outputs: list[tuple[int, int]] = [(0, 0)] * len(stages)
-    for k in reversed(range(len(stages))):
-        stage, s = stages[k], stages[k].scale
-        c0, c1 = need[stage.name]
-        first, stop = c0 // s, ceil_div(c1, s)
-        outputs[k] = need[stage.name] = (first * s, stop * s)
-        windows[k] = (max(0, first - stage.halo), min(size * f[k], stop + stage.halo))
-        for name in stage.inputs:
-            lo, hi = need.get(name, windows[k])
-            need[name] = (min(lo, windows[k][0]), max(hi, windows[k][1]))
-    return Span(need, tuple(windows), tuple(outputs))
 
 
 @dataclass(frozen=True)
