@@ -253,6 +253,7 @@ def compare_command(input: str, model: str | None, chunk: int, size: int, tile_p
     """Seam report: super-resolve a crop of INPUT with Real-ESRGAN's tile mode, neighbour-patch
     context (RealESRGAN-LP-style) and lpdask, measure each against whole-image inference, and draw
     the seams across a chunk corner."""
+    import logging
     import os
 
     check_chunk(chunk)
@@ -263,8 +264,14 @@ def compare_command(input: str, model: str | None, chunk: int, size: int, tile_p
         raise LpdaskError(f"--json {json_path}: its folder does not exist")
     from .compare import compare
 
-    report = compare(input, model=model, chunk=chunk, size=size, tile_pad=tile_pad, patch=patch, out=out,
-                     progress=lambda line: click.echo(line, err=True))
+    handler = logging.StreamHandler(click.get_text_stream("stderr"))
+    logger = logging.getLogger("lpdask.compare")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        report = compare(input, model=model, chunk=chunk, size=size, tile_pad=tile_pad, patch=patch, out=out)
+    finally:
+        logger.removeHandler(handler)
     click.echo(str(report))
     if json_path:
         with open(json_path, "w", encoding="utf-8") as file:

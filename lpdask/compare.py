@@ -19,6 +19,7 @@ patch by patch in memory, so patches smaller than the engine's 16 px minimum chu
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 import time
@@ -58,6 +59,8 @@ GAP, TOP, LINE = 10, 25, 14
 
 LP_STYLE = "neighbour-patch context (RealESRGAN-LP-style)"
 _CHANNEL_MODE = {"rgb": "rgb", "rgba": "rgba", "minisblack": "separate"}
+
+LOG = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -130,15 +133,15 @@ def compare(
     tile_pad: int = DEFAULT_TILE_PAD,
     patch: int | None = None,
     out: str | os.PathLike[str] = "seams.png",
-    progress: Callable[[str], None] | None = None,
+    origin: tuple[int, int] | None = None,
 ) -> Report:
     """Compare tile mode, neighbour-patch context and lpdask with whole-image inference on the CPU,
-    on a centred ``size`` x ``size`` crop of ``src`` (at most the image), and draw the figure to
-    ``out`` (PNG).
+    on a ``size`` x ``size`` crop of ``src`` (centred, or with its top-left corner at ``origin``; at
+    most the image), and draw the figure to ``out`` (PNG).
 
     Chunks (and tiles) of ``chunk`` px and patches of ``patch`` px (default: ``chunk``) start at the
     crop's top-left corner. The first t/z plane is used; uint8 and uint16 images, any channel count
-    (run as lpdask's ``channels="auto"`` does). ``progress`` gets a line as each method finishes.
+    (run as lpdask's ``channels="auto"`` does). A line is logged (logger ``lpdask.compare``, level INFO) as each method finishes.
     """
     patch = chunk if patch is None else patch
     check_chunk(chunk)
@@ -148,13 +151,13 @@ def compare(
         raise LpdaskError(f"--tile-pad {tile_pad} must be at least 0")
     figure = _check_figure_path(out)
     source = open_source(src)
-    box = crop_box(source, size, chunk)
+    box = crop_box(source, size, chunk, origin)
     net = model if isinstance(model, Network) else load_model(model)
     for side, option in ((chunk, "--chunk"), (patch, "--patch")):
         if side % net.input_factor:
             raise LpdaskError(f"{option} {side} must be a multiple of {net.input_factor} for this x{net.scale} model")
     images, methods, whole_seconds = _run_methods(source, source.read(box), net, chunk, tile_pad, patch, "cpu",
-                                                  progress or (lambda line: None))
+                                                  LOG.info)
     report = Report(str(src), _model_name(model), (box.y0, box.x0, *box.shape), net.scale, str(source.dtype),
                     chunk, tile_pad, patch, whole_seconds, methods, str(figure), images)
     corner = _corner(box.shape, chunk)
