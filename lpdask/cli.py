@@ -81,8 +81,9 @@ def cli() -> None:
 @click.option("--alpha", type=click.Choice(ALPHA_MODES), default="network", show_default=True,
               help="How an alpha channel is upscaled: through the network as a grey image, or resized.")
 @click.option("--value-range", metavar="LOW,HIGH", callback=_value_range,
-              help="The values the network sees as black and white: for float32 images not in [0, 1] "
-                   "(required), or a window of an integer image (values outside it are clipped).")
+              help="The values the network sees as black and white: required for float32 images not in "
+                   "[0, 1] and for int8, int16, int32, uint32 and float64 images (the output keeps the input's "
+                   "type); or a window of a uint8/uint16 image. Integer values outside it are clipped.")
 @click.option("--workers", type=int, default=0, show_default=True,
               help="Start a local dask.distributed cluster of N worker processes (0: threads in this process).")
 @click.option("--scheduler", metavar="ADDRESS", help="Run on an existing Dask cluster, e.g. tcp://host:8786.")
@@ -140,6 +141,7 @@ def upscale_command(input: str, output: str, model: str | None, chunk: int | Non
     from .lease import hold
 
     source = open_source(input, series, level)
+    check_value_range(value_range, source.dtype)
     photometric = photometric_of(source.channels, channels, source.photometric)  # type: ignore[arg-type]
     check_compression(compression, source.dtype, photometric)
     from .nodata import nodata_of
