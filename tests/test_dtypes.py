@@ -120,6 +120,18 @@ def test_gdal_geotiff_keeps_its_type(small_net, tmp_path: Path, dtype: str, suff
             assert out.transform.almost_equals(TRANSFORM @ Affine.scale(1 / 4))
 
 
+@pytest.mark.parametrize("executor", ["stream", "whole", "lazy"])
+def test_other_executors(small_net, tmp_path: Path, executor: str) -> None:
+    """The streaming, whole-network and lazy executors convert int32 (mapped in float64) the same way
+    (the test above runs the staged one)."""
+    value_range = CASES["int32"]
+    pixels = mapped(unit_image(2), np.dtype(np.int32), value_range)
+    source = write_geotiff(tmp_path / "in.tif", pixels)
+    upscale(source, tmp_path / "out.zarr", model=small_net, value_range=value_range, chunk=16, executor=executor)
+    result = read_output(tmp_path / "out.zarr")
+    assert result.dtype == np.int32
+    assert_close(result, expected_values(small_net, pixels, value_range), value_range)
+
 def test_zarr_int32_input(small_net, tmp_path: Path) -> None:
     """A (y, x, c) int32 Zarr array: RGB through the network, int32 out, the window clipped on the
     way in."""
