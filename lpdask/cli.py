@@ -83,8 +83,9 @@ def cli() -> None:
 @click.option("--alpha", type=click.Choice(ALPHA_MODES), default="network", show_default=True,
               help="How an alpha channel is upscaled: through the network as a grey image, or resized.")
 @click.option("--value-range", metavar="LOW,HIGH", callback=_value_range,
-              help="The values the network sees as black and white: for float32 images not in [0, 1] "
-                   "(required), or a window of an integer image (values outside it are clipped).")
+              help="The values the network sees as black and white: required for float32 images not in "
+                   "[0, 1] and for int8, int16, int32, uint32 and float64 images (the output keeps the input's "
+                   "type); or a window of a uint8/uint16 image. Integer values outside it are clipped.")
 @click.option("--workers", type=int, default=0, show_default=True,
               help="Start a local dask.distributed cluster of N worker processes (0: threads in this process).")
 @click.option("--scheduler", metavar="ADDRESS", help="Run on an existing Dask cluster, e.g. tcp://host:8786.")
@@ -146,6 +147,8 @@ def upscale_command(input: str, output: str, quiet: bool, **given: Any) -> None:
               help="How channels go through the network, as for upscale.")
 @click.option("--alpha", type=click.Choice(ALPHA_MODES), default="network", show_default=True,
               help="How an alpha channel is upscaled, as for upscale.")
+@click.option("--value-range", metavar="LOW,HIGH", callback=_value_range,
+              help="The values the network sees as black and white, as for upscale.")
 @click.option("--chunk", type=int, default=None, help="Fix the chunk side.")
 @click.option("--blocks-per-stage", type=int, default=None, help="Fix the stage grouping.")
 @click.option("--max-memory", type=float, default=None, metavar="GB", help="Memory budget [default: 4 GiB or half the available if less].")

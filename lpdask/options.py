@@ -136,8 +136,15 @@ def check_tile_pad(tile_pad: int) -> int:
 
 
 def check_value_range(value_range: ValueRange | None, dtype: np.dtype | None = None) -> ValueRange | None:
-    """LOW maps to 0 and HIGH to 1: finite, LOW < HIGH."""
+    """LOW maps to 0 and HIGH to 1: finite, LOW < HIGH; required for a ``dtype`` without a natural
+    [0, 1] (:func:`lpdask.pixels.needs_value_range`: signed and 32-bit integers, float64)."""
     if value_range is None:
+        from .pixels import needs_value_range
+
+        if dtype is not None and needs_value_range(dtype):
+            raise OptionError("value_range", None, f"is required for {dtype} pixels: they have no natural range "
+                              "to map to the network's [0, 1] (give the values that become 0 and 1, e.g. the "
+                              "data's minimum and maximum)", "LOW,HIGH")
         return None
     low, high = (float(v) for v in value_range)
     if not (math.isfinite(low) and math.isfinite(high) and low < high):

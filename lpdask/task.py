@@ -25,7 +25,7 @@ from .io.omezarr import OmeZarrSink
 from .io.sources import Source
 from .memory import reuse_freed_memory, trim
 from .nodata import FILL_RADIUS, Nodata, fill, input_box, mark, read_mask, upscaled_mask, valid_of
-from .pixels import ValueRange, from_unit, from_unit_tensor, to_unit
+from .pixels import ValueRange, from_unit, from_unit_tensor, to_unit, working_float
 from .stages import IMAGE, Stage
 
 if TYPE_CHECKING:
@@ -144,10 +144,10 @@ class Job:
     def pixels_on_device(self, values: Tensor) -> np.ndarray | None:
         """Network output (3, h, w) on a GPU as the pass's output pixels, converted there (a quarter
         of the bytes to copy back for 8-bit output); None where it is converted on the host (a CPU
-        tensor, or grey, whose luma stays with NumPy's float rounding)."""
-        if not values.is_cuda or self.pass_.kind != "rgb":
-            return None
+        tensor; grey, whose luma stays with NumPy's float rounding; pixels mapped in float64)."""
         dtype = self.sink.level0.dtype
+        if not values.is_cuda or self.pass_.kind != "rgb" or working_float(dtype) != np.float32:
+            return None
         return from_unit_tensor(values.float(), dtype, self.value_range).cpu().numpy().astype(dtype, copy=False)
 
     def to_pixels(self, values: np.ndarray) -> np.ndarray:

@@ -53,6 +53,7 @@ def make_cases(tmp: Path) -> dict[str, tuple[list[str | Path], str]]:
     tifffile.imwrite(tmp / "u16.tif", np.zeros((20, 20), np.uint16))
     write_zarr(tmp / "int32.zarr", np.zeros((20, 20, 3), np.int32))
     write_zarr(tmp / "float64.zarr", np.zeros((20, 20, 3), np.float64))
+    write_zarr(tmp / "int64.zarr", np.zeros((20, 20, 3), np.int64))
     write_zarr(tmp / "five_d.zarr", np.zeros((2, 2, 20, 20, 3), np.uint8))
     write_zarr(tmp / "complex.zarr", np.zeros((20, 20, 3), np.complex64))
     write_zarr(tmp / "float.zarr", np.full((20, 20, 3), 2.5, np.float32))
@@ -70,8 +71,9 @@ def make_cases(tmp: Path) -> dict[str, tuple[list[str | Path], str]]:
         "missing input": (["nowhere.tif", "out.zarr"], "input not found: nowhere.tif"),
         "not an image": (["notes.txt", "out.zarr"], "neither a TIFF file nor a Zarr folder"),
         "folder that is not zarr": (["empty_dir", "out.zarr"], "is not a Zarr array or group"),
-        "int32 pixels": (["int32.zarr", "out.zarr"], "pixel type int32 is not supported"),
-        "float64 pixels": (["float64.zarr", "out.zarr"], "pixel type float64 is not supported"),
+        "int32 pixels without a value range": (["int32.zarr", "out.zarr"], "--value-range LOW,HIGH is required for int32 pixels"),
+        "float64 pixels without a value range": (["float64.zarr", "out.zarr"], "--value-range LOW,HIGH is required for float64"),
+        "int64 pixels": (["int64.zarr", "out.zarr", "--value-range", "0,1"], "pixel type int64 is not supported"),
         "complex pixels": (["complex.zarr", "out.zarr"], "pixel type complex64 is not supported"),
         "float outside [0, 1]": (["float.zarr", "out.zarr", "--model", "tiny.pth", "-q"], "float32 values 2.5 in rows 0:20 columns 0:20 outside [0, 1]"),
         "five unnamed axes": (["five_d.zarr", "out.zarr"], "cannot tell the axes of shape (2, 2, 20, 20, 3)"),
@@ -103,7 +105,7 @@ def make_cases(tmp: Path) -> dict[str, tuple[list[str | Path], str]]:
         "jpeg of 16-bit": (["u16.tif", "out.tif", "--compression", "jpeg"], "--compression jpeg needs 8-bit pixels"),
         "jpeg with alpha": (["rgba.tif", "out.tif", "--compression", "jpeg"], "--compression jpeg cannot hold an alpha"),
         "output not zarr": (["in.tif", "out.png"], "must be a .zarr folder (OME-Zarr) or a .tif"),
-        "overwrite the input": (["int32.zarr", "int32.zarr", "--overwrite"], "pixel type int32"),
+        "overwrite the input": (["int64.zarr", "int64.zarr", "--overwrite"], "pixel type int64"),
         "missing model": (["in.tif", "out.zarr", "--model", "nope.pth"], "model file not found: nope.pth"),
         "random bytes model": (["in.tif", "out.zarr", "--model", "garbage.pth"], "is not a PyTorch or safetensors checkpoint"),
         "another network": (["in.tif", "out.zarr", "--model", "other_net.pth"], "is not an RRDBNet checkpoint"),

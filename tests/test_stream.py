@@ -153,7 +153,8 @@ def test_planes_and_value_range(small_net, tmp_path):
 
 
 @pytest.mark.parametrize(("dtype", "value_range"), [(np.uint8, None), (np.uint16, None), (np.uint16, (100, 6000)),
-                                                   (np.float32, None), (np.float32, (-1, 3))])
+                                                   (np.float32, None), (np.float32, (-1, 3)), (np.int16, (-500, 1500)),
+                                                   (np.int8, (-100, 100))])
 def test_pixels_converted_by_torch_equal_numpys(dtype, value_range):
     """Where the network's output is converted to pixels on a GPU, torch does numpy's float32
     operations in numpy's order: the same pixels, bit for bit (here on the CPU)."""

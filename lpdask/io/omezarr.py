@@ -15,6 +15,7 @@ import numpy as np
 import zarr
 
 from ..chunks import Box
+from ..pixels import working_float
 from .locations import Location
 from .metadata import ImageMetadata
 
@@ -138,7 +139,7 @@ class OmeZarrSink:
 def half(block: np.ndarray, nodata: float | None = None) -> np.ndarray:
     """2x2 mean over the last two axes (y, x); an odd last row or column is averaged with itself.
     With ``nodata``, the mean of the pixels that are not it, or ``nodata`` where all four are."""
-    values = block.astype(np.float32)
+    values = block.astype(working_float(block.dtype))
     if values.shape[-2] % 2:
         values = np.concatenate([values, values[..., -1:, :]], axis=-2)
     if values.shape[-1] % 2:
