@@ -208,14 +208,14 @@ def plan_command(input: str, model: str | None, device: str, precision: str, ser
     from .io.sources import open_source
 
     source = open_source(input, series, level)
-    runs = source.plane_count * len(passes(source.channels, photometric_of(source.channels, channels,  # type: ignore[arg-type]
-                                                                           source.photometric), alpha))  # type: ignore[arg-type]
+    photometric = photometric_of(source.channels, channels, source.photometric)  # type: ignore[arg-type]
     from .api import network_for, plan_for, scratch_space
     from .io.locations import Location
     from .plan import EXECUTOR_STORAGE
     from .planner import measure_machine
 
     net, torch_device = network_for(model, device, precision, kernels)  # type: ignore[arg-type]
+    runs = source.plane_count * len(passes(source.channels, photometric, alpha, net))  # type: ignore[arg-type]
     work = Location.of(workdir) if workdir else Location.of(input).parent
     budget = int(max_memory * 1e9) if max_memory else None
     best, plans = plan_for(net, source, torch_device, chunk=chunk, blocks_per_stage=blocks_per_stage, threads=threads,
