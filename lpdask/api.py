@@ -194,11 +194,12 @@ def upscale_array(
     dtype = check_dtype(image.dtype)
     value_range = check_value_range(value_range, dtype)
     hint = {3: "rgb", 4: "rgba"}.get(image.shape[2], "minisblack")
-    runs = passes(image.shape[2], photometric_of(image.shape[2], channels, hint), alpha)  # type: ignore[arg-type]
+    photometric = photometric_of(image.shape[2], channels, hint)  # type: ignore[arg-type]
     plan = Plan.given(chunk, blocks_per_stage)
     torch_device = resolve_device(device)
     compute = resolve_precision(precision, torch_device)
     net = load_network(model, torch_device, compute, kernels)
+    runs = passes(image.shape[2], photometric, alpha, net)  # type: ignore[arg-type]
     network_stages = stages_for(net, mode, plan.blocks_per_stage, tile_pad)
     check_grid(plan.chunk, net.input_factor, net.scale)
     pixels = image.transpose(2, 0, 1)

@@ -173,12 +173,12 @@ def plan_command(input: str, workdir: str | None, top: int, **given: Any) -> Non
 
     pre = preflight(options)
     source = pre.source
-    runs = source.plane_count * len(passes(source.channels, pre.photometric, options.alpha))
     from .api import network_for
     from .io.locations import Location
     from .planner import measure_machine, plan_for, scratch_space
 
     net, torch_device = network_for(options.model, options.device, options.precision, options.kernels)
+    runs = source.plane_count * len(passes(source.channels, pre.photometric, options.alpha, net))
     work = Location.of(workdir) if workdir else Location.of(input).parent
     best, plans = plan_for(net, source, torch_device, options, work)
     check_grid(best.chunk, net.input_factor, net.scale, best.strip, best.tile_rows)  # what upscale would refuse

@@ -172,7 +172,7 @@ def _run_methods(source: Source, pixels: np.ndarray, net: Network, chunk: int, t
     """Whole image, tile mode, neighbour patches and lpdask on ``pixels`` (h, w, c): the results by
     key, each method's errors, and the seconds the whole image took."""
     photometric = photometric_of(source.channels, "auto", source.photometric)
-    runs = passes(source.channels, photometric)
+    runs = passes(source.channels, photometric, net=net)
     torch_device = resolve_device(device)
     start = time.perf_counter()
     whole = whole_image(net, pixels, runs, torch_device)

@@ -379,7 +379,7 @@ def build(pre: Preflight, device: torch.device) -> tuple[JobSpec, State]:
         plan.to_json(), pre.photometric, o.alpha, pre.value_range, o.precision, device.type, o.kernels,
         "tiff" if as_tiff else "zarr", missing.to_json() if missing else None, __version__)
     spec = JobSpec(source, output, work, identity, plan, executor, net, stages,
-                   passes(source.channels, pre.photometric, o.alpha), meta, device,
+                   passes(source.channels, pre.photometric, o.alpha, net), meta, device,
                    resolve_precision(o.precision, device), pre.value_range, o.compression, missing, o.cog)
     return spec, output_state(output, work, identity.digest, o.overwrite)
 

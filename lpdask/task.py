@@ -142,11 +142,12 @@ class Job:
         self.write_pixels(box, self.to_pixels(values))
 
     def pixels_on_device(self, values: Tensor) -> np.ndarray | None:
-        """Network output (3, h, w) on a GPU as the pass's output pixels, converted there (a quarter
-        of the bytes to copy back for 8-bit output); None where it is converted on the host (a CPU
-        tensor; grey, whose luma stays with NumPy's float rounding; pixels mapped in float64)."""
+        """Network output (3 or 1, h, w) on a GPU as the pass's output pixels, converted there (a
+        quarter of the bytes to copy back for 8-bit output); None where it is converted on the host (a
+        CPU tensor; grey through an RGB network, whose luma stays with NumPy's float rounding; pixels
+        mapped in float64)."""
         dtype = self.sink.level0.dtype
-        if not values.is_cuda or self.pass_.kind != "rgb" or working_float(dtype) != np.float32:
+        if not values.is_cuda or not self.pass_.as_is or working_float(dtype) != np.float32:
             return None
         return from_unit_tensor(values.float(), dtype, self.value_range).cpu().numpy().astype(dtype, copy=False)
 

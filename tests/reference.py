@@ -32,7 +32,8 @@ def eager(net: torch.nn.Module) -> Iterator[None]:
 
 
 def whole_image_float(net: torch.nn.Module, image: np.ndarray) -> np.ndarray:
-    """(h, w, 3) pixels -> (3, H, W) float32 network output, clamped to [0, 1]."""
+    """(h, w, c) pixels -> (c, H, W) float32 network output, clamped to [0, 1] (c: the network's
+    channels, 3 or 1)."""
     scale = 1.0 if image.dtype.kind == "f" else float(np.iinfo(image.dtype).max)
     x = torch.from_numpy(np.transpose(image.astype(np.float32) / scale, (2, 0, 1)).copy()).unsqueeze(0)
     # x2 / x1 RRDBNets (pixel-unshuffle): reflect-pad right and bottom to a multiple of 2 / 4.
@@ -45,7 +46,7 @@ def whole_image_float(net: torch.nn.Module, image: np.ndarray) -> np.ndarray:
     with torch.no_grad(), eager(net):
         out = net(x)
     out = out[:, :, : height * net_scale, : width * net_scale]
-    return out.data.squeeze().float().cpu().clamp_(0, 1).numpy()
+    return out.data[0].float().cpu().clamp_(0, 1).numpy()
 
 
 def whole_image(net: torch.nn.Module, image: np.ndarray) -> np.ndarray:
@@ -89,6 +90,7 @@ def spread_output(net: torch.nn.Module, last: torch.nn.Conv2d, seed: int = 0) ->
     instead of clamping flat."""
     with torch.no_grad():
         probe = torch.from_numpy(smooth_image(48, 48, seed).astype(np.float32) / 255).permute(2, 0, 1)[None]
+        probe = probe[:, : getattr(net, "in_channels", 3)]  # a 1-channel network sees the first
         out = net(probe)
         gain = 0.25 / float(out.std())
         last.weight.mul_(gain)
@@ -113,16 +115,24 @@ def whole_image_any(net: torch.nn.Module, image: np.ndarray, photometric: str = 
                     alpha: str = "network") -> np.ndarray:
     """(h, w, c) pixels of any channel count -> (c, H, W) pixels, as Real-ESRGAN's ``enhance`` treats
     them: 3 channels RGB; grey copied to RGB and back by 0.299 R + 0.587 G + 0.114 B on the clamped
-    float output; alpha as a grey image or resized (cv2 INTER_LINEAR = half-pixel bilinear)."""
+    float output; alpha as a grey image or resized (cv2 INTER_LINEAR = half-pixel bilinear). A
+    1-channel network runs every channel, R, G and B too, as its own 1-channel image."""
     channels = image.shape[2]
     if photometric == "auto":
         photometric = {3: "rgb", 4: "rgba"}.get(channels, "separate")
     scale = 1.0 if image.dtype.kind == "f" else float(np.iinfo(image.dtype).max)
     net_scale = getattr(net, "scale", 4)
 
+    single = getattr(net, "in_channels", 3) == 1
+
     def grey(plane: np.ndarray) -> np.ndarray:
+        if single:
+            return whole_image_float(net, plane[..., None])[0]
         out = whole_image_float(net, np.repeat(plane[..., None], 3, axis=2))
         return 0.299 * out[0] + 0.587 * out[1] + 0.114 * out[2]
+
+    def colour(rgb: np.ndarray) -> list[np.ndarray]:
+        return [grey(rgb[..., c]) for c in range(3)] if single else list(whole_image_float(net, rgb))
 
     def resized(plane: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(plane.astype(np.float32) / scale)[None, None]
@@ -132,9 +142,9 @@ def whole_image_any(net: torch.nn.Module, image: np.ndarray, photometric: str = 
                                                align_corners=False)[0, 0].numpy()
 
     if photometric == "rgb":
-        planes = list(whole_image_float(net, image))
+        planes = colour(image)
     elif photometric == "rgba":
-        planes = list(whole_image_float(net, image[..., :3]))
+        planes = colour(image[..., :3])
         planes.append(grey(image[..., 3]) if alpha == "network" else resized(image[..., 3]))
     else:
         planes = [grey(image[..., c]) for c in range(channels)]

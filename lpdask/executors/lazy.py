@@ -41,9 +41,8 @@ def lazy_pass(pixels: da.Array, run: Pass, stages: list[Stage], d: int, chunk: i
     rows = chunk_sizes(grid[0], chunk // d, widest)
     cols = chunk_sizes(grid[1], chunk // d, widest)
     pixels = pixels.rechunk((-1, tuple(n * d for n in rows), tuple(n * d for n in cols)))
-    width_in = 3 if run.kind == "grey" else len(run.channels)
     arrays = {IMAGE: pixels.map_blocks(_normalise, run, value_range, d, dtype=np.float32,
-                                       chunks=(width_in * d * d, rows, cols))}
+                                       chunks=(run.width * d * d, rows, cols))}
     for stage, factor in zip(stages, factors(stages)):
         inputs = [arrays[name] for name in stage.inputs]
         depth = {0: 0, 1: stage.halo if len(rows) > 1 else 0, 2: stage.halo if len(cols) > 1 else 0}
