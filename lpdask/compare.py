@@ -42,7 +42,7 @@ from .io.sources import Source, open_source
 from .models import load_model
 from .models.names import DEFAULT_MODEL
 from .models.network import Network
-from .pixels import from_unit, to_unit
+from .pixels import from_unit, network_input, reflect_to_cells
 from .options import check_chunk
 from .plan import DEFAULT_TILE_PAD
 from .executors.staged import tile_stages
@@ -277,10 +277,9 @@ def _each_pass(net: Network, pixels: np.ndarray, runs: Sequence[Pass], device: t
     height, width, channels = pixels.shape
     s, d = net.scale, net.input_factor
     result = np.empty((channels, height * s, width * s), pixels.dtype)
+    padded = reflect_to_cells(pixels, d)
     for one in runs:
-        x = torch.from_numpy(np.ascontiguousarray(one.to_network(to_unit(pixels))))[None]
-        if (-height) % d or (-width) % d:
-            x = F.pad(x, (0, (-width) % d, 0, (-height) % d), mode="reflect")
+        x = torch.from_numpy(network_input(padded, one))[None]
         y = run(x)[0, :, : height * s, : width * s].numpy()
         result[list(one.channels)] = from_unit(one.from_network(y), pixels.dtype)
     return result

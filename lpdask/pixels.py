@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .errors import LpdaskError
 
 if TYPE_CHECKING:
+    from .channels import Pass
     import torch
 
 NATURAL_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32))
@@ -131,3 +132,29 @@ def from_unit_tensor(values: torch.Tensor, dtype: np.dtype, value_range: ValueRa
         return values
     low, high = integer_bounds(dtype, value_range)
     return values.round().clamp(low, high).to(torch.uint8 if dtype == np.uint8 else torch.int32)
+
+
+def reflect_to_cells(pixels: Any, d: int, axes: tuple[int, int] = (0, 1)) -> Any:
+    """``pixels`` (NumPy or Dask) reflect-padded past their last row and column to whole ``d`` x ``d``
+    cells along ``axes`` (rows, columns), as Real-ESRGAN pads the input of a pixel-unshuffle model."""
+    from .chunks import reflect
+
+    for axis in axes:
+        length = pixels.shape[axis]
+        if length % d:
+            index: list[Any] = [slice(None)] * pixels.ndim
+            index[axis] = reflect(np.arange(-(-length // d) * d), length)
+            pixels = pixels[tuple(index)]
+    return pixels
+
+
+def network_input(pixels: np.ndarray, pass_: Pass, value_range: ValueRange | None = None, d: int = 1,
+                  where: str = "") -> np.ndarray:
+    """A pass's (h, w, c) pixels, whole ``d`` x ``d`` cells, as its network sees them: mapped to [0, 1]
+    (:func:`to_unit`), as the pass sends its channels (:meth:`~lpdask.channels.Pass.to_network`),
+    pixel-unshuffled by ``d``: (c * d * d, h / d, w / d) float32."""
+    values = pass_.to_network(to_unit(pixels, value_range, where))
+    if d > 1:
+        c, h, w = values.shape
+        values = values.reshape(c, h // d, d, w // d, d).transpose(0, 2, 4, 1, 3).reshape(c * d * d, h // d, w // d)
+    return np.ascontiguousarray(values)

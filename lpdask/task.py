@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 from torch import Tensor
-from torch.nn import functional as F
 
 from .channels import Pass
 from .chunks import Box, Grid, reflect
@@ -25,7 +24,7 @@ from .io.omezarr import OmeZarrSink
 from .io.sources import Source
 from .memory import reuse_freed_memory, trim
 from .nodata import FILL_RADIUS, Nodata, fill, input_box, mark, read_mask, upscaled_mask, valid_of
-from .pixels import ValueRange, from_unit, from_unit_tensor, to_unit, working_float
+from .pixels import ValueRange, from_unit, from_unit_tensor, network_input, working_float
 from .stages import IMAGE, Stage
 
 if TYPE_CHECKING:
@@ -86,7 +85,7 @@ class Job:
         cols = reflect(np.arange(window.x0 * d, window.x1 * d), self.source.width)
         box = Box(int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1)
         pixels = self._pixels(box)[np.ix_(rows - box.y0, cols - box.x0)]
-        return F.pixel_unshuffle(torch.from_numpy(self._unit(pixels, box))[None], d)
+        return torch.from_numpy(self._unit(pixels, box))[None]
 
     def _pixels(self, box: Box) -> np.ndarray:
         """The pass's channels only (a 20-channel image is read once per channel, not 20 times),
@@ -134,7 +133,7 @@ class Job:
         where = f"in rows {box.y0}:{box.y1} columns {box.x0}:{box.x1}{plane} "
         first = min(self.pass_.channels)
         local = Pass(self.pass_.kind, tuple(c - first for c in self.pass_.channels))
-        return np.ascontiguousarray(local.to_network(to_unit(pixels, self.value_range, where)))
+        return network_input(pixels, local, self.value_range, self.input_factor, where)
 
     def write_result(self, box: Box, values: np.ndarray) -> None:
         """Network output (3 or 1, h, w) of ``box`` to the pass's channels of the sink; ``values`` is

@@ -11,7 +11,6 @@ from functools import partial
 import dask.array as da
 import numpy as np
 import torch
-from torch.nn import functional as F
 
 from ..channels import Pass
 from ..chunks import Box
@@ -20,7 +19,7 @@ from ..models.network import Network
 from ..plan import Plan
 from ..schedulers import Scheduler
 from ..geometry import chunk_sizes, factors, unshuffled
-from ..pixels import ValueRange, from_unit, to_unit
+from ..pixels import ValueRange, from_unit, network_input, reflect_to_cells
 from ..stages import IMAGE, Stage
 from ..task import Job, run_window
 from . import Progress
@@ -35,9 +34,7 @@ def lazy_pass(pixels: da.Array, run: Pass, stages: list[Stage], d: int, chunk: i
     height, width = pixels.shape[1:]
     widest = max(stage.halo for stage in stages)
     grid = unshuffled(height, width, d)
-    padded = (grid[0] * d, grid[1] * d)
-    if padded != (height, width):  # Real-ESRGAN's reflect padding for pixel-unshuffle models
-        pixels = da.pad(pixels, ((0, 0), (0, padded[0] - height), (0, padded[1] - width)), mode="reflect")
+    pixels = reflect_to_cells(pixels, d, axes=(1, 2))
     rows = chunk_sizes(grid[0], chunk // d, widest)
     cols = chunk_sizes(grid[1], chunk // d, widest)
     pixels = pixels.rechunk((-1, tuple(n * d for n in rows), tuple(n * d for n in cols)))
@@ -57,8 +54,7 @@ def lazy_pass(pixels: da.Array, run: Pass, stages: list[Stage], d: int, chunk: i
 
 
 def _normalise(block: np.ndarray, run: Pass, value_range: ValueRange | None, factor: int) -> np.ndarray:
-    values = torch.from_numpy(run.to_network(to_unit(block.transpose(1, 2, 0), value_range)))
-    return F.pixel_unshuffle(values[None], factor)[0].numpy() if factor > 1 else values.numpy()
+    return network_input(block.transpose(1, 2, 0), run, value_range, factor)
 
 
 def denormalise(block: np.ndarray, run: Pass, out_dtype: np.dtype, value_range: ValueRange | None) -> np.ndarray:
