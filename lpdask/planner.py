@@ -32,10 +32,13 @@ from torch import nn
 
 from .device import ieee_fp32, storage_dtype
 from .errors import PlanWarning
-from .executors import EXECUTORS
+from .executors import EXECUTORS, executor_named
 from .models.checkpoint import cache_dir
 from .models.network import Network
-from .executors.staged import whole_stages
+from .costs import PROCESS_MEMORY, Machine, Pricing, StageCost  # noqa: F401  (PROCESS_MEMORY: the planner's too)
+from .executors.staged import estimate, whole_stages
+from .executors.stream import BAND_REACHES, STRIPS, TILE_SECONDS, cut_in_height, dry_run  # noqa: F401
+from .executors.stream import estimate as estimate_stream
 from .chunks import tile_rows_step
 from .geometry import bands, ceil_div, extent_sum, factors, reach, reach_span, unshuffled
 from .plan import GPU_CHUNKS, MAX_CHUNK, MIN_CHUNK, Plan
@@ -59,52 +62,6 @@ memory among them wins (predicted times were 3-20% off the measured ones)."""
 REFERENCE = 4096
 """Side of the image plans are picked for (see ``choose``): past a few chunks a side, which plan is
 fastest no longer depends on the image's size."""
-PROCESS_MEMORY = 800 * 2**20
-"""What a CPU run holds besides its windows and the model: 0.54 GiB resident once torch, Zarr, Dask
-and tifffile are imported, and 0.15-0.23 GiB the allocator keeps between chunks even when trimmed
-(measured: 2-block RRDBNet x4 at 768^2 and 1536^2, chunks of 192 and 256, one and two at once)."""
-GPU_ALLOWANCE = 300 * 2**20
-"""GPU memory beyond the windows and the model. Measured on an H200 (x4plus, 1024^2 and 2048^2):
-torch's peak reserved memory was 0.68-0.99x the prediction with expandable segments (which the CLI
-asks for) or one chunk at a time, but up to 2.2x with the default allocator and chunks of varying
-size; the peak allocated memory was 0.58-0.91x."""
-TASK_SECONDS = 0.02
-"""Fixed cost of one chunk task (scheduling, opening arrays, torch dispatch), measured roughly on
-the smallest chunks."""
-
-
-@dataclass(frozen=True)
-class StageCost:
-    """A stage's costs per pixel of its input grid."""
-
-    name: str
-    halo: int
-    scale: int
-    macs: float
-    """Multiply-adds per input pixel."""
-    memory: float
-    """Working bytes per window pixel while it runs (inputs, the largest convolution's input and
-    output, its own output)."""
-    written: float
-    """Bytes it stores per input pixel (float32 activations, float16 in fp16 runs); 0 for the last stage."""
-    read: float
-    """Bytes it reads per window pixel."""
-
-
-@dataclass(frozen=True)
-class Machine:
-    """Measured speeds of the device and the work folder's disk."""
-
-    macs_per_core: float
-    cores: int
-    parallel_efficiency: float
-    """Throughput of all cores on one chunk, over cores x one core's (torch's intra-op scaling)."""
-    write_bytes_per_s: float
-    read_bytes_per_s: float
-    memory_budget: int
-    device_type: str = "cpu"
-
-
 def profile(stages: Sequence[Stage], image_channels: int, device: torch.device) -> list[StageCost]:
     """Multiply-adds and working memory per pixel of each stage, from one run on a small window."""
     channels = {IMAGE: image_channels}
@@ -231,235 +188,69 @@ def _disk_speed(existing: Path) -> tuple[float, float]:
     return data.nbytes / max(written, 1e-4), data.nbytes / max(read, 1e-4)
 
 
-def estimate(costs: Sequence[StageCost], height: int, width: int, chunk: int, machine: Machine, *,
-             blocks_per_stage: int, executor: str, input_factor: int = 1, model_bytes: int = 0,
-             workers: int | None = None, inner: int = 0) -> Plan:
-    """Predict the cost of running ``costs`` (the stages of one grouping) on a ``height`` x ``width``
-    image in chunks of ``chunk``. ``inner`` is the work arrays' read granularity (0: whole chunks)."""
-    d = input_factor
-    rows, cols = unshuffled(height, width, d)
-    grid = chunk // d
-    n_rows, n_cols = ceil_div(rows, grid), ceil_div(cols, grid)
-    n = n_rows * n_cols
-    gpu = machine.device_type == "cuda"
-    workers = workers or min(GPU_CHUNKS if gpu else machine.cores, n)
-    macs = whole = written = read = asked = 0.0
-    largest_window = 0.0
-    for stage, factor in zip(costs, factors(costs)):
-        h, w, c = rows * factor, cols * factor, grid * factor
-        row_extent = extent_sum(h, c, stage.halo)
-        col_extent = extent_sum(w, c, stage.halo)
-        macs += stage.macs * row_extent * col_extent
-        whole += stage.macs * h * w
-        written += stage.written * h * w
-        if stage is not costs[0]:
-            asked += stage.read * row_extent * col_extent
-            granule = inner * factor if inner else c
-            read += stage.read * extent_sum(h, c, stage.halo, granule) * extent_sum(w, c, stage.halo, granule)
-        largest_window = max(largest_window, stage.memory * min(h, c + 2 * stage.halo) * min(w, c + 2 * stage.halo))
-    threads = max(1, machine.cores // workers)
-    speed = machine.macs_per_core * workers * threads * (machine.parallel_efficiency if threads > 1 else 1.0)
-    imbalance = math.ceil(n / workers) * workers / n
-    if gpu:  # chunks in flight share one GPU: they overlap I/O, not compute
-        speed, imbalance = machine.macs_per_core, 1.0
-    compute = macs / speed * imbalance + TASK_SECONDS * n * len(costs) / workers
-    io = written / machine.write_bytes_per_s + read / machine.read_bytes_per_s
-    peak = int(workers * largest_window + model_bytes * (2 if executor == "whole" else 1)
-               + (GPU_ALLOWANCE if gpu else PROCESS_MEMORY))
-    stored = sorted(stage.written * rows * f * cols * f for stage, f in zip(costs, factors(costs)))
-    return Plan(chunk, blocks_per_stage, executor, workers, stages=len(costs), chunks=n, seconds=compute + io,  # type: ignore[arg-type]
-                compute_seconds=compute, io_seconds=io, compute_overhead=macs / whole if whole else 1.0,
-                bytes_written=int(written), peak_memory=peak, read_amplification=read / asked if asked else 1.0,
-                scratch_bytes=int(sum(stored[-3:])))
-
-
-STRIPS = (16, 32, 64, 128, 256, 512)
-"""Strip heights (input pixels) streaming plans try."""
-STEP_SECONDS = 0.002
-"""Fixed cost of one stage strip when streaming (torch dispatch, slicing, concatenating rows)."""
-DRY_ROWS = 2048
-"""Streaming schedules are simulated on at most this many rows (on the stages' grid) and
-extrapolated: past the network's reach, every further strip costs the same."""
-
-
-@dataclass(frozen=True)
-class _Rows:
-    """A dry run of a tile's row schedule: each stage's window rows in all, and the rows of every
-    array's buffer at each step."""
-
-    names: list[str]
-    held: np.ndarray
-    """(steps, arrays) rows each array's buffer has room for (the streaming executor's ``_Held``,
-    grown to :func:`~lpdask.executors.stream.room_for` the rows it must hold)."""
-    window_rows: np.ndarray
-    """Per stage: the rows of all its windows, over the dry run's rows."""
-    largest_window: np.ndarray
-    """Per stage: its tallest window."""
-    steps: int
-    rows: int
-
-
-@lru_cache(maxsize=64)
-def _dry_run(stages: tuple[Stage, ...], rows: int, strip: int) -> _Rows:
-    from .executors.stream import Drop, Read, heights, room_for, schedule
-
-    names = list(heights(stages, rows))
-    index = {name: k for k, name in enumerate(names)}
-    done, first = np.zeros(len(names), np.int64), np.zeros(len(names), np.int64)
-    room = np.zeros(len(names), np.int64)
-    held, window_rows, tallest, steps = [], np.zeros(len(stages)), np.zeros(len(stages)), 0
-    for step in schedule(stages, rows, strip):
-        if isinstance(step, Read):
-            done[index[IMAGE]] = step.stop
-        elif isinstance(step, Drop):
-            first[index[step.name]] = step.row
-        else:
-            stage = stages[step.index]
-            size = step.window_stop - step.window_start
-            window_rows[step.index] += size
-            tallest[step.index] = max(tallest[step.index], size)
-            if step.index < len(stages) - 1:  # the last stage's rows go to the output
-                done[index[stage.name]] = step.stop * stage.scale
-            steps += 1
-        now = done - first
-        room = np.where(now > room, [room_for(int(r)) for r in now], np.where(now > 0, room, 0))
-        held.append(room)
-    return _Rows(names, np.array(held), window_rows, tallest, steps, rows)
-
-
-def estimate_stream(costs: Sequence[StageCost], stages: Sequence[Stage], height: int, width: int, tile: int,
-                    strip: int, machine: Machine, *, blocks_per_stage: int, image_channels: int,
-                    input_factor: int = 1, model_bytes: int = 0, workers: int | None = None,
-                    itemsize: int = 4, tile_rows: int = 0) -> Plan:
-    """Predict the cost of streaming ``stages`` (profiled as ``costs``) over a ``height`` x ``width``
-    image in tiles ``tile`` wide and ``tile_rows`` high (0: the image's height) and strips ``strip``
-    high (input pixels)."""
-    d = input_factor
-    rows, cols = unshuffled(height, width, d)
-    width_d, strip_d = tile // d, max(1, strip // d)
-    tiles = bands(cols, width_d)
-    row_bands = bands(rows, tile_rows // d or rows)
-    dry = _dry_run(tuple(stages), min(rows, DRY_ROWS), strip_d)
-    stretch = rows / dry.rows
-    computed = np.zeros(len(stages))  # each stage's input rows computed over all row bands
-    for (y0, y1), weight in _sampled(row_bands):
-        outputs = reach_span(stages, rows, y0, y1).outputs
-        computed += [weight * (b - a) / stage.scale for stage, (a, b) in zip(stages, outputs)]
-    repeat = computed / np.array([rows * f for f in factors(stages)[:-1]])  # > 1 by the cuts' repeated reach
-    tasks = len(tiles) * len(row_bands)
-    gpu = machine.device_type == "cuda"
-    workers = workers or (1 if gpu else min(machine.cores, tasks))
-    channels = {IMAGE: image_channels, **{stage.name: stage.channels for stage in stages}}
-    macs = whole = 0.0
-    peak_tile = 0.0
-    for (x0, x1), weight in _sampled(tiles):
-        columns = reach_span(stages, cols, x0, x1)
-        widths = np.array([(columns.arrays[n][1] - columns.arrays[n][0]) * channels[n] for n in dry.names])
-        working = max(cost.memory * tall * (w1 - w0)
-                      for cost, tall, (w0, w1) in zip(costs, dry.largest_window, columns.windows))
-        peak_tile = max(peak_tile, float((dry.held @ widths).max()) * itemsize + working)
-        for cost, window_rows, again, (w0, w1) in zip(costs, dry.window_rows, repeat, columns.windows):
-            macs += weight * cost.macs * window_rows * stretch * again * (w1 - w0)
-    for cost, f in zip(costs, factors(costs)):
-        whole += cost.macs * rows * f * cols * f
-    threads = max(1, machine.cores // workers)
-    speed = machine.macs_per_core * workers * threads * (machine.parallel_efficiency if threads > 1 else 1.0)
-    imbalance = math.ceil(tasks / workers) * workers / tasks
-    if gpu:
-        speed, imbalance = machine.macs_per_core, 1.0
-    compute = macs / speed * imbalance + STEP_SECONDS * dry.steps * stretch * float(repeat.mean()) * tasks / workers
-    peak = int(workers * peak_tile + model_bytes + (GPU_ALLOWANCE if gpu else PROCESS_MEMORY))
-    return Plan(tile, blocks_per_stage, "stream", workers, strip, tile_rows, stages=len(costs), chunks=tasks,
-                seconds=compute, compute_seconds=compute, compute_overhead=macs / whole if whole else 1.0,
-                peak_memory=peak)
-
-
-def _sampled(spans: list[tuple[int, int]]) -> list[tuple[tuple[int, int], int]]:
-    """The first, second and last of ``spans`` (all of them, if three or fewer), each with how many
-    it stands for: the inner ones are alike."""
-    if len(spans) <= 3:
-        return [(span, 1) for span in spans]
-    return [(spans[0], 1), (spans[1], len(spans) - 2), (spans[-1], 1)]
-
-
 PLANNED = tuple(e.name for e in EXECUTORS if e.planned)
 """The executors the planner weighs (:data:`lpdask.executors.EXECUTORS`' planned ones)."""
 STREAM_GROUPINGS = 2
 """How many of a network's finest groupings streaming plans try."""
 TILES = (*CHUNKS, 6144, 8192)
 """Tile widths streaming plans try."""
-TILE_SECONDS = 900.0
-"""Streaming tiles predicted to take longer than this are cut in height, so that a kill, a lost
-worker or Ctrl-C loses less work..."""
-BAND_REACHES = 16
-"""...into bands no shorter than this many times the network's reach (each cut repeats about one
-reach of rows of compute, half on either side: about 1/16 more)."""
 
 
-def choose(net: Network, height: int, width: int, device: torch.device, *, chunk: int | None = None,
-           blocks_per_stage: int | None = None, workers: int | None = None, work: str | None = None,
-           memory_budget: int | None = None, inner: int = 0, executors: Sequence[str] = PLANNED,
-           strip: int | None = None, scratch: int | None = None,
-           tile_rows: int | None = None) -> tuple[Plan, list[Plan]]:
-    """The plan to use, and every plan considered for this image (fastest first). ``chunk`` /
-    ``blocks_per_stage`` / ``strip`` / ``tile_rows`` fix that part of the plan, ``executors`` the executors weighed
-    (:data:`lpdask.plan.EXECUTOR_STORAGE`). Staged plans whose activations need more than ``scratch``
-    bytes (the work folder's free space; None: not checked) are left out while any other plan is left.
+@dataclass(frozen=True)
+class Fixed:
+    """The parts of a plan the user fixed (None: the planner's choice), and the executors it may use."""
+
+    chunk: int | None = None
+    blocks_per_stage: int | None = None
+    workers: int | None = None
+    strip: int | None = None
+    tile_rows: int | None = None
+    executors: Sequence[str] = PLANNED
+    inner: int = 0
+    """The work arrays' read granularity (0: whole chunks)."""
+
+
+def choose(net: Network, height: int, width: int, device: torch.device, fixed: Fixed = Fixed(), *,
+           work: str | None = None, memory_budget: int | None = None,
+           scratch: int | None = None) -> tuple[Plan, list[Plan]]:
+    """The plan to use, and every plan considered for this image (fastest first), among what ``fixed``
+    leaves open. Staged plans whose activations need more than ``scratch`` bytes (the work folder's
+    free space; None: not checked) are left out while any other plan is left.
 
     The chunk (tile), grouping, strip and chunks at once are picked for an image of ``REFERENCE`` px a
     side (the fastest that fits the budget, or the least memory among those within ``NEAR`` of it),
     then used on this one; an image that fits in one such chunk may instead run the whole network as
     one stage if that is faster and needs no more memory. So a larger image never takes more memory.
-    A streaming plan's tiles are then cut in height (:func:`_cut_in_height`) where that keeps more
-    workers busy or a tile would take longer than ``TILE_SECONDS``."""
+    A streaming plan's tiles are then cut in height (:func:`~lpdask.executors.stream.cut_in_height`)
+    where that keeps more workers busy or a tile would take longer than ``TILE_SECONDS``."""
     machine = measure_machine(device.type, work, memory_budget)
-    model_bytes = sum(p.numel() * p.element_size() for p in net.parameters())  # type: ignore[attr-defined]
-    image_channels = net.in_channels * net.input_factor**2
-    itemsize = next((p.element_size() for p in net.parameters()), 4)  # type: ignore[attr-defined]
     d = net.input_factor
-    groupings: list[tuple[int, str, list[Stage]]] = []
-    tried = net.groupings()
-    for kind in ("staged", "stream"):
-        if kind not in executors:
-            continue
-        seen = set()
-        # streaming pays each stage's halo again per strip: only the finest cuts are worth pricing
-        cuts = tried if kind == "staged" else tried[:STREAM_GROUPINGS]
-        for k in ([] if blocks_per_stage == 0 else [blocks_per_stage] if blocks_per_stage else cuts):
-            stages = net.stages(k)
-            if len(stages) not in seen:
-                seen.add(len(stages))
-                groupings.append((k, kind, stages))
-    if "whole" in executors and not blocks_per_stage:
-        groupings.append((0, "whole", whole_stages(net)))
-    profiles: dict[int, list[StageCost]] = {}
-    profiled = [(k, kind, stages, profiles.get(k) or profiles.setdefault(k, profile(stages, image_channels, device)))
-                for k, kind, stages in groupings]
-
+    pricing = Pricing(height, width, machine, net.scale, d,
+                      sum(p.numel() * p.element_size() for p in net.parameters()),  # type: ignore[attr-defined]
+                      net.in_channels * d**2, next((p.element_size() for p in net.parameters()), 4),  # type: ignore[attr-defined]
+                      fixed.inner)
+    profiled = _profiled(net, device, fixed)
+    tile_rows, workers = fixed.tile_rows, fixed.workers
     tiles = [c for c in TILES if not tile_rows or tile_rows % tile_rows_step(c, net.scale, d) == 0] or TILES
 
     def sizes(side: int, tried: Sequence[int] = CHUNKS) -> list[int]:
-        if chunk:
-            return [chunk]
+        if fixed.chunk:
+            return [fixed.chunk]
         options = [c for c in tried if MIN_CHUNK <= c <= MAX_CHUNK and c % d == 0]
         return [c for c in options if c < side or c == min(x for x in options if x >= min(side, options[-1]))]
 
     def strips(h: int) -> list[int]:
-        return [strip] if strip else [x for x in STRIPS if x % d == 0 and x < h] or [STRIPS[0]]
+        return [fixed.strip] if fixed.strip else [x for x in STRIPS if x % d == 0 and x < h] or [STRIPS[0]]
 
     def plans_for(h: int, w: int) -> list[Plan]:
-        plans = []
+        here, plans = replace(pricing, height=h, width=w), []
         for k, kind, stages, costs in profiled:
             if kind == "stream":
                 at_once = [workers] if workers else range(1, (1 if machine.device_type == "cuda" else machine.cores) + 1)
-                plans += [estimate_stream(costs, stages, h, w, c, x, machine, blocks_per_stage=k,
-                                          image_channels=image_channels, input_factor=d, model_bytes=model_bytes,
-                                          workers=n, itemsize=itemsize, tile_rows=tile_rows or 0)
+                plans += [estimate_stream(costs, stages, here, Plan(c, k, "stream", n, x, tile_rows or 0))
                           for c in sizes(w, tiles) for x in strips(h) for n in at_once]
             else:
-                plans += [estimate(costs, h, w, c, machine, blocks_per_stage=k, executor=kind, input_factor=d,
-                                   model_bytes=model_bytes, workers=workers, inner=inner)
-                          for c in sizes(max(h, w))]
+                plans += [estimate(costs, here, Plan(c, k, kind, workers or 0)) for c in sizes(max(h, w))]
         return sorted(plans, key=lambda e: (e.seconds, e.peak_memory))
 
     plans = plans_for(height, width)
@@ -489,12 +280,9 @@ def choose(net: Network, height: int, width: int, device: torch.device, *, chunk
     if best.peak_memory > machine.memory_budget and any(e.peak_memory <= machine.memory_budget for e in feasible):
         best = _pick(feasible, machine.memory_budget)  # the reference's shape needs more here (larger halos)
     if best.executor == "stream" and tile_rows is None:
-        k, _, stages, costs = next(p for p in profiled if p[:2] == (best.blocks_per_stage, "stream"))
-        best = _cut_in_height(best, partial(estimate_stream, costs, stages, height, width, best.chunk,
-                                            machine=machine, blocks_per_stage=k, image_channels=image_channels,
-                                            input_factor=d, model_bytes=model_bytes, itemsize=itemsize),
-                              height, tile_rows_step(best.chunk, net.scale, d), reach(stages) * d, machine,
-                              max(best.peak_memory, reference.peak_memory), strips(height), fixed_workers=workers)
+        _, _, stages, costs = next(p for p in profiled if p[:2] == (best.blocks_per_stage, "stream"))
+        best = cut_in_height(best, partial(estimate_stream, costs, stages, pricing), pricing, reach(stages) * d,
+                             max(best.peak_memory, reference.peak_memory), strips(height), workers)
     if best.peak_memory > machine.memory_budget:
         warnings.warn(f"no plan fits the memory budget of {machine.memory_budget / 2**30:.2f} GiB; using the one "
                       f"needing the least, predicted {best.peak_memory / 2**30:.2f} GiB (chunk {best.chunk})",
@@ -502,35 +290,29 @@ def choose(net: Network, height: int, width: int, device: torch.device, *, chunk
     return best, plans
 
 
-def _cut_in_height(plan: Plan, price: Callable[..., Plan], height: int, step: int, reach_px: int, machine: Machine,
-                   memory: int, strips: Sequence[int], fixed_workers: int | None) -> Plan:
-    """``plan`` (streaming, full-height tiles) with its tiles cut in height where that helps: into
-    as many bands as keep more of a CPU's cores (or the ``fixed_workers`` asked for) on tiles of
-    their own, when that is predicted faster within ``memory`` (the plan picked for a large image
-    needs no less: a smaller image never takes more; one tile on several threads runs at torch's
-    lower parallel efficiency); then into bands of at most about ``TILE_SECONDS``
-    each, no shorter than ``BAND_REACHES`` reaches, when a tile would take longer.
-    ``price(strip=, workers=, tile_rows=)`` estimates a variant (with any of ``strips`` for more
-    bands at once); band heights are multiples of ``step``."""
-
-    best = plan
-    if machine.device_type != "cuda":
-        for n in [fixed_workers] if fixed_workers else range(plan.chunks + 1, machine.cores + 1):
-            rows = ceil_div(ceil_div(height, ceil_div(n, plan.chunks)), step) * step  # that many bands or fewer
-            if rows < height:
-                for strip in strips:
-                    e = price(strip=strip, workers=n, tile_rows=rows)
-                    if e.seconds < best.seconds and e.peak_memory <= memory:
-                        best = e
-    at_once = 1 if machine.device_type == "cuda" else best.workers
-    per_tile = best.seconds * at_once / best.chunks
-    current = best.tile_rows or height
-    if per_tile > TILE_SECONDS:
-        shortest = ceil_div(BAND_REACHES * reach_px, step) * step
-        rows = max(int(current * TILE_SECONDS / per_tile) // step * step, shortest)
-        if rows < current:
-            best = price(strip=best.strip, workers=best.workers, tile_rows=rows)
-    return best
+def _profiled(net: Network, device: torch.device,
+              fixed: Fixed) -> list[tuple[int, str, list[Stage], list[StageCost]]]:
+    """(grouping, executor, stages, their costs) for each stage list the planner prices: the
+    network's groupings for the staged executor, its finest for streaming (which pays each stage's
+    halo again per strip), the whole network as one stage; each grouping profiled once."""
+    groupings: list[tuple[int, str, list[Stage]]] = []
+    tried, blocks = net.groupings(), fixed.blocks_per_stage
+    for kind in ("staged", "stream"):
+        if kind not in fixed.executors:
+            continue
+        seen = set()
+        cuts = tried if kind == "staged" else tried[:STREAM_GROUPINGS]
+        for k in ([] if blocks == 0 else [blocks] if blocks else cuts):
+            stages = net.stages(k)
+            if len(stages) not in seen:
+                seen.add(len(stages))
+                groupings.append((k, kind, stages))
+    if "whole" in fixed.executors and not blocks:
+        groupings.append((0, "whole", whole_stages(net)))
+    profiles: dict[int, list[StageCost]] = {}
+    image_channels = net.in_channels * net.input_factor**2
+    return [(k, kind, stages, profiles.get(k) or profiles.setdefault(k, profile(stages, image_channels, device)))
+            for k, kind, stages in groupings]
 
 
 def _shape(plan: Plan) -> tuple[object, ...]:
@@ -572,14 +354,21 @@ def plan_for(net: Network, source: Source, device: torch.device, options: Upscal
         return Plan.from_json(stored, o.threads), []
     local = o.threads or o.workers or None
     weighed = (("staged", "whole") if forced not in PLANNED else (forced,)) if forced else PLANNED
-    best, plans = choose(net, source.height, source.width, device, chunk=chunk, blocks_per_stage=blocks,
-                         workers=local if not o.scheduler else None,
+    fixed = Fixed(chunk, blocks, local if not o.scheduler else None, strip, tile_rows, weighed)
+    best, plans = choose(net, source.height, source.width, device, fixed,
                          work=work.url if work is not None and work.is_local else None,
-                         memory_budget=int(o.max_memory) if o.max_memory else None, executors=weighed, strip=strip,
-                         tile_rows=tile_rows, scratch=scratch_space(work, output, source, net.scale))
+                         memory_budget=int(o.max_memory) if o.max_memory else None,
+                         scratch=scratch_space(work, output, source, net.scale))
     best = replace(best, workers=o.threads or (0 if o.scheduler or o.workers else best.workers))
-    if forced and forced not in PLANNED:  # an executor the planner cannot price runs the shape it picked
-        best = replace(best, executor=forced, scratch_bytes=0)
+    if forced and forced not in PLANNED:  # an executor the planner cannot price runs a shape it priced
+        runs = o.executor if not isinstance(o.executor, str) else executor_named(forced)
+        rows, cols = unshuffled(source.height, source.width, net.input_factor)
+
+        def runnable(plan: Plan) -> bool:
+            stages = runs.stages(net, replace(plan, executor=forced), o.mode, o.tile_pad)
+            return runs.fits(stages, plan.chunk // net.input_factor, rows, cols)
+
+        best = replace(next((p for p in (best, *plans) if runnable(p)), best), executor=forced, scratch_bytes=0)
     return best, plans
 
 

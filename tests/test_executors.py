@@ -33,6 +33,9 @@ class OneWindow:
     def scratch_bytes(self, stages, height, width, input_factor, itemsize):
         return 0
 
+    def fits(self, stages, chunk, rows, cols):
+        return True
+
     def tasks(self, job):
         return 1
 

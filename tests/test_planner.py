@@ -15,7 +15,8 @@ import torch
 import zarr
 
 from lpdask import upscale
-from lpdask.planner import NEAR, PROCESS_MEMORY, REFERENCE, Machine, StageCost, choose, estimate, profile
+from lpdask.plan import Plan
+from lpdask.planner import NEAR, PROCESS_MEMORY, REFERENCE, Fixed, Machine, Pricing, StageCost, choose, estimate, profile
 from lpdask.stages import IMAGE, Stage
 
 from .reference import assert_exact, smooth_image, whole_image
@@ -30,7 +31,7 @@ def test_estimate_arithmetic():
     window through whole 50 px store chunks: [0, 100) twice, 200^2 / 120^2."""
     stages = [StageCost("a", 10, 1, macs=1000.0, memory=100.0, written=256.0, read=12.0),
               StageCost("b", 10, 1, macs=1000.0, memory=100.0, written=0.0, read=256.0)]
-    e = estimate(stages, 100, 100, 50, MACHINE, blocks_per_stage=1, executor="staged")
+    e = estimate(stages, Pricing(100, 100, MACHINE), Plan(50, 1, "staged"))
     assert e.chunks == 4 and e.workers == 2
     assert e.compute_overhead == pytest.approx(1.44)
     assert e.bytes_written == 256 * 100 * 100
@@ -70,9 +71,9 @@ def test_choices_follow_the_memory_budget(small_net):
     assert (roomy.blocks_per_stage, roomy.executor) in {(large.blocks_per_stage, large.executor), (0, "whole")}
     assert roomy.executor != "whole" or 600 <= reference.chunk
     assert roomy.peak_memory <= reference.peak_memory
-    fixed, _ = choose(small_net, 600, 600, device, chunk=96, blocks_per_stage=2)
+    fixed, _ = choose(small_net, 600, 600, device, Fixed(chunk=96, blocks_per_stage=2))
     assert (fixed.chunk, fixed.blocks_per_stage) == (96, 2)
-    staged, _ = choose(small_net, 600, 600, device, chunk=96, blocks_per_stage=2, executors=("staged",))
+    staged, _ = choose(small_net, 600, 600, device, Fixed(chunk=96, blocks_per_stage=2, executors=("staged",)))
     assert (staged.chunk, staged.blocks_per_stage, staged.executor) == (96, 2, "staged")
 
 
@@ -194,12 +195,12 @@ def test_streaming_tiles_are_cut_in_height_to_keep_the_cores_busy(small_net, mon
     for efficiency, cut in ((0.5, True), (1.0, False)):
         machine = replace(MACHINE, parallel_efficiency=efficiency, memory_budget=8 * 2**30)
         monkeypatch.setattr(planner, "measure_machine", lambda *args, machine=machine: machine)
-        best, _ = choose(small_net, 1024, 512, torch.device("cpu"), chunk=512, executors=("stream",))
+        best, _ = choose(small_net, 1024, 512, torch.device("cpu"), Fixed(chunk=512, executors=("stream",)))
         assert (best.tile_rows, best.chunks, best.workers) == ((512, 2, 2) if cut else (0, 1, 1)), best
         whole_height = planner.estimate_stream(
             planner.profile(small_net.stages(best.blocks_per_stage), 3, torch.device("cpu")),
-            small_net.stages(best.blocks_per_stage), 1024, 512, 512, best.strip, machine,
-            blocks_per_stage=best.blocks_per_stage, image_channels=3, workers=1)
+            small_net.stages(best.blocks_per_stage), Pricing(1024, 512, machine, image_channels=3),
+            Plan(512, best.blocks_per_stage, "stream", 1, best.strip))
         assert best.seconds < whole_height.seconds if cut else best.seconds == pytest.approx(whole_height.seconds)
 
 
@@ -230,7 +231,7 @@ def test_long_streaming_tiles_are_cut_in_height(small_net, monkeypatch):
 
     slow = replace(MACHINE, macs_per_core=2e8, memory_budget=8 * 2**30)
     monkeypatch.setattr(planner, "measure_machine", lambda *args: slow)
-    best, _ = choose(small_net, 60000, 1024, torch.device("cpu"), chunk=1024, executors=("stream",))
+    best, _ = choose(small_net, 60000, 1024, torch.device("cpu"), Fixed(chunk=1024, executors=("stream",)))
     assert best.tile_rows and best.tile_rows % tile_rows_step(1024, 4) == 0
     assert best.tile_rows >= planner.BAND_REACHES * reach(small_net.stages(best.blocks_per_stage))
     per_band = best.seconds * best.workers / best.chunks
@@ -239,7 +240,7 @@ def test_long_streaming_tiles_are_cut_in_height(small_net, monkeypatch):
 
     fast = replace(slow, macs_per_core=1e14, device_type="cuda")
     monkeypatch.setattr(planner, "measure_machine", lambda *args: fast)
-    best, _ = choose(small_net, 60000, 1024, torch.device("cpu"), chunk=1024, executors=("stream",))
+    best, _ = choose(small_net, 60000, 1024, torch.device("cpu"), Fixed(chunk=1024, executors=("stream",)))
     assert best.tile_rows == 0 and best.chunks == 1
 
 
@@ -248,7 +249,7 @@ def test_tile_rows_given_keep_to_tile_widths_they_fit(small_net):
     this x4 net: 64 px wide, stored in 256 px chunks; 96 px wide are stored in 384 px chunks)."""
     from lpdask.chunks import tile_rows_step
 
-    best, plans = choose(small_net, 600, 600, torch.device("cpu"), executors=("stream",), tile_rows=64)
+    best, plans = choose(small_net, 600, 600, torch.device("cpu"), Fixed(executors=("stream",), tile_rows=64))
     assert best.tile_rows == 64 and plans
     assert all(e.tile_rows == 64 and 64 % tile_rows_step(e.chunk, 4) == 0 for e in plans)
     assert {e.chunk for e in plans} == {64}

@@ -237,9 +237,9 @@ def test_networks_say_their_groupings(plain):
     deep = SRVGGNetCompact(SRVGGConfig(num_feat=4, num_conv=100))  # 102 convs
     assert deep.groupings() == (1, 2, 3, 4, 7)
     assert [len(deep.stages(k)) for k in deep.groupings()] == [7, 4, 3, 2, 1]
-    from lpdask.planner import choose
+    from lpdask.planner import Fixed, choose
 
-    _, plans = choose(plain, 64, 64, torch.device("cpu"), chunk=64)
+    _, plans = choose(plain, 64, 64, torch.device("cpu"), Fixed(chunk=64))
     assert {(e.blocks_per_stage, e.executor) for e in plans} == {(1, "staged"), (2, "staged"), (0, "whole"),
                                                                 (1, "stream"), (2, "stream")}
 

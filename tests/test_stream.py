@@ -363,11 +363,11 @@ def test_the_planner_counts_the_buffers_a_tile_keeps(small_net):
     """The planner's dry run predicts, step by step, the rows each array's buffer has room for in a
     tile (its memory): the executor's buffers, fed the schedule's rows, have exactly that room."""
     from lpdask.executors.stream import _Held
-    from lpdask.planner import _dry_run
+    from lpdask.planner import dry_run
 
     for blocks, rows, strip in [(1, 200, 16), (2, 90, 7), (1, 64, 64)]:
         stages = small_net.stages(blocks)
-        dry = _dry_run(tuple(stages), rows, strip)
+        dry = dry_run(tuple(stages), rows, strip)
         held = {name: _Held(0) for name in dry.names}
         steps = list(schedule(stages, rows, strip))
         assert len(steps) == len(dry.held)

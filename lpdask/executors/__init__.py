@@ -43,6 +43,11 @@ class Executor(Protocol):
         """Work-folder bytes its activations take at most on a ``height`` x ``width`` image."""
         ...
 
+    def fits(self, stages: list[Stage], chunk: int, rows: int, cols: int) -> bool:
+        """Whether it can run ``stages`` in chunks of ``chunk`` over a ``rows`` x ``cols`` image (both
+        on the stages' grid)."""
+        ...
+
     def tasks(self, job: Job) -> int:
         """Tasks per stage (chunks; tiles when streaming): what a job's summary counts."""
         ...

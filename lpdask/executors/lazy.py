@@ -18,6 +18,7 @@ from ..io.sources import Source
 from ..models.network import Network
 from ..plan import Plan
 from ..schedulers import Scheduler
+from ..errors import LpdaskError
 from ..geometry import chunk_sizes, factors, unshuffled
 from ..pixels import ValueRange, from_unit, network_input, reflect_to_cells
 from ..stages import IMAGE, Stage
@@ -89,6 +90,16 @@ class Lazy:
 
     def scratch_bytes(self, stages: list[Stage], height: int, width: int, input_factor: int, itemsize: int) -> int:
         return 0
+
+    def fits(self, stages: list[Stage], chunk: int, rows: int, cols: int) -> bool:
+        """Dask's overlap takes each stage's halo from the neighbouring chunks only: no halo may be
+        wider than a chunk (an image of one chunk a side has no neighbours to take from)."""
+        widest = max(stage.halo for stage in stages)
+        try:
+            chunk_sizes(rows, chunk, widest), chunk_sizes(cols, chunk, widest)
+        except LpdaskError:
+            return False
+        return True
 
     def tasks(self, job: Job) -> int:
         return len(job.grid(0))

@@ -19,11 +19,12 @@ from torch import Tensor, nn
 from ..chunks import Grid
 from ..device import storage_dtype
 from ..errors import LpdaskError, writing
-from ..geometry import activation_bytes, reach
+from ..costs import TASK_SECONDS, Pricing, StageCost
+from ..geometry import activation_bytes, ceil_div, extent_sum, factors, reach, unshuffled
 from ..options import check_tile_pad
 from ..models.network import Network
 from ..options import DEFAULT_TILE_PAD
-from ..plan import Plan
+from ..plan import GPU_CHUNKS, Plan
 from ..schedulers import Scheduler
 from ..stages import IMAGE, Stage, validate
 from ..task import Job, run_chunk_of
@@ -93,6 +94,9 @@ class Staged:
         """The three largest activations: no more are ever kept at once."""
         return sum(sorted(activation_bytes(stages, height, width, input_factor, itemsize))[-3:])
 
+    def fits(self, stages: list[Stage], chunk: int, rows: int, cols: int) -> bool:
+        return True  # a window is clipped at the image border, whatever its halo
+
     def tasks(self, job: Job) -> int:
         return len(job.grid(0))
 
@@ -136,6 +140,43 @@ def run_job(job: Job, scheduler: Scheduler, progress: Progress | None = None) ->
             for name in deletable.get(index, []):
                 job.work.remove(name)
     return computed
+
+
+
+def estimate(costs: Sequence[StageCost], pricing: Pricing, plan: Plan) -> Plan:
+    """``plan`` (its chunk, grouping, executor and workers, 0: one per core or two per GPU) with the
+    predicted cost of running ``costs`` (the stages of its grouping) over the image chunk by chunk,
+    the activations between stages through the work folder (none for the whole network as one stage)."""
+    machine, d, chunk = pricing.machine, pricing.input_factor, plan.chunk
+    rows, cols = unshuffled(pricing.height, pricing.width, d)
+    grid = chunk // d
+    n_rows, n_cols = ceil_div(rows, grid), ceil_div(cols, grid)
+    n = n_rows * n_cols
+    gpu = machine.device_type == "cuda"
+    workers = plan.workers or min(GPU_CHUNKS if gpu else machine.cores, n)
+    macs = whole = written = read = asked = 0.0
+    largest_window = 0.0
+    for stage, factor in zip(costs, factors(costs)):
+        h, w, c = rows * factor, cols * factor, grid * factor
+        row_extent = extent_sum(h, c, stage.halo)
+        col_extent = extent_sum(w, c, stage.halo)
+        macs += stage.macs * row_extent * col_extent
+        whole += stage.macs * h * w
+        written += stage.written * h * w
+        if stage is not costs[0]:
+            asked += stage.read * row_extent * col_extent
+            granule = pricing.inner * factor if pricing.inner else c
+            read += stage.read * extent_sum(h, c, stage.halo, granule) * extent_sum(w, c, stage.halo, granule)
+        largest_window = max(largest_window, stage.memory * min(h, c + 2 * stage.halo) * min(w, c + 2 * stage.halo))
+    compute = machine.compute_seconds(macs, n, workers) + TASK_SECONDS * n * len(costs) / workers
+    io = written / machine.write_bytes_per_s + read / machine.read_bytes_per_s
+    peak = int(workers * largest_window + pricing.model_bytes * (2 if plan.executor == "whole" else 1)
+               + machine.process_memory())
+    stored = sorted(stage.written * rows * f * cols * f for stage, f in zip(costs, factors(costs)))
+    return replace(plan, workers=workers, stages=len(costs), chunks=n, seconds=compute + io, compute_seconds=compute,
+                   io_seconds=io, compute_overhead=macs / whole if whole else 1.0, bytes_written=int(written),
+                   peak_memory=peak, read_amplification=read / asked if asked else 1.0,
+                   scratch_bytes=int(sum(stored[-3:])))
 
 
 EXECUTOR = Staged()

@@ -26,13 +26,14 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from functools import partial
+from functools import lru_cache, partial
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from ..chunks import Box
+from ..chunks import Box, tile_rows_step
+from ..costs import Pricing, StageCost
 from ..device import activation_layout, ieee_fp32
 from ..errors import writing
 from ..geometry import bands, ceil_div, factors, reach_span, unshuffled
@@ -210,6 +211,9 @@ class Stream:
 
     def scratch_bytes(self, stages: list[Stage], height: int, width: int, input_factor: int, itemsize: int) -> int:
         return 0
+
+    def fits(self, stages: list[Stage], chunk: int, rows: int, cols: int) -> bool:
+        return True
 
     def tasks(self, job: Job) -> int:
         return len(tiles(job))
@@ -447,6 +451,147 @@ def pyramid_levels(job: Job) -> int:
 
 __all__ = ["Drop", "Read", "Run", "Span", "Stream", "Tile", "heights", "pyramid_levels", "reach_span", "run_tile",
            "schedule", "stage_strips", "strips", "tile_at", "tiles"]
+
+
+
+# The cost model: what the planner weighs streaming plans by.
+
+TILE_SECONDS = 900.0
+"""Streaming tiles predicted to take longer than this are cut in height, so that a kill, a lost
+worker or Ctrl-C loses less work..."""
+BAND_REACHES = 16
+"""...into bands no shorter than this many times the network's reach (each cut repeats about one
+reach of rows of compute, half on either side: about 1/16 more)."""
+STRIPS = (16, 32, 64, 128, 256, 512)
+"""Strip heights (input pixels) streaming plans try."""
+STEP_SECONDS = 0.002
+"""Fixed cost of one stage strip when streaming (torch dispatch, slicing, concatenating rows)."""
+DRY_ROWS = 2048
+"""Streaming schedules are simulated on at most this many rows (on the stages' grid) and
+extrapolated: past the network's reach, every further strip costs the same."""
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """A dry run of a tile's row schedule: each stage's window rows in all, and the rows of every
+    array's buffer at each step."""
+
+    names: list[str]
+    held: np.ndarray
+    """(steps, arrays) rows each array's buffer has room for (the streaming executor's ``_Held``,
+    grown to :func:`~lpdask.executors.stream.room_for` the rows it must hold)."""
+    window_rows: np.ndarray
+    """Per stage: the rows of all its windows, over the dry run's rows."""
+    largest_window: np.ndarray
+    """Per stage: its tallest window."""
+    steps: int
+    rows: int
+
+
+@lru_cache(maxsize=64)
+def dry_run(stages: tuple[Stage, ...], rows: int, strip: int) -> _Rows:
+    """The schedule of a tile ``rows`` high (on the stages' grid) in strips of ``strip``, simulated."""
+    names = list(heights(stages, rows))
+    index = {name: k for k, name in enumerate(names)}
+    done, first = np.zeros(len(names), np.int64), np.zeros(len(names), np.int64)
+    room = np.zeros(len(names), np.int64)
+    held, window_rows, tallest, steps = [], np.zeros(len(stages)), np.zeros(len(stages)), 0
+    for step in schedule(stages, rows, strip):
+        if isinstance(step, Read):
+            done[index[IMAGE]] = step.stop
+        elif isinstance(step, Drop):
+            first[index[step.name]] = step.row
+        else:
+            stage = stages[step.index]
+            size = step.window_stop - step.window_start
+            window_rows[step.index] += size
+            tallest[step.index] = max(tallest[step.index], size)
+            if step.index < len(stages) - 1:  # the last stage's rows go to the output
+                done[index[stage.name]] = step.stop * stage.scale
+            steps += 1
+        now = done - first
+        room = np.where(now > room, [room_for(int(r)) for r in now], np.where(now > 0, room, 0))
+        held.append(room)
+    return _Rows(names, np.array(held), window_rows, tallest, steps, rows)
+
+
+def estimate(costs: Sequence[StageCost], stages: Sequence[Stage], pricing: Pricing, plan: Plan) -> Plan:
+    """``plan`` (its tile width ``chunk``, ``tile_rows`` (0: the image's height), ``strip``, grouping
+    and workers, 0: one per core or one per GPU) with the predicted cost of streaming ``stages``
+    (profiled as ``costs``) over the image."""
+    machine, d = pricing.machine, pricing.input_factor
+    rows, cols = unshuffled(pricing.height, pricing.width, d)
+    width_d, strip_d = plan.chunk // d, max(1, plan.strip // d)
+    tiles = bands(cols, width_d)
+    row_bands = bands(rows, plan.tile_rows // d or rows)
+    dry = dry_run(tuple(stages), min(rows, DRY_ROWS), strip_d)
+    stretch = rows / dry.rows
+    computed = np.zeros(len(stages))  # each stage's input rows computed over all row bands
+    for (y0, y1), weight in sampled(row_bands):
+        outputs = reach_span(stages, rows, y0, y1).outputs
+        computed += [weight * (b - a) / stage.scale for stage, (a, b) in zip(stages, outputs)]
+    repeat = computed / np.array([rows * f for f in factors(stages)[:-1]])  # > 1 by the cuts' repeated reach
+    tasks = len(tiles) * len(row_bands)
+    gpu = machine.device_type == "cuda"
+    workers = plan.workers or (1 if gpu else min(machine.cores, tasks))
+    channels = {IMAGE: pricing.image_channels, **{stage.name: stage.channels for stage in stages}}
+    macs = whole = 0.0
+    peak_tile = 0.0
+    for (x0, x1), weight in sampled(tiles):
+        columns = reach_span(stages, cols, x0, x1)
+        widths = np.array([(columns.arrays[n][1] - columns.arrays[n][0]) * channels[n] for n in dry.names])
+        working = max(cost.memory * tall * (w1 - w0)
+                      for cost, tall, (w0, w1) in zip(costs, dry.largest_window, columns.windows))
+        peak_tile = max(peak_tile, float((dry.held @ widths).max()) * pricing.itemsize + working)
+        for cost, window_rows, again, (w0, w1) in zip(costs, dry.window_rows, repeat, columns.windows):
+            macs += weight * cost.macs * window_rows * stretch * again * (w1 - w0)
+    for cost, f in zip(costs, factors(costs)):
+        whole += cost.macs * rows * f * cols * f
+    compute = (machine.compute_seconds(macs, tasks, workers)
+               + STEP_SECONDS * dry.steps * stretch * float(repeat.mean()) * tasks / workers)
+    peak = int(workers * peak_tile + pricing.model_bytes + machine.process_memory())
+    return replace(plan, workers=workers, stages=len(costs), chunks=tasks, seconds=compute, compute_seconds=compute,
+                   compute_overhead=macs / whole if whole else 1.0, peak_memory=peak)
+
+
+def sampled(spans: list[tuple[int, int]]) -> list[tuple[tuple[int, int], int]]:
+    """The first, second and last of ``spans`` (all of them, if three or fewer), each with how many
+    it stands for: the inner ones are alike."""
+    if len(spans) <= 3:
+        return [(span, 1) for span in spans]
+    return [(spans[0], 1), (spans[1], len(spans) - 2), (spans[-1], 1)]
+
+
+def cut_in_height(plan: Plan, price: Callable[[Plan], Plan], pricing: Pricing, reach_px: int, memory: int,
+                  strips: Sequence[int], fixed_workers: int | None) -> Plan:
+    """``plan`` (streaming, full-height tiles) with its tiles cut in height where that helps: into
+    as many bands as keep more of a CPU's cores (or the ``fixed_workers`` asked for) on tiles of
+    their own, when that is predicted faster within ``memory`` (the plan picked for a large image
+    needs no less: a smaller image never takes more; one tile on several threads runs at torch's
+    lower parallel efficiency); then into bands of at most about ``TILE_SECONDS``
+    each, no shorter than ``BAND_REACHES`` reaches (``reach_px`` image pixels each), when a tile
+    would take longer. ``price`` estimates a variant (with any of ``strips`` for more bands at
+    once); band heights are multiples of the output's stored chunks."""
+    machine, height = pricing.machine, pricing.height
+    step = tile_rows_step(plan.chunk, pricing.scale, pricing.input_factor)
+    best = plan
+    if machine.device_type != "cuda":
+        for n in [fixed_workers] if fixed_workers else range(plan.chunks + 1, machine.cores + 1):
+            rows = ceil_div(ceil_div(height, ceil_div(n, plan.chunks)), step) * step  # that many bands or fewer
+            if rows < height:
+                for strip in strips:
+                    e = price(replace(plan, strip=strip, workers=n, tile_rows=rows))
+                    if e.seconds < best.seconds and e.peak_memory <= memory:
+                        best = e
+    at_once = 1 if machine.device_type == "cuda" else best.workers
+    per_tile = best.seconds * at_once / best.chunks
+    current = best.tile_rows or height
+    if per_tile > TILE_SECONDS:
+        shortest = ceil_div(BAND_REACHES * reach_px, step) * step
+        rows = max(int(current * TILE_SECONDS / per_tile) // step * step, shortest)
+        if rows < current:
+            best = price(replace(best, tile_rows=rows))
+    return best
 
 
 EXECUTOR = Stream()
