@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -172,6 +173,20 @@ def test_damaged_input_is_one_line_every_time(tmp_path: Path, kind: str) -> None
         result = lpdask("upscale", path.name, f"out{run}.zarr", "--model", checkpoint.name, "-q", cwd=tmp_path)
         assert result.returncode == 2, result.stderr
         assert re.fullmatch(rf"lpdask: error: \S*/{path.name}: cannot read rows [^\n]*\n", result.stderr), result.stderr
+
+
+def test_main_gives_back_how_warnings_are_shown(tmp_path: Path, monkeypatch, capsys) -> None:
+    """``main`` in a process that goes on (a notebook, a test): lpdask's warnings are shown its way
+    only while it runs; afterwards ``warnings.showwarning`` is the caller's again, after an error too."""
+    from lpdask.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    original = warnings.showwarning
+    assert main(["--version"]) == 0
+    assert warnings.showwarning is original
+    assert main(["upscale", "nowhere.tif", "out.zarr"]) == 2
+    assert warnings.showwarning is original
+    assert capsys.readouterr().err == "lpdask: error: input not found: nowhere.tif\n"
 
 
 def test_cuda_without_gpu_is_refused(tmp_path: Path, rgb_tiff: Path) -> None:
