@@ -6,6 +6,8 @@ import signal
 import sys
 import traceback
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
@@ -38,14 +40,23 @@ def _value_range(ctx: click.Context, param: click.Parameter, value: str | None) 
     return low, high
 
 
-def _show_warning(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> None:
-    if issubclass(category, (MetadataWarning, PlanWarning, LeaseWarning)):
-        click.echo(f"lpdask: warning: {message}", err=True)
-    else:
-        _default_showwarning(message, category, *args, **kwargs)  # type: ignore[arg-type]
+@contextmanager
+def _warning_lines() -> Iterator[None]:
+    """For the command's duration, lpdask's own warnings print as one ``lpdask: warning:`` line; others
+    as they did before, and the way warnings are shown is given back afterwards."""
+    previous = warnings.showwarning
 
+    def show(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        if issubclass(category, (MetadataWarning, PlanWarning, LeaseWarning)):
+            click.echo(f"lpdask: warning: {message}", err=True)
+        else:
+            previous(message, category, *args, **kwargs)
 
-_default_showwarning = warnings.showwarning
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = previous
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -301,14 +312,14 @@ def _abandon_pending_writes() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user mistakes and faults become one line on stderr and their exit code
     (:mod:`lpdask.errors`); only a bug prints a traceback (exit 1)."""
-    warnings.showwarning = _show_warning
     prefer_expandable_segments()
     import threading
 
     main_thread = threading.current_thread() is threading.main_thread()
     before = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
-        cli.main(args=argv, prog_name="lpdask", standalone_mode=False)
+        with _warning_lines():
+            cli.main(args=argv, prog_name="lpdask", standalone_mode=False)
     except OptionError as exc:
         click.echo(f"lpdask: error: {exc.for_cli()}", err=True)
         return exc.exit_code

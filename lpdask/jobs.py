@@ -206,12 +206,9 @@ class JobSpec:
 def fingerprint(source: Source) -> dict[str, object]:
     """What identifies the input: where it is, which image, its shape, and when it last changed
     (file size and modification time; for Zarr, of the array's metadata document)."""
-    where = Location.of(source.path)
-    stamp = where
-    if source.kind == "zarr":
-        folder = where / source.array_path if source.array_path else where
-        stamp = next((f for f in (folder / "zarr.json", folder / ".zarray") if f.exists()), folder)
-    size, modified = stamp.size_and_mtime()
+    from .io.sources import stamp_location
+
+    size, modified = stamp_location(source).size_and_mtime()
     return {"path": source.path, "array": source.array_path, "series": source.series, "level": source.level,
             "shape": list(source.shape), "dtype": str(source.dtype), "size": size, "modified": modified}
 

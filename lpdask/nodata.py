@@ -166,9 +166,9 @@ def _box3(a: np.ndarray) -> np.ndarray:
     return rows[:, :-2] + rows[:, 1:-1] + rows[:, 2:]
 
 
-def read_mask(path: str, page: int, box: Box) -> np.ndarray:
-    """The TIFF internal mask at page ``page`` of ``path`` over ``box``, as (h, w) booleans."""
-    return read_tiff_page(path, page, box).astype(bool)
+def read_mask(source: Source, page: int, box: Box) -> np.ndarray:
+    """The TIFF internal mask at page ``page`` of ``source``'s file over ``box``, as (h, w) booleans."""
+    return read_tiff_page(source, page, box).astype(bool)
 
 
 def mask_page(tif: tifffile.TiffFile, page: tifffile.TiffPage) -> int | None:

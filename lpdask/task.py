@@ -121,7 +121,7 @@ class Job:
         first, last = min(self.pass_.channels), max(self.pass_.channels)
         alpha = nodata.alpha if nodata.alpha is not None and nodata.alpha > last else None
         pixels = self._read(box, alpha)
-        mask = None if nodata.mask_page is None else read_mask(self.source.path, nodata.mask_page, box)
+        mask = None if nodata.mask_page is None else read_mask(self.source, nodata.mask_page, box)
         if alpha is not None:  # the colour under a transparent pixel is missing
             seen = pixels[..., alpha - first] != 0
             mask = seen if mask is None else mask & seen

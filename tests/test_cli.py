@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -57,16 +58,13 @@ def make_cases(tmp: Path) -> dict[str, tuple[list[str | Path], str]]:
     write_zarr(tmp / "five_d.zarr", np.zeros((2, 2, 20, 20, 3), np.uint8))
     write_zarr(tmp / "complex.zarr", np.zeros((20, 20, 3), np.complex64))
     write_zarr(tmp / "float.zarr", np.full((20, 20, 3), 2.5, np.float32))
-    tifffile.imwrite(tmp / "whole.tif", smooth_image(64, 64), tile=(16, 16), compression="zlib")
-    whole = (tmp / "whole.tif").read_bytes()
-    (tmp / "truncated.tif").write_bytes(whole[: len(whole) * 6 // 10])
-    (tmp / "whole.tif").unlink()
+    damaged_input(tmp, "tiff")
     zarr.create_array(tmp / "lambda.zarr", data=np.zeros((2, 20, 20), np.uint8), dimension_names=["lambda", "y", "x"])
     (tmp / "taken.zarr").mkdir()
     (tmp / "taken.zarr" / "keep.txt").write_text("someone else's\n")
     (tmp / "garbage.pth").write_bytes(np.random.default_rng(0).bytes(2048))
     torch.save({"params_ema": {"layer.weight": torch.zeros(2, 2)}}, tmp / "other_net.pth")
-    torch.save(RRDBNet(RRDBConfig(num_feat=4, num_block=1, num_grow_ch=4)).state_dict(), tmp / "tiny.pth")
+    tiny_checkpoint(tmp)
     return {
         "missing input": (["nowhere.tif", "out.zarr"], "input not found: nowhere.tif"),
         "not an image": (["notes.txt", "out.zarr"], "neither a TIFF file nor a Zarr folder"),
@@ -97,7 +95,7 @@ def make_cases(tmp: Path) -> dict[str, tuple[list[str | Path], str]]:
                                             "--strip", "16", "--tile-rows", "100", "-q"],
                                            "--tile-rows 100 must be a multiple of 64 with tiles 64 px wide"),
         "output exists": (["in.tif", "taken.zarr"], "taken.zarr already exists; use --overwrite"),
-        "truncated tiff": (["truncated.tif", "out.zarr", "--model", "tiny.pth", "-q"], "truncated.tif: cannot read rows 0:"),
+        "truncated tiff": (["damaged.tif", "out.zarr", "--model", "tiny.pth", "-q"], "damaged.tif: cannot read rows 0:"),
         "workers negative": (["in.tif", "out.zarr", "--workers", "-1"], "--workers -1 must be at least 1"),
         "workers and scheduler": (["in.tif", "out.zarr", "--workers", "2", "--scheduler", "tcp://127.0.0.1:9"], "give only one"),
         "bad resources": (["in.tif", "out.zarr", "--resources", "GPU"], "'GPU' is not NAME=AMOUNT"),
@@ -114,6 +112,28 @@ def make_cases(tmp: Path) -> dict[str, tuple[list[str | Path], str]]:
         "missing argument": (["in.tif"], "Missing argument 'OUTPUT'"),
     }
 
+
+
+def tiny_checkpoint(tmp: Path) -> Path:
+    torch.save(RRDBNet(RRDBConfig(num_feat=4, num_block=1, num_grow_ch=4)).state_dict(), tmp / "tiny.pth")
+    return tmp / "tiny.pth"
+
+
+def damaged_input(tmp: Path, kind: str) -> Path:
+    """A 128 x 128 TIFF of 16 x 16 zlib tiles cut off at a third, or a Zarr array of 16 x 16 chunks
+    with every other chunk cut in half: one read of it meets many damaged tiles or chunks at once."""
+    image = smooth_image(128, 128)
+    if kind == "zarr":
+        path = tmp / "damaged.zarr"
+        zarr.create_array(path, data=image, chunks=(16, 16, 3))
+        for chunk in [p for p in sorted((path / "c").rglob("*")) if p.is_file()][::2]:
+            chunk.write_bytes(chunk.read_bytes()[: chunk.stat().st_size // 2])
+        return path
+    tifffile.imwrite(tmp / "whole.tif", image, tile=(16, 16), compression="zlib")
+    whole = (tmp / "whole.tif").read_bytes()
+    (tmp / "whole.tif").unlink()
+    (tmp / "damaged.tif").write_bytes(whole[: len(whole) // 3])
+    return tmp / "damaged.tif"
 
 
 def case_names() -> list[str]:
@@ -141,6 +161,34 @@ def test_bad_input(tmp_path: Path, rgb_tiff: Path, name: str) -> None:
     after = tree(tmp_path)
     after = {k: v for k, v in after.items() if not k.startswith("cache/")}
     assert after == before, "something was written or changed"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["tiff", "zarr"])
+def test_damaged_input_is_one_line_every_time(tmp_path: Path, kind: str) -> None:
+    """A read that meets many damaged tiles at once fails with one line and nothing else on stderr:
+    zarr's reads of the other tiles are settled, not left to asyncio's reports ("Task exception was
+    never retrieved", "Task was destroyed but it is pending!") at exit. Three runs: it depended on
+    timing."""
+    path, checkpoint = damaged_input(tmp_path, kind), tiny_checkpoint(tmp_path)
+    for run in range(3):
+        result = lpdask("upscale", path.name, f"out{run}.zarr", "--model", checkpoint.name, "-q", cwd=tmp_path)
+        assert result.returncode == 2, result.stderr
+        assert re.fullmatch(rf"lpdask: error: \S*/{path.name}: cannot read rows [^\n]*\n", result.stderr), result.stderr
+
+
+def test_main_gives_back_how_warnings_are_shown(tmp_path: Path, monkeypatch, capsys) -> None:
+    """``main`` in a process that goes on (a notebook, a test): lpdask's warnings are shown its way
+    only while it runs; afterwards ``warnings.showwarning`` is the caller's again, after an error too."""
+    from lpdask.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    original = warnings.showwarning
+    assert main(["--version"]) == 0
+    assert warnings.showwarning is original
+    assert main(["upscale", "nowhere.tif", "out.zarr"]) == 2
+    assert warnings.showwarning is original
+    assert capsys.readouterr().err == "lpdask: error: input not found: nowhere.tif\n"
 
 
 def test_cuda_without_gpu_is_refused(tmp_path: Path, rgb_tiff: Path) -> None:

@@ -8,10 +8,13 @@ TIFF is read as the RGB image its colour map makes of it.
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import itertools
 import os
 import threading
-from collections.abc import Iterator
+from collections import OrderedDict
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -51,6 +54,9 @@ class Source:
     """The file stores indices into a colour map; ``read`` looks them up, and ``axes``, ``shape`` and
     ``dtype`` describe the colours (the last axis, c, is not stored)."""
     meta: ImageMetadata = field(default_factory=ImageMetadata, compare=False, hash=False)
+    stamp: tuple[object, ...] = ()
+    """The input's :func:`stamp` when it was described: a file replaced since then is another input,
+    never read through this one's open handle."""
 
     @property
     def height(self) -> int:
@@ -90,17 +96,17 @@ class Source:
 
     def read(self, box: Box, plane: dict[str, int] | None = None, channels: slice = slice(None)) -> np.ndarray:
         """The pixels of ``box`` in ``plane`` as (h, w, c), channels ``channels`` only."""
-        array, table = _opened(self)
+        handle = _opened(self)
         plane = plane or {}
         ys, xs = box.slices()
         stored = self.axes[:-1] if self.palette else self.axes
         index = tuple(ys if a == "y" else xs if a == "x" else channels if a == "c" else plane.get(a, 0)
                       for a in stored)
         kept = [a for a in stored if a in "cyx"]
-        pixels = np.asarray(array[index])
+        pixels = _read_settled(handle.array, index)
         if "c" not in kept:
             pixels = pixels.transpose([kept.index("y"), kept.index("x")])
-            return table[:, channels][pixels] if self.palette else pixels[..., None]
+            return handle.table[:, channels][pixels] if self.palette else pixels[..., None]
         return pixels.transpose([kept.index("y"), kept.index("x"), kept.index("c")])
 
 
@@ -113,18 +119,38 @@ def open_source(path: str | os.PathLike[str] | Location, series: int = 0, level:
     series and a multiscale level); the default is the full-resolution image of the first series.
     """
     where = find_input(path)
-    folder = where.is_dir()
     if series < 0 or level < 0:
         raise LpdaskError(f"--series {series} and --level {level} must be at least 0")
-    if folder:
-        return _zarr_source(where, series, level)
-    chosen = _reader(where, reader)
-    if chosen in ("openslide", "bioio"):
+    if where.is_dir():
+        source = _zarr_source(where, series, level)
+    elif (chosen := _reader(where, reader)) in ("openslide", "bioio"):
         from . import bioimage, slides
 
         fields = (slides if chosen == "openslide" else bioimage).describe(where, series, level)
-        return _checked(Source(_stored(where), chosen, "", series=series, level=level, **fields))
-    return _tiff_source(where, series, level)
+        source = _checked(Source(_stored(where), chosen, "", series=series, level=level, **fields))
+    else:
+        source = _tiff_source(where, series, level)
+    return replace(source, stamp=stamp(source))
+
+
+def stamp_location(source: Source) -> Location:
+    """The file whose size and modification time tell when the input last changed: the file itself;
+    for Zarr, the array's metadata document."""
+    where = Location.of(source.path)
+    if source.kind != "zarr":
+        return where
+    folder = where / source.array_path if source.array_path else where
+    return next((f for f in (folder / "zarr.json", folder / ".zarray") if f.exists()), folder)
+
+
+def stamp(source: Source) -> tuple[object, ...]:
+    """The input's size, modification time and, for a local file, inode (a file replaced by another
+    of the same size and time is still told apart)."""
+    where = stamp_location(source)
+    if where.is_local:
+        stat = where.local_path.stat()
+        return stat.st_size, stat.st_mtime_ns, stat.st_ino
+    return where.size_and_mtime()
 
 
 READERS = ("auto", "tifffile", "openslide", "bioio")
@@ -356,41 +382,129 @@ def _zarr_photometric(attrs: dict[str, Any] | None, axes: str, shape: tuple[int,
     return {3: "rgb", 4: "rgba"}.get(channels, "minisblack")  # type: ignore[return-value]
 
 
+OPEN_HANDLES = 8
+"""How many inputs a process keeps open; the least recently read is closed beyond that."""
+
+
+@dataclass
+class _Handle:
+    """An open input: the array read through, a palette image's colour table, and what holds the
+    file open (closed with the handle)."""
+
+    array: Any
+    stamp: tuple[object, ...]
+    table: np.ndarray | None = None
+    holder: Any = None
+
+    def close(self) -> None:
+        close = getattr(self.holder, "close", None)
+        if close is not None:
+            close()
+
+
 _lock = threading.Lock()
-_open: dict[tuple[str, str, str, int, int], tuple[Any, np.ndarray | None, Any]] = {}
+_open: OrderedDict[tuple[object, ...], _Handle] = OrderedDict()
 
 
-def _opened(source: Source) -> tuple[Any, np.ndarray | None]:
-    """The source's array and, for a palette image, its colour table; opened once per process and
-    kept open."""
-    key = (source.path, source.kind, source.array_path, source.series, source.level)
+def _opened(source: Source, page: int | None = None) -> _Handle:
+    """The open handle of ``source`` (or of its TIFF file's page ``page``), opened once per process
+    for each version of the file (:attr:`Source.stamp`): a handle of an older version, or the least
+    recently read beyond :data:`OPEN_HANDLES`, is closed."""
+    key = (source.path, source.kind, source.array_path, source.series, source.level, page)
     with _lock:
-        entry = _open.get(key)
-        if entry is None:
-            if source.kind in ("openslide", "bioio"):
-                from .bioimage import open_bioimage
-                from .slides import open_slide
-
-                entry = ((open_slide if source.kind == "openslide" else open_bioimage)(source), None, None)
-            elif source.kind == "tiff":
-                tif = open_tiff(Location.of(source.path))  # stays open: the store reads through it
-                chosen = tif.series[source.series]
-                table = _level_colour_table(chosen, source.level) if source.palette else None
-                entry = (zarr.open(chosen.aszarr(level=source.level), mode="r"), table, tif)
-            else:
-                node = zarr.open(source.path, mode="r")
-                entry = (node[source.array_path] if source.array_path else node, None, None)
-            _open[key] = entry
-        return entry[0], entry[1]
+        handle = _open.get(key)
+        if handle is not None and handle.stamp == source.stamp:
+            _open.move_to_end(key)
+            return handle
+        if handle is not None:
+            del _open[key]
+            handle.close()
+        if source.stamp and stamp(source) != source.stamp:
+            raise LpdaskError(f"{source.path} changed since it was opened; open it again")
+        handle = _open[key] = _open_handle(source, page)
+        while len(_open) > OPEN_HANDLES:
+            _open.popitem(last=False)[1].close()
+        return handle
 
 
-def read_tiff_page(path: str, page: int, box: Box) -> np.ndarray:
-    """The pixels of ``box`` of page ``page`` of the TIFF file at ``path`` (a page no series holds,
-    such as GDAL's internal mask), the page opened once per process and kept open."""
-    key = (path, "tiff page", "", page, 0)
-    with _lock:
-        entry = _open.get(key)
-        if entry is None:
-            tif = open_tiff(Location.of(path))  # stays open: the store reads through it
-            entry = _open[key] = (zarr.open(tif.pages[page].aszarr(), mode="r"), None, tif)
-    return np.asarray(entry[0][box.slices()])
+def _open_handle(source: Source, page: int | None) -> _Handle:
+    if source.kind in ("openslide", "bioio"):
+        from .bioimage import open_bioimage
+        from .slides import open_slide
+
+        if source.kind == "openslide":
+            slide = open_slide(source)
+            return _Handle(slide, source.stamp, holder=slide.slide)
+        image = open_bioimage(source)
+        return _Handle(image, source.stamp, holder=image.image)
+    if source.kind == "tiff":
+        tif = open_tiff(Location.of(source.path))  # stays open: the store reads through it
+        if page is not None:
+            return _Handle(zarr.open(tif.pages[page].aszarr(), mode="r"), source.stamp, holder=tif)
+        chosen = tif.series[source.series]
+        table = _level_colour_table(chosen, source.level) if source.palette else None
+        return _Handle(zarr.open(chosen.aszarr(level=source.level), mode="r"), source.stamp, table, tif)
+    node = zarr.open(source.path, mode="r")
+    return _Handle(node[source.array_path] if source.array_path else node, source.stamp)
+
+
+def read_tiff_page(source: Source, page: int, box: Box) -> np.ndarray:
+    """The pixels of ``box`` of page ``page`` of ``source``'s TIFF file (a page no series holds,
+    such as GDAL's internal mask)."""
+    return _read_settled(_opened(source, page).array, box.slices())
+
+
+_read_tasks: contextvars.ContextVar[set[asyncio.Task[Any]] | None] = contextvars.ContextVar("lpdask_read_tasks",
+                                                                                              default=None)
+
+
+def _read_settled(array: Any, index: tuple[Any, ...]) -> np.ndarray:
+    """``array[index]`` as a NumPy array. Zarr gathers a read's chunks on its I/O loop without
+    cancelling the others when one fails (a damaged TIFF tile or Zarr chunk), and they would go on
+    failing unheard or be destroyed pending at exit; so where the read fails, the tasks it started are
+    cancelled and their outcomes taken before its error is raised."""
+    if not isinstance(array, zarr.Array):
+        return np.asarray(array[index])
+    from zarr.core.sync import _get_loop, sync
+
+    loop = _get_loop()
+    _track_tasks(loop)
+    tasks: set[asyncio.Task[Any]] = set()
+    token = _read_tasks.set(tasks)
+    try:
+        try:
+            return np.asarray(array[index])
+        finally:
+            _read_tasks.reset(token)  # before settling: the settling task is not one of the read's
+    except Exception:
+        sync(_settle(tasks), loop)
+        raise
+
+
+def _track_tasks(loop: asyncio.AbstractEventLoop) -> None:
+    """Make ``loop`` add each task it creates to the set :func:`_read_settled` has in its context
+    (a task's context is a copy of its creator's, so a read's tasks all see its set)."""
+    previous = loop.get_task_factory()
+    if getattr(previous, "lpdask", False):
+        return
+
+    def factory(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any], **kwargs: Any) -> asyncio.Task[Any]:
+        task = previous(loop, coro, **kwargs) if previous else asyncio.Task(coro, loop=loop, **kwargs)
+        tasks = _read_tasks.get()
+        if tasks is not None:
+            tasks.add(task)  # type: ignore[arg-type]
+        return task  # type: ignore[return-value]
+
+    factory.lpdask = True  # type: ignore[attr-defined]
+    loop.set_task_factory(factory)
+
+
+async def _settle(tasks: set[asyncio.Task[Any]]) -> None:
+    """Cancel ``tasks`` (and those they start meanwhile), wait for them, and take their errors."""
+    while pending := [t for t in tasks if not t.done()]:
+        for task in pending:
+            task.cancel()
+        await asyncio.wait(pending)
+    for task in tasks:
+        if not task.cancelled():
+            task.exception()
