@@ -80,7 +80,7 @@ def write_pyramid_tiff(path: Path, levels: Sequence[zarr.Array], meta: ImageMeta
     else:
         from .io.tiff import write_tiff
 
-        write_tiff(path, levels, meta, ome=kind == "ome", compression=compression, software=software,
+        write_tiff(path, levels, meta, layout="ome" if kind == "ome" else "subifds", compression=compression, software=software,
                    on_tile=on_tile)
 
 

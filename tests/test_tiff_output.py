@@ -76,7 +76,7 @@ def test_every_level_round_trips(tmp_path: Path, axes: str, photometric: str, ch
     meta = metadata(axes, photometric)
     path = tmp_path / "out.tif"
     ticks = []
-    write_tiff(path, levels, meta, ome=ome, tile=128, on_tile=lambda: ticks.append(1))
+    write_tiff(path, levels, meta, layout="ome" if ome else "subifds", tile=128, on_tile=lambda: ticks.append(1))
 
     samples = channels if photometric != "minisblack" else 1
     planes = math.prod(levels[0].shape[:-2]) // samples
@@ -122,7 +122,7 @@ def test_reads_stay_within_a_tile_row(tmp_path: Path, monkeypatch: pytest.Monkey
         monkeypatch.setattr(tiff, "PIECE_BYTES", piece_bytes)
         recorded = [Recording(a) for a in levels]
         path = tmp_path / f"{piece_bytes}.tif"
-        write_tiff(path, recorded, meta, ome=False, tile=256)  # type: ignore[arg-type]
+        write_tiff(path, recorded, meta, layout="subifds", tile=256)  # type: ignore[arg-type]
         reads = recorded[0].reads
         assert max(r[1] for r in reads) <= 256
         assert max(r[2] for r in reads) == widest
@@ -137,7 +137,7 @@ def test_ome_metadata(tmp_path: Path) -> None:
     channels = (Channel("DAPI", "0000FF"), Channel("GFP", None))
     units = {"t": "second", "z": "nanometer", "y": "micrometer", "x": "micrometer"}
     path = tmp_path / "out.ome.tif"
-    write_tiff(path, levels, metadata("tczyx", channels=channels, units=units), ome=True, tile=128)
+    write_tiff(path, levels, metadata("tczyx", channels=channels, units=units), layout="ome", tile=128)
     with tifffile.TiffFile(path) as tif:
         pixels = tifffile.xml2dict(tif.ome_metadata)["OME"]["Image"]["Pixels"]
     assert (pixels["SizeT"], pixels["SizeC"], pixels["SizeZ"], pixels["SizeY"], pixels["SizeX"]) == (2, 2, 3, 300, 277)
@@ -154,7 +154,7 @@ def test_ome_leaves_out_unknown_units(tmp_path: Path) -> None:
     levels = pyramid(tmp_path / "zarr", image("czyx", 3, "uint8"))
     units = {"z": None, "y": "millimeter", "x": "millimeter"}
     meta = metadata("czyx", channels=(Channel("a"), Channel("b"), Channel("c")), units=units)
-    write_tiff(tmp_path / "out.ome.tif", levels, meta, ome=True)
+    write_tiff(tmp_path / "out.ome.tif", levels, meta, layout="ome")
     with tifffile.TiffFile(tmp_path / "out.ome.tif") as tif:
         pixels = tifffile.xml2dict(tif.ome_metadata)["OME"]["Image"]["Pixels"]
     assert (pixels["SizeC"], pixels["SizeZ"], pixels["SizeT"], pixels["DimensionOrder"]) == (3, 3, 1, "XYZCT")
@@ -165,7 +165,7 @@ def test_ome_leaves_out_unknown_units(tmp_path: Path) -> None:
 def test_rgb_ome_has_one_channel_of_three_samples(tmp_path: Path) -> None:
     levels = pyramid(tmp_path / "zarr", image("cyx", 3, "uint8"))
     meta = metadata("cyx", "rgb", channels=(Channel("R"), Channel("G"), Channel("B")))
-    write_tiff(tmp_path / "out.ome.tif", levels, meta, ome=True)
+    write_tiff(tmp_path / "out.ome.tif", levels, meta, layout="ome")
     with tifffile.TiffFile(tmp_path / "out.ome.tif") as tif:
         pixels = tifffile.xml2dict(tif.ome_metadata)["OME"]["Image"]["Pixels"]
     assert pixels["SizeC"] == 3 and pixels["Interleaved"] is True
@@ -176,7 +176,7 @@ def test_rgb_ome_has_one_channel_of_three_samples(tmp_path: Path) -> None:
 def test_resolution_tags(tmp_path: Path) -> None:
     levels = pyramid(tmp_path / "zarr", image("cyx", 1, "uint8"))
     meta = metadata("cyx", units={"y": "micrometer", "x": "micrometer"})
-    write_tiff(tmp_path / "out.tif", levels, meta, ome=False)
+    write_tiff(tmp_path / "out.tif", levels, meta, layout="subifds")
     with tifffile.TiffFile(tmp_path / "out.tif") as tif:
         pages = [level.keyframe for level in tif.series[0].levels]
         assert [p.resolutionunit for p in pages] == [tifffile.RESUNIT.CENTIMETER] * 3
@@ -197,7 +197,7 @@ def test_geotiff_for_gdal(tmp_path: Path, photometric: str, channels: int) -> No
     levels = pyramid(tmp_path / "zarr", image("cyx", channels, "uint16"))
     meta = metadata("cyx", photometric, geotiff=GEO).rescaled(4)
     path = tmp_path / "geo.tif"
-    write_tiff(path, levels, meta, ome=False, tile=128)
+    write_tiff(path, levels, meta, layout="subifds", tile=128)
     with rasterio.open(path) as geo:
         assert geo.transform == Affine(2.5, 0.0, 500000.0, 0.0, -2.5, 5000000.0)
         assert geo.crs.to_epsg() == 32633
@@ -218,11 +218,11 @@ def test_geotiff_for_gdal(tmp_path: Path, photometric: str, channels: int) -> No
 def test_rejects_bad_input(tmp_path: Path) -> None:
     levels = pyramid(tmp_path / "zarr", image("cyx", 4, "uint8"))
     with pytest.raises(ValueError, match="needs 3 channels"):
-        write_tiff(tmp_path / "a.tif", levels, metadata("cyx", "rgb"), ome=False)
+        write_tiff(tmp_path / "a.tif", levels, metadata("cyx", "rgb"), layout="subifds")
     with pytest.raises(ValueError, match="multiple of 16"):
-        write_tiff(tmp_path / "b.tif", levels, metadata("cyx"), ome=False, tile=100)
+        write_tiff(tmp_path / "b.tif", levels, metadata("cyx"), layout="subifds", tile=100)
     with pytest.raises(ValueError, match="axes"):
-        write_tiff(tmp_path / "c.tif", levels, metadata("yxc"), ome=False)
+        write_tiff(tmp_path / "c.tif", levels, metadata("yxc"), layout="subifds")
 
 
 def test_ome_color() -> None:

@@ -88,8 +88,8 @@ def write_cog(path: str | os.PathLike[str], levels: Sequence[zarr.Array], meta: 
     options = cog_options(levels[0].dtype, compression, tile)
     try:
         with writing(scratch):
-            tiff.write_tiff(scratch, levels, meta, ome=False, tile=tile, compression=(SCRATCH_CODEC, SCRATCH_LEVEL),
-                            on_tile=on_tile, software=software, overviews="pages")
+            tiff.write_tiff(scratch, levels, meta, layout="pages", tile=tile,
+                            compression=(SCRATCH_CODEC, SCRATCH_LEVEL), on_tile=on_tile, software=software)
         needs = scratch.stat().st_size if compression != "none" else sum(a.nbytes for a in levels)
         free = _free(path)
         with rasterio.Env(GDAL_CACHEMAX=CACHE_MB, GDAL_PAM_ENABLED="NO", CPL_TMPDIR=str(scratch.parent)):

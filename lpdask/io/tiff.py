@@ -70,20 +70,19 @@ TIME_UNITS = _unit_table("second", "s", {"minute": ("min", 60.0), "hour": ("h", 
 
 
 def write_tiff(path: str | os.PathLike[str], levels: Sequence[zarr.Array], meta: ImageMetadata, *,
-               ome: bool, tile: int = 256, compression: str | tuple[str, int] = "zlib",
-               on_tile: Callable[[], None] | None = None, software: str | None = None,
-               overviews: Literal["subifds", "pages"] = "subifds") -> None:
+               layout: Literal["ome", "subifds", "pages"], tile: int = 256,
+               compression: str | tuple[str, int] = "zlib", on_tile: Callable[[], None] | None = None,
+               software: str | None = None) -> None:
     """Write the pyramid ``levels`` (axes ``meta.axis_names``, level 0 first) to a tiled BigTIFF.
 
-    ``meta`` describes level 0. ``on_tile`` is called once per tile as it is handed to tifffile.
-    ``software`` goes into the first page's Software tag. ``overviews``: levels 1.. as SubIFDs of
-    level 0, or as pages after it in the main IFD chain (plain, single-plane output only, no JSON
-    description). ``compression``: a codec, or (codec, level) (the codec's default level otherwise).
+    ``meta`` describes level 0. ``layout``: an OME-TIFF, or a plain TIFF, levels 1.. as SubIFDs of
+    level 0, or (``pages``) as pages after it in the main IFD chain (single-plane output only, no
+    JSON description). ``on_tile`` is called once per tile as it is handed to tifffile.
+    ``software`` goes into the first page's Software tag. ``compression``: a codec, or (codec,
+    level) (the codec's default level otherwise).
     """
-    pages = overviews == "pages"
-    if pages and ome:
-        raise ValueError("overviews as pages of the main IFD chain are for plain TIFF, not OME-TIFF")
-    layout = _Layout.of(meta, levels, ome=ome, tile=tile, gdal=pages)
+    ome, pages = layout == "ome", layout == "pages"
+    grid = _Layout.of(meta, levels, ome=ome, tile=tile, gdal=pages)
     if pages and math.prod(levels[0].shape[meta.axis_names.index(a)] for a in "tz" if a in meta.axis_names) > 1:
         raise ValueError("overviews as pages of the main IFD chain need one plane (no t or z)")
     codec, codec_level = (compression, None) if isinstance(compression, str) else compression
@@ -92,19 +91,19 @@ def write_tiff(path: str | os.PathLike[str], levels: Sequence[zarr.Array], meta:
     predictor = bool(codec) and integer and codec.lower() in _PREDICTABLE
     extrasamples = ("unassalpha",) if meta.photometric == "rgba" else None
     geotags = meta.geotiff.extratags() if meta.geotiff is not None else None
-    metadata: dict[str, Any] = {"axes": layout.tiff_axes}
+    metadata: dict[str, Any] = {"axes": grid.tiff_axes}
     if ome:
-        metadata |= ome_metadata(meta, layout.channels)
+        metadata |= ome_metadata(meta, grid.channels)
     with tifffile.TiffWriter(path, bigtiff=True, ome=ome) as writer:
         for k, level in enumerate(levels):
             shrink = levels[0].shape[-1] / level.shape[-1], levels[0].shape[-2] / level.shape[-2]
             writer.write(
-                _tiles(level, layout, tile, on_tile),
-                shape=layout.stored_shape(level),
+                _tiles(level, grid, tile, on_tile),
+                shape=grid.stored_shape(level),
                 dtype=level.dtype,
                 tile=(tile, tile),
                 photometric="minisblack" if meta.photometric == "minisblack" else "rgb",
-                planarconfig=layout.planarconfig,
+                planarconfig=grid.planarconfig,
                 extrasamples=extrasamples,
                 compression=codec,
                 compressionargs={"level": codec_level} if codec and codec_level is not None else None,
