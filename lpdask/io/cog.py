@@ -3,7 +3,7 @@
 Two steps, neither holding the image:
 
 1. tifffile writes the pyramid tile by tile (:func:`lpdask.io.tiff.write_tiff` with
-   ``overviews="pages"``) to a scratch GeoTIFF: tiled like the output, levels 1.. as
+   ``layout="pages"``) to a scratch GeoTIFF: tiled like the output, levels 1.. as
    reduced-resolution pages (NewSubfileType 1) of the main IFD chain, which GDAL takes as the
    dataset's overviews. It is compressed losslessly and fast (zstd level 1) whatever the output's
    codec, so a lossy codec (JPEG) is applied once.

@@ -9,7 +9,7 @@ Layout:
 
 - ``rgb`` / ``rgba``: contiguous samples (YXS pages), ``rgba`` with an unassociated alpha sample.
 - ``minisblack``: one page per channel and t/z plane, as OME-TIFF stores CYX/TCZYX. For a plain
-  GeoTIFF (``ome=False`` with georeferencing) the channels are instead the separately stored
+  GeoTIFF (a plain layout with georeferencing) the channels are instead the separately stored
   samples of one page (PlanarConfiguration 2), so that GDAL sees them as bands.
 - Levels 1.. are SubIFDs of the level-0 pages (NewSubfileType 1), the OME-TIFF/Bio-Formats/QuPath
   convention, for GeoTIFF too: GDAL >= 3.2 (OSGeo/gdal#1690) takes reduced-resolution SubIFDs of
@@ -17,7 +17,7 @@ Layout:
   lists them and ``rasterio.open(path, overview_level=k)`` reads their pixels exactly, the same as
   for COG-like overview pages in the main IFD chain. Readers that walk only the main chain
   (older GDAL, some COG tools) see no overviews.
-- ``overviews="pages"`` puts levels 1.. in the main IFD chain instead, as GDAL writes overviews,
+- ``layout="pages"`` puts levels 1.. in the main IFD chain instead, as GDAL writes overviews,
   with the channels as contiguous samples of one page (pixel interleaved, as GDAL lays out a COG):
   the source :mod:`lpdask.io.cog` makes a Cloud Optimized GeoTIFF of.
 
