@@ -472,7 +472,7 @@ extrapolated: past the network's reach, every further strip costs the same."""
 
 
 @dataclass(frozen=True)
-class _Rows:
+class DryRun:
     """A dry run of a tile's row schedule: each stage's window rows in all, and the rows of every
     array's buffer at each step."""
 
@@ -489,7 +489,7 @@ class _Rows:
 
 
 @lru_cache(maxsize=64)
-def dry_run(stages: tuple[Stage, ...], rows: int, strip: int) -> _Rows:
+def dry_run(stages: tuple[Stage, ...], rows: int, strip: int) -> DryRun:
     """The schedule of a tile ``rows`` high (on the stages' grid) in strips of ``strip``, simulated."""
     names = list(heights(stages, rows))
     index = {name: k for k, name in enumerate(names)}
@@ -512,7 +512,7 @@ def dry_run(stages: tuple[Stage, ...], rows: int, strip: int) -> _Rows:
         now = done - first
         room = np.where(now > room, [room_for(int(r)) for r in now], np.where(now > 0, room, 0))
         held.append(room)
-    return _Rows(names, np.array(held), window_rows, tallest, steps, rows)
+    return DryRun(names, np.array(held), window_rows, tallest, steps, rows)
 
 
 def estimate(costs: Sequence[StageCost], stages: Sequence[Stage], pricing: Pricing, plan: Plan) -> Plan:
