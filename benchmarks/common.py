@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import importlib
 import json
 import os
@@ -128,7 +129,6 @@ def levels_off(out: np.ndarray, reference: np.ndarray) -> dict[str, float]:
     """Largest and mean absolute difference in levels, and the share of values off by more than 1."""
     diff = np.abs(out.astype(np.int64) - reference.astype(np.int64))
     return {"max": int(diff.max()), "mean": float(diff.mean()), "over_1_level": float((diff > 1).mean())}
-
 
 
 def cuda_upscale(src: Path, dst: Path, net: torch.nn.Module, **options: Any) -> dict:
@@ -254,7 +254,7 @@ def child_lpdask(spec: dict) -> dict:
 
     result = measured(work)
     plan = kept["summary"].plan
-    result["planner"] = {**plan.__dict__, "describe": plan.describe()} if plan and plan.seconds else None
+    result["planner"] = {**dataclasses.asdict(plan), "describe": plan.describe()} if plan and plan.seconds else None
     out = zarr.open_array(str(Path(spec["dst"]) / "0"), mode="r")
     scale = result["output_shape"][-1] // spec["size"]
     result.update(chunk_used=out.chunks[-1] // scale, scale=scale, output_bytes_on_disk=du(spec["dst"]))

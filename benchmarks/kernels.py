@@ -11,7 +11,7 @@ runs), side by side in one process, whole-image inference without I/O.
   (the peer a video user would pick); input MP/s and the fraction of the device's dense fp16 peak
   (x4plus: 17.9 M multiply-adds per input pixel).
 
-``.venv/bin/python -m benchmarks.kernels [--gpu [--compile]] [--repeat 3]`` (``--quick``: 128 px, one run
+``.venv/bin/python -m benchmarks.kernels [--gpu [--compile]] [--repeat 3]`` (``--quick``: 64 px, one run
 each). Prints a table and writes ``benchmarks/results/kernels_<mode>.json``.
 """
 
@@ -107,7 +107,8 @@ def cpu(args: argparse.Namespace) -> dict:
     rows = {name: {"seconds": s, "input_mp_per_s": pixels / s / 1e6, "vs_eager": seconds["eager"] / s}
             for name, s in seconds.items()}
     return {"mode": "cpu", "size": args.size, "threads": torch.get_num_threads(), "repeat": args.repeat,
-            "model": "RRDBNet x4, 2 blocks, 64 features, growth 32 (benchmarks.common.network)", "macs_per_pixel": macs_per_pixel(config),
+            "model": "RRDBNet x4, 2 blocks, 64 features, growth 32 (benchmarks.common.network)",
+            "macs_per_pixel": macs_per_pixel(config),
             "fast_vs_eager_max_abs_difference": difference, "variants": rows}
 
 
@@ -174,10 +175,10 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=None, help="input side [768 on CPU, 2048 on GPU]")
     parser.add_argument("--repeat", type=int, default=3, help="timed runs of each variant")
     parser.add_argument("--compile", action="store_true", help="(GPU) also torch.compile the fast forward")
-    parser.add_argument("--quick", action="store_true", help="128 px, one run each: proves it runs")
+    parser.add_argument("--quick", action="store_true", help="64 px, one run each: proves it runs")
     args = parser.parse_args()
     if args.quick:
-        args.size, args.repeat = args.size or 128, 1
+        args.size, args.repeat = args.size or 64, 1
     args.size = args.size or (2048 if args.gpu else 768)
     result = gpu(args) if args.gpu else cpu(args)
     save(f"kernels_{result['mode']}", result)

@@ -23,12 +23,19 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .common import (X4PLUS_MACS, Runner, astronaut, cuda_upscale, fmt, gib, make_image, ratio, save, save_network,
                      table, whole_image)
+
+if TYPE_CHECKING:
+    from lpdask.models.network import Network
+    from lpdask.plan import Plan
+    from lpdask.planner import Machine
 
 H200_WHOLE_FP16 = 3.76
 """Input MP/s of whole-image x4plus fp16 inference, no I/O, on one H200 (measured 2026-11-30)."""
@@ -125,35 +132,35 @@ def slide(args: argparse.Namespace, tmp: Path) -> dict:
     near = min((p for p in fits if p.seconds <= quickest * (1 + planner.NEAR)), key=lambda p: (p.peak_memory, p.seconds))
     rows.append({"device": "cuda", "least_memory_near_fastest": near, **fastest(gpu_plans, gpu.memory_budget)})
     return {"mode": "slide", "side": side, "gpu_whole_rate": args.gpu_whole_rate,
-            "rows": [{key: value.__dict__ | {"describe": value.describe()} if hasattr(value, "describe") else value
+            "rows": [{key: dataclasses.asdict(value) | {"describe": value.describe()} if hasattr(value, "describe") else value
                       for key, value in row.items()} for row in rows]}
 
 
-def fastest(plans: list, budget: int) -> dict:
+def fastest(plans: list[Plan], budget: int) -> dict[str, Plan | None]:
     """The fastest streaming and staged plans within ``budget``."""
     fits = [p for p in plans if p.peak_memory <= budget]
     return {f"fastest_{storage}": min((p for p in fits if p.storage == storage), key=lambda p: p.seconds, default=None)
             for storage in ("stream", "zarr")}
 
 
-def priced(net: object, side: int, machine: object) -> list:
+def priced(net: Network, side: int, machine: Machine) -> list[Plan]:
     """The streaming and staged plans the planner weighs for a ``side``^2 image (its groupings,
     tiles, strips and chunks), priced on ``machine``; one tile or two chunks at a time, as on a GPU."""
     import torch
 
     import lpdask.planner as planner
 
-    params = list(net.parameters())  # type: ignore[attr-defined]
-    shape = {"model_bytes": sum(p.numel() * p.element_size() for p in params), "input_factor": net.input_factor}  # type: ignore[attr-defined]
-    channels = net.in_channels * net.input_factor**2  # type: ignore[attr-defined]
+    params = list(net.parameters())
+    shape = {"model_bytes": sum(p.numel() * p.element_size() for p in params), "input_factor": net.input_factor}
+    channels = net.in_channels * net.input_factor**2
     plans = []
-    for n, k in enumerate(net.groupings()):  # type: ignore[attr-defined]
-        stages = net.stages(k)  # type: ignore[attr-defined]
+    for n, k in enumerate(getattr(net, "groupings", lambda: planner.DEFAULT_GROUPINGS)()):
+        stages = net.stages(k)
         costs = planner.profile(stages, channels, torch.device("cpu"))
-        plans += [planner.estimate(costs, side, side, c, machine, blocks_per_stage=k, storage="zarr", **shape)  # type: ignore[arg-type]
+        plans += [planner.estimate(costs, side, side, c, machine, blocks_per_stage=k, storage="zarr", **shape)
                   for c in planner.CHUNKS if planner.MIN_CHUNK <= c <= planner.MAX_CHUNK]
         if n < planner.STREAM_GROUPINGS:
-            plans += [planner.estimate_stream(costs, stages, side, side, t, s, machine, blocks_per_stage=k,  # type: ignore[arg-type]
+            plans += [planner.estimate_stream(costs, stages, side, side, t, s, machine, blocks_per_stage=k,
                                               image_channels=channels, itemsize=params[0].element_size(), **shape)
                       for t in planner.TILES for s in planner.STRIPS]
     return plans
