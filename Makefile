@@ -23,7 +23,7 @@ test: $(VENV)/.test
 	$(PY) -m pytest -q -n 2
 
 bench: $(VENV)/.base
-	$(PY) benchmarks/memory_and_time.py --repeat 2
+	$(PY) -m benchmarks.memory_and_time --repeat 2
 
 clean:
 	rm -rf demo-output .pytest_cache

@@ -1,13 +1,15 @@
 """Peak memory of writing a Cloud Optimized GeoTIFF against the plain pyramidal (SubIFD) TIFF.
 
 Makes a synthetic georeferenced RGB uint8 OME-Zarr pyramid per size (written chunk by chunk with
-zarr, levels as lpdask stores them: 2x2 means down to 256 px), then exports it with
-``lpdask.export.export`` twice, ``cog=False`` and ``cog=True``, each in a fresh process. Each child
-reports its peak RSS (``VmHWM``) after its imports and after the write, and the write's seconds.
-Flat memory means the write's peak does not grow with the image.
+zarr, levels as lpdask stores them: 2x2 means down to 256 px), then writes it as lpdask export does
+(``lpdask.export.write_pyramid_tiff``) twice, plain and COG, each in a fresh process that reports its
+peak RSS (``VmHWM``) and seconds. For a COG, the peak of the scratch pyramid (tifffile) and of GDAL's
+copy are taken apart: the peak restarts at the scratch's last tile (``on_tile``). Flat memory means
+the write's peak does not grow with the image.
 
-    .venv/bin/python benchmarks/cog.py                      # 8192^2 and 16384^2
-    .venv/bin/python benchmarks/cog.py --sizes 4096 --keep  # keep the files in --workdir
+    .venv/bin/python -m benchmarks.cog                      # 8192^2 and 16384^2
+    .venv/bin/python -m benchmarks.cog --sizes 4096 --keep  # keep the files in --workdir
+    .venv/bin/python -m benchmarks.cog --quick              # 1024^2: proves it runs
 
 Results go to stdout (a table) and ``benchmarks/results/cog.json``.
 """
@@ -15,20 +17,15 @@ Results go to stdout (a table) and ``benchmarks/results/cog.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import resource
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-RESULTS = HERE / "results"
+from .common import Runner, measured, peak_rss, rss_now, save, say, table
+
 CHUNK = 1024
 
 
@@ -70,17 +67,6 @@ def synthetic(folder: Path, size: int) -> None:
     group.attrs.update(ngff_attributes(meta, len(shapes), folder.name, np.dtype("uint8")))
 
 
-def peak_rss() -> int:
-    """This process's peak resident set (bytes): ``VmHWM``, else ``ru_maxrss``."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
 def reset_peak() -> bool:
     """Restart ``VmHWM`` from the current RSS (Linux >= 4.0), so a later phase's peak shows alone."""
     try:
@@ -90,65 +76,67 @@ def reset_peak() -> bool:
         return False
 
 
-def child(kind: str, src: str, dst: str, compression: str) -> None:
-    """One export in this (fresh) process; prints its figures as one JSON line. For a COG, the
-    peak of the tifffile write (the scratch pyramid) and of GDAL's copy are also taken apart."""
-    import rasterio.shutil
-    import tifffile  # noqa: F401
+def child_write(spec: dict) -> dict:
+    """One TIFF write in this (fresh) process, as ``lpdask export`` writes it."""
+    import tifffile  # noqa: F401  (imported before the clock starts)
+    import zarr
 
-    from lpdask.export import export
+    from lpdask.export import write_pyramid_tiff
+    from lpdask.io.ngff import read_ngff_metadata
 
+    meta, paths = read_ngff_metadata(spec["src"])
+    group = zarr.open_group(spec["src"], mode="r")
+    levels = [group[p] for p in paths]
+    tiles = sum(math.ceil(a.shape[-2] / 256) * math.ceil(a.shape[-1] / 256) for a in levels)
     phases: dict[str, float] = {}
-    copy = rasterio.shutil.copy
+    done = [0]
 
-    def timed_copy(*args: object, **kwargs: object) -> None:
-        phases["scratch_write_peak"] = peak_rss()
-        started = time.perf_counter()
-        if reset_peak():
-            phases["copy_start_rss"] = peak_rss()
-            copy(*args, **kwargs)
-            phases["gdal_copy_peak"] = peak_rss()
-        else:
-            copy(*args, **kwargs)
-        phases["gdal_copy_seconds"] = time.perf_counter() - started
+    def on_tile() -> None:  # the last of the scratch's tiles: GDAL's copy comes next
+        done[0] += 1
+        if done[0] == tiles and spec["kind_of_tiff"] == "cog":
+            phases["scratch_write_peak"] = peak_rss()
+            phases["copy_start"] = time.perf_counter()
+            if reset_peak():
+                phases["copy_start_rss"] = rss_now()
 
-    rasterio.shutil.copy = timed_copy
-    before = peak_rss()
-    started = time.perf_counter()
-    export(src, dst, overwrite=True, compression=compression, cog=kind == "cog")
-    seconds = time.perf_counter() - started
-    peak = max(peak_rss(), phases.get("scratch_write_peak", 0))
-    print(json.dumps({"kind": kind, "peak_after_imports": before, "peak": peak, "seconds": seconds,
-                      "bytes": os.path.getsize(dst), **phases}))
+    def work() -> dict:
+        write_pyramid_tiff(Path(spec["dst"]), levels, meta, spec["kind_of_tiff"], compression=spec["compression"],
+                           scratch=Path(spec["dst"] + ".scratch"), on_tile=on_tile)
+        if "copy_start" in phases:
+            phases["gdal_copy_seconds"] = time.perf_counter() - phases.pop("copy_start")
+        return {"tiff": spec["kind_of_tiff"], "bytes": os.path.getsize(spec["dst"])}
+
+    result = measured(work)
+    if "copy_start_rss" in phases:  # the peak restarted at the copy: VmHWM is then the copy's own
+        result["gdal_copy_peak"] = result["peak_rss_bytes"]
+    result["peak_rss_bytes"] = max(result["peak_rss_bytes"], phases.get("scratch_write_peak", 0))
+    return {**result, **phases}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[8192, 16384], help="Image sides (px).")
     parser.add_argument("--compression", default="zlib", help="lpdask codec of both TIFFs.")
     parser.add_argument("--workdir", default=None, help="Where the files go [default: a temporary folder].")
     parser.add_argument("--keep", action="store_true", help="Keep the files.")
-    parser.add_argument("--child", nargs=3, metavar=("KIND", "SRC", "DST"), help=argparse.SUPPRESS)
+    parser.add_argument("--quick", action="store_true", help="1024^2 only: proves it runs")
     args = parser.parse_args()
-    if args.child:
-        child(*args.child, args.compression)
-        return
+    sizes = [1024] if args.quick else args.sizes
     work = Path(args.workdir or tempfile.mkdtemp(prefix="lpdask-cog-bench-"))
     work.mkdir(parents=True, exist_ok=True)
+    run = Runner(strict=True)
     rows = []
     try:
-        for size in args.sizes:
+        for size in sizes:
             src = work / f"synthetic_{size}.zarr"
             started = time.perf_counter()
             synthetic(src, size)
-            print(f"made {src} in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+            say(f"made {src} in {time.perf_counter() - started:.0f} s")
             for kind in ("plain", "cog"):
                 dst = work / f"{kind}_{size}.tif"
-                done = subprocess.run([sys.executable, __file__, "--compression", args.compression, "--child", kind,
-                                       str(src), str(dst)], capture_output=True, text=True, check=True)
-                row = {"size": size, **json.loads(done.stdout.strip().splitlines()[-1])}
-                rows.append(row)
-                print(f"{kind} {size}: {row}", file=sys.stderr)
+                rows.append({"size": size, **run({"kind": "benchmarks.cog:child_write", "src": str(src), "dst": str(dst),
+                                                  "kind_of_tiff": kind, "compression": args.compression},
+                                                 f"{kind} {size}^2")})
                 if not args.keep:
                     dst.unlink()
             if not args.keep:
@@ -157,19 +145,17 @@ def main() -> None:
         if not args.keep and not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
     mib = 2**20
-    print("| size | output | raw level 0 (MiB) | peak RSS (MiB) | after imports (MiB) | write's own (MiB) "
-          "| GDAL's copy: peak (RSS at its start) (MiB) | seconds (GDAL's copy) | file (MiB) |\n"
-          "|---|---|---|---|---|---|---|---|---|")
-    for row in rows:
-        copy = (f"{row['gdal_copy_peak'] / mib:.0f} ({row['copy_start_rss'] / mib:.0f})"
-                if "gdal_copy_peak" in row else "")
-        seconds = f"{row['seconds']:.1f}" + (f" ({row['gdal_copy_seconds']:.1f})" if "gdal_copy_seconds" in row else "")
-        print(f"| {row['size']}^2 RGB | {row['kind']} | {3 * row['size'] ** 2 / mib:.0f} | {row['peak'] / mib:.0f} "
-              f"| {row['peak_after_imports'] / mib:.0f} | {(row['peak'] - row['peak_after_imports']) / mib:.0f} "
-              f"| {copy} | {seconds} | {row['bytes'] / mib:.0f} |")
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "cog.json").write_text(json.dumps({"command": sys.argv, "compression": args.compression,
-                                                  "cpus": os.cpu_count(), "runs": rows}, indent=1) + "\n")
+    print("\n".join(table(["size", "output", "raw level 0 (MiB)", "peak RSS (MiB)", "after imports (MiB)",
+                           "write's own (MiB)", "GDAL's copy: peak (RSS at its start) (MiB)", "seconds (GDAL's copy)",
+                           "file (MiB)"],
+                          [[f"{r['size']}^2 RGB", r["tiff"], f"{3 * r['size'] ** 2 / mib:.0f}",
+                            f"{r['peak_rss_bytes'] / mib:.0f}", f"{r['rss_after_import_bytes'] / mib:.0f}",
+                            f"{(r['peak_rss_bytes'] - r['rss_after_import_bytes']) / mib:.0f}",
+                            f"{r['gdal_copy_peak'] / mib:.0f} ({r['copy_start_rss'] / mib:.0f})" if "gdal_copy_peak" in r
+                            else "", f"{r['work_seconds']:.1f}" + (f" ({r['gdal_copy_seconds']:.1f})"
+                                                                   if "gdal_copy_seconds" in r else ""),
+                            f"{r['bytes'] / mib:.0f}"] for r in rows])))
+    save("cog", {"compression": args.compression, "cpus": os.cpu_count(), "runs": rows})
 
 
 if __name__ == "__main__":

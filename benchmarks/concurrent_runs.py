@@ -1,21 +1,20 @@
 """Two runs on one output, started together, many times: never a corrupt or mixed output.
 
 Usage:
-    .venv/bin/python benchmarks/concurrent_runs.py                # 100 rounds (about 15 minutes on 2 cores)
-    .venv/bin/python benchmarks/concurrent_runs.py --rounds 10
+    .venv/bin/python -m benchmarks.concurrent_runs                # 100 rounds (about 15 minutes on 2 cores)
+    .venv/bin/python -m benchmarks.concurrent_runs --rounds 2 --size 48   # proves it runs
 
 Each round removes the output, then starts the same ``lpdask upscale`` command twice within a
 millisecond (every other round the second one with ``--wait``). Whatever the timing, one of them must
 write the output and the other must either be refused (exit 2, "is in use by another run"), or find
 the output complete, or (with ``--wait``) wait and then find it complete. After every round the output
 must be complete and bit-identical to an uninterrupted run, and no lock file may be left. The model
-is a random-weight 2-block RRDBNet (16 features), the image 96 x 96 (``--size``) in chunks of 16.
+is the benchmarks' RRDBNet with 2 blocks of 16 features (growth 8), the image 96 x 96 (``--size``) in chunks of 16.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -27,11 +26,10 @@ from pathlib import Path
 
 import numpy as np
 import tifffile
-import torch
 import zarr
 
-HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results" / "concurrent_runs.json"
+from .common import save, save_network
+
 RUN = ["--chunk", "16", "--blocks-per-stage", "1", "--threads", "1", "-q"]
 
 
@@ -55,16 +53,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=100)
     parser.add_argument("--size", type=int, default=96, help="image side in pixels (chunks of 16)")
-    parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--output", type=Path, help="JSON results (default benchmarks/results/concurrent_runs.json)")
     args = parser.parse_args()
-
-    from lpdask import RRDBConfig, RRDBNet
-
     folder = Path(tempfile.mkdtemp(prefix="lpdask-concurrent-"))
     try:
-        torch.manual_seed(0)
-        net = RRDBNet(RRDBConfig(num_feat=16, num_block=2, num_grow_ch=8))
-        torch.save({"params_ema": net.state_dict()}, folder / "model.pth")
+        save_network(folder / "model.pth", num_feat=16, num_block=2, num_grow_ch=8)
         rng = np.random.default_rng(0)
         tifffile.imwrite(folder / "in.tif", rng.integers(0, 256, (args.size, args.size, 3), np.uint8), tile=(32, 32))
         reference = upscale(folder, "reference.zarr")
@@ -92,8 +85,7 @@ def main() -> int:
             print(f"round {k + 1}/{args.rounds}: {' / '.join(seen)}{'' if fine else '  <-- WRONG'}", flush=True)
         report = {"rounds": args.rounds, "size": args.size, "bad_rounds": bad, "outcomes": dict(pairs),
                   "seconds": time.perf_counter() - start}
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(report, indent=1) + "\n")
+        save("concurrent_runs", report, args.output)
         print(f"\n{args.rounds} rounds, {len(bad)} with a corrupt, mixed or unfinished output or an unexpected exit")
         for pair, count in sorted(pairs.items(), key=lambda item: -item[1]):
             print(f"  {count:4d}  {pair}")

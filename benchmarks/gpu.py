@@ -7,132 +7,79 @@
   prediction, and what the planner picks when left to choose (fp16);
 - each precision's error against fp32 whole-image output on a crop (8-bit levels).
 
-Run on a CUDA machine: ``.venv/bin/python benchmarks/gpu.py [--size 1024] [--chunk 512] [--precisions fp16]``.
-Prints a table and writes benchmarks/results/gpu.json.
+Run on a CUDA machine: ``.venv/bin/python -m benchmarks.gpu [--size 1024] [--chunk 512] [--precisions fp16]``
+(``--quick``: 256 px in chunks of 128). Prints a table and writes benchmarks/results/gpu.json.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
-import json
 import os
-import re
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import tifffile
-import torch
-import zarr
-from skimage import data, transform
-
-import lpdask
-from lpdask.device import PRECISIONS, ieee_fp32
-from lpdask.planner import measure_machine
-
-
-def whole(net: torch.nn.Module, image: np.ndarray, dtype: torch.dtype, repeat: int = 2) -> tuple[np.ndarray, float]:
-    """Whole-image output in 8-bit levels, and the seconds of the last of ``repeat`` runs (the first
-    warms up)."""
-    x = torch.from_numpy(image.astype(np.float32) / 255).permute(2, 0, 1)[None].cuda()
-    net = copy.deepcopy(net).cuda().to(dtype)  # a copy: fp16 would round the caller's weights
-    seconds = 0.0
-    with torch.inference_mode(), ieee_fp32(torch.device("cuda")):
-        for _ in range(repeat):
-            torch.cuda.synchronize()
-            start = time.perf_counter()
-            out = net(x.to(dtype))
-            torch.cuda.synchronize()
-            seconds = time.perf_counter() - start
-    pixels = (out[0].float().clamp(0, 1).cpu().numpy() * 255).round().astype(int)
-    del out, net
-    torch.cuda.empty_cache()
-    return pixels, seconds
-
-
-def whole_and_write(net: torch.nn.Module, image: np.ndarray, dtype: torch.dtype, dst: Path) -> float:
-    """Seconds of what a plain script does: whole-image inference, then the 8-bit result written to a
-    Zarr array (chunks of 1024, Zarr's default codec; no pyramid)."""
-    start = time.perf_counter()
-    pixels, _ = whole(net, image, dtype, repeat=1)
-    zarr.create_array(str(dst), shape=pixels.shape, chunks=(pixels.shape[0], 1024, 1024), dtype="uint8")[:] = pixels
-    return time.perf_counter() - start
-
-
-def staged(net: torch.nn.Module, src: Path, dst: Path, chunk: int | None, precision: str) -> dict:
-    """One lpdask run: seconds, peak GPU memory and the planner's plan."""
-    plans: list[str] = []
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    lpdask.upscale(src, dst, model=net, chunk=chunk, device="cuda", precision=precision, on_plan=plans.append,
-                   overwrite=True)
-    seconds = time.perf_counter() - start
-    plan = plans[0] if plans else ""
-    predicted = re.search(r"peak memory ([\d.]+) GiB", plan)
-    return {"seconds": seconds, "reserved": torch.cuda.max_memory_reserved(),
-            "allocated": torch.cuda.max_memory_allocated(), "plan": plan,
-            "predicted": float(predicted.group(1)) * 2**30 if predicted else None}
+from .common import astronaut, cuda_upscale, levels_off, save, table, whole_image
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    import tifffile
+    import torch
+    import zarr
+
+    import lpdask
+    from lpdask.device import PRECISIONS
+    from lpdask.planner import measure_machine
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=1024, help="input side in pixels")
     parser.add_argument("--chunk", type=int, default=512)
     parser.add_argument("--precisions", default="fp32,fp16,bf16", help="comma-separated")
     parser.add_argument("--reference-size", type=int, default=512, help="side of the crop whose error is measured")
+    parser.add_argument("--quick", action="store_true", help="256 px in chunks of 128, crop 128: proves it runs")
     args = parser.parse_args()
+    if args.quick:
+        args.size, args.chunk, args.reference_size = 256, 128, 128
     if not torch.cuda.is_available():
-        raise SystemExit("benchmarks/gpu.py needs a CUDA GPU")
+        raise SystemExit("benchmarks.gpu needs a CUDA GPU")
     net = lpdask.load_model(None)
     measure_machine("cuda")  # the planner's one-off measurement, outside the timings
-    photo = (transform.resize(data.astronaut(), (args.size, args.size), order=3) * 255).round().astype(np.uint8)
-    small = np.ascontiguousarray(photo[: args.reference_size, : args.reference_size])
-    reference, _ = whole(net, small, torch.float32)
+    photo = astronaut(args.size)
+    crop = photo[: args.reference_size, : args.reference_size].copy()
+    reference, _ = whole_image(net, crop, "cuda")
+    megapixels = args.size**2 / 1e6
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        src, crop = Path(tmp) / "in.tif", Path(tmp) / "crop.tif"
-        tifffile.imwrite(src, photo, tile=(256, 256))
-        tifffile.imwrite(crop, small)
+    with tempfile.TemporaryDirectory() as folder:
+        tmp = Path(folder)
+        tifffile.imwrite(tmp / "in.tif", photo, tile=(256, 256))
+        tifffile.imwrite(tmp / "crop.tif", crop)
         for precision in args.precisions.split(","):
-            _, whole_seconds = whole(net, photo, PRECISIONS[precision])
-            written = whole_and_write(net, photo, PRECISIONS[precision], Path(tmp) / f"whole-{precision}.zarr")
-            run = staged(net, src, Path(tmp) / f"{precision}.zarr", args.chunk, precision)
-            lpdask.upscale(crop, Path(tmp) / f"crop-{precision}.zarr", model=net, chunk=args.chunk // 2,
+            dtype = PRECISIONS[precision]
+            _, whole_seconds = whole_image(net, photo, "cuda", dtype, repeat=2)
+            start = time.perf_counter()  # what a plain script does: whole-image, then the result to Zarr
+            pixels, _ = whole_image(net, photo, "cuda", dtype)
+            zarr.create_array(str(tmp / f"whole-{precision}.zarr"), shape=pixels.shape,
+                              chunks=(pixels.shape[0], 1024, 1024), dtype="uint8")[:] = pixels
+            written = time.perf_counter() - start
+            run = cuda_upscale(tmp / "in.tif", tmp / f"{precision}.zarr", net, chunk=args.chunk, precision=precision)
+            lpdask.upscale(tmp / "crop.tif", tmp / f"crop-{precision}.zarr", model=net, chunk=args.chunk // 2,
                            device="cuda", precision=precision, overwrite=True)
-            out = zarr.open_array(str(Path(tmp) / f"crop-{precision}.zarr" / "0"))[:].astype(int)
-            diff = np.abs(out - reference)
-            rows.append({"precision": precision, "chunk": args.chunk, **run, "whole_seconds": whole_seconds,
-                         "whole_and_write_seconds": written,
-                         "input_mp_per_s": args.size**2 / 1e6 / run["seconds"],
-                         "whole_mp_per_s": args.size**2 / 1e6 / whole_seconds,
-                         "whole_and_write_mp_per_s": args.size**2 / 1e6 / written,
-                         "max_error": int(diff.max()), "mean_error": float(diff.mean()),
-                         "off_by_more_than_1": float((diff > 1).mean())})
-        planned = staged(net, src, Path(tmp) / "planned.zarr", None, "fp16")
-        rows.append({"precision": "fp16", "chunk": "planner", **planned,
-                     "input_mp_per_s": args.size**2 / 1e6 / planned["seconds"]})
-    print(f"{'precision':>9} {'chunk':>7} {'MP/s':>7} {'whole MP/s':>10} {'+write MP/s':>11} {'GiB reserved':>12} "
-          f"{'predicted':>9} {'max err':>7} {'mean err':>8} {'>1 level':>8}")
-    for r in rows:
-        pred = f"{r['predicted'] / 2**30:9.2f}" if r.get("predicted") else f"{'n/a':>9}"
-        whole_rate = (f"{r['whole_mp_per_s']:10.3f} {r['whole_and_write_mp_per_s']:11.3f}" if "whole_mp_per_s" in r
-                      else f"{'':>10} {'':>11}")
-        error = (f"{r['max_error']:7d} {r['mean_error']:8.4f} {r['off_by_more_than_1']:8.3%}"
-                 if "max_error" in r else "")
-        print(f"{r['precision']:>9} {r['chunk']!s:>7} {r['input_mp_per_s']:7.3f} {whole_rate} "
-              f"{r['reserved'] / 2**30:12.2f} {pred} {error}")
+            out = zarr.open_array(str(tmp / f"crop-{precision}.zarr" / "0"))[:]
+            rows.append({"precision": precision, "chunk": args.chunk, **run, "whole_mp_per_s": megapixels / whole_seconds,
+                         "whole_and_write_mp_per_s": megapixels / written, **levels_off(out, reference)})
+        planned = cuda_upscale(tmp / "in.tif", tmp / "planned.zarr", net, precision="fp16")
+        rows.append({"precision": "fp16", "chunk": "planner", **planned})
+    print("\n".join(table(["precision", "chunk", "MP/s", "whole MP/s", "+write MP/s", "GiB reserved", "predicted",
+                           "max err", "mean err", "> 1 level"],
+                          [[r["precision"], r["chunk"], f"{r['input_mp_per_s']:.3f}",
+                            *(f"{r[k]:.3f}" if k in r else "" for k in ("whole_mp_per_s", "whole_and_write_mp_per_s")),
+                            f"{r['reserved'] / 2**30:.2f}", f"{r['predicted'] / 2**30:.2f}" if r["predicted"] else "n/a",
+                            r.get("max", ""), f"{r['mean']:.4f}" if "mean" in r else "",
+                            f"{r['over_1_level']:.3%}" if "over_1_level" in r else ""] for r in rows])))
     for r in rows:
         print(f"{r['precision']} chunk {r['chunk']}: {r['plan']}")
-    out = Path(__file__).parent / "results"
-    out.mkdir(exist_ok=True)
-    (out / "gpu.json").write_text(json.dumps({"device": torch.cuda.get_device_name(), "args": vars(args),
-                                              "torch": torch.__version__,
-                                              "alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),
-                                              "rows": rows}, indent=1))
+    save("gpu", {"device": torch.cuda.get_device_name(), "args": vars(args), "torch": torch.__version__,
+                 "alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"), "rows": rows})
 
 
 if __name__ == "__main__":

@@ -27,9 +27,9 @@ step() {
 }
 
 step cuda-tests 150 "$python" -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_kernels.py tests/test_device.py
-step stream 200 "$python" benchmarks/stream.py --gpu
-step kernels 60 "$python" benchmarks/kernels.py --gpu --repeat 3
+step stream 200 "$python" -m benchmarks.stream --gpu
+step kernels 60 "$python" -m benchmarks.kernels --gpu --repeat 3
 cp benchmarks/results/stream_gpu.json benchmarks/results/kernels_gpu.json "$out"/ 2>/dev/null
-step compile 120 "$python" benchmarks/kernels.py --gpu --compile --repeat 3
+step compile 120 "$python" -m benchmarks.kernels --gpu --compile --repeat 3
 cp benchmarks/results/kernels_gpu.json "$out"/kernels_gpu_compile.json 2>/dev/null
 exit 0

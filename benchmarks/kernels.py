@@ -11,30 +11,26 @@ runs), side by side in one process, whole-image inference without I/O.
   (the peer a video user would pick); input MP/s and the fraction of the device's dense fp16 peak
   (x4plus: 17.9 M multiply-adds per input pixel).
 
-Prints a table and writes ``benchmarks/results/kernels_<mode>.json``.
+``.venv/bin/python -m benchmarks.kernels [--gpu [--compile]] [--repeat 3]`` (``--quick``: 64 px, one run
+each). Prints a table and writes ``benchmarks/results/kernels_<mode>.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
+import torch
 
-import torch  # noqa: E402
+from lpdask import RRDBConfig
+from lpdask.kernels import use_kernels
 
-from lpdask import RRDBConfig, RRDBNet  # noqa: E402
-from lpdask.kernels import use_kernels  # noqa: E402
+from .common import X4PLUS_MACS, network, save, sync, table
 
-RESULTS = HERE / "results"
-X4PLUS_MACS_PER_PIXEL = 17.9e6
 DENSE_FP16_TFLOPS = {"H200": 989, "H100": 989, "A100": 312, "L40S": 362, "L4": 121, "RTX 4090": 165,
                      "RTX 5090": 209, "A10": 125, "T4": 65}
 """Dense fp16 tensor-core peak (fp32 accumulate where the vendor states both), by device name part."""
@@ -50,24 +46,18 @@ def macs_per_pixel(config: RRDBConfig) -> float:
     return 9.0 * (head + trunk + tail)
 
 
-def timed(run: Callable[[], torch.Tensor], cuda: bool) -> float:
-    if cuda:
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    run()
-    if cuda:
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
-
-
-def side_by_side(variants: dict[str, Callable[[], torch.Tensor]], repeat: int, cuda: bool) -> dict[str, float]:
+def side_by_side(variants: dict[str, Callable[[], torch.Tensor]], repeat: int, device: str) -> dict[str, float]:
     """Median seconds of each variant, runs interleaved so a noisy neighbour hits them alike."""
     for run in variants.values():
         run()  # warm-up: allocator, cuDNN's algorithm search, compilation
     times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(repeat):
         for name, run in variants.items():
-            times[name].append(timed(run, cuda))
+            sync(device)
+            start = time.perf_counter()
+            run()
+            sync(device)
+            times[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) for name, values in times.items()}
 
 
@@ -79,14 +69,19 @@ def forward(net: torch.nn.Module, kernels: str, x: torch.Tensor) -> Callable[[],
     return run
 
 
-def basicsr_forward(net: torch.nn.Module, x: torch.Tensor) -> Callable[[], torch.Tensor] | None:
+def basicsr_forward(net: torch.nn.Module, config: RRDBConfig, x: torch.Tensor) -> Callable[[], torch.Tensor] | None:
     """basicsr's own RRDBNet with the same weights, where basicsr (a test dependency) is installed."""
-    try:
-        from tests.basicsr_import import basicsr_rrdbnet
+    import torchvision.transforms.functional as functional
 
-        peer = basicsr_rrdbnet(net.state_dict()).to(x.device, x.dtype)
+    # basicsr 1.4.2 imports a module torchvision removed (Real-ESRGAN issue 768)
+    sys.modules.setdefault("torchvision.transforms.functional_tensor", functional)
+    try:
+        from basicsr.archs.rrdbnet_arch import RRDBNet
     except ImportError:
         return None
+    peer = RRDBNet(3, 3, scale=4, num_feat=config.num_feat, num_block=config.num_block,
+                   num_grow_ch=config.num_grow_ch).eval().to(x.device, x.dtype)
+    peer.load_state_dict(net.state_dict())
 
     def run() -> torch.Tensor:
         with torch.inference_mode():
@@ -95,12 +90,11 @@ def basicsr_forward(net: torch.nn.Module, x: torch.Tensor) -> Callable[[], torch
 
 
 def cpu(args: argparse.Namespace) -> dict:
-    torch.manual_seed(0)
-    config = RRDBConfig(num_feat=64, num_block=2, num_grow_ch=32)
-    net = RRDBNet(config).eval()
+    net = network()
+    config = net.config
     x = torch.rand(1, 3, args.size, args.size)
     variants = {"eager": forward(net, "eager", x), "fast": forward(net, "fast", x)}
-    peer = basicsr_forward(net, x)
+    peer = basicsr_forward(net, config, x)
     if peer is not None:
         variants["basicsr"] = peer
     with torch.inference_mode():
@@ -108,19 +102,20 @@ def cpu(args: argparse.Namespace) -> dict:
         reference = net(x)
         use_kernels(net, "fast")
         difference = float((net(x) - reference).abs().max())
-    seconds = side_by_side(variants, args.repeat, cuda=False)
+    seconds = side_by_side(variants, args.repeat, "cpu")
     pixels = args.size * args.size
     rows = {name: {"seconds": s, "input_mp_per_s": pixels / s / 1e6, "vs_eager": seconds["eager"] / s}
             for name, s in seconds.items()}
     return {"mode": "cpu", "size": args.size, "threads": torch.get_num_threads(), "repeat": args.repeat,
-            "model": "RRDBNet x4, 2 blocks, 64 features, growth 32", "macs_per_pixel": macs_per_pixel(config),
+            "model": "RRDBNet x4, 2 blocks, 64 features, growth 32 (benchmarks.common.network)",
+            "macs_per_pixel": macs_per_pixel(config),
             "fast_vs_eager_max_abs_difference": difference, "variants": rows}
 
 
 def peak_fraction(rate_mp_per_s: float) -> float | None:
     name = torch.cuda.get_device_name()
     peak = next((tflops for part, tflops in DENSE_FP16_TFLOPS.items() if part in name), None)
-    return None if peak is None else rate_mp_per_s * 1e6 * 2 * X4PLUS_MACS_PER_PIXEL / (peak * 1e12)
+    return None if peak is None else rate_mp_per_s * 1e6 * 2 * X4PLUS_MACS / (peak * 1e12)
 
 
 def gpu(args: argparse.Namespace) -> dict:
@@ -161,7 +156,7 @@ def gpu(args: argparse.Namespace) -> dict:
         variants["torch-tensorrt"] = run_trt
     except ImportError:
         notes["torch-tensorrt"] = "not installed"
-    seconds = side_by_side(variants, args.repeat, cuda=True)
+    seconds = side_by_side(variants, args.repeat, "cuda")
     pixels = args.size * args.size
     rows = {}
     for name, s in seconds.items():
@@ -180,17 +175,18 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=None, help="input side [768 on CPU, 2048 on GPU]")
     parser.add_argument("--repeat", type=int, default=3, help="timed runs of each variant")
     parser.add_argument("--compile", action="store_true", help="(GPU) also torch.compile the fast forward")
+    parser.add_argument("--quick", action="store_true", help="64 px, one run each: proves it runs")
     args = parser.parse_args()
+    if args.quick:
+        args.size, args.repeat = args.size or 64, 1
     args.size = args.size or (2048 if args.gpu else 768)
     result = gpu(args) if args.gpu else cpu(args)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"kernels_{result['mode']}.json").write_text(json.dumps(result, indent=2) + "\n")
+    save(f"kernels_{result['mode']}", result)
     print(f"{result['model']}, {args.size}^2, {result['mode']}, median of {args.repeat}")
-    print(f"{'variant':<16} {'seconds':>8} {'input MP/s':>11} {'vs eager':>9} {'of fp16 peak':>13}")
-    for name, row in result["variants"].items():
-        peak = row.get("fraction_of_dense_fp16_peak")
-        print(f"{name:<16} {row['seconds']:8.2f} {row['input_mp_per_s']:11.3f} {row['vs_eager']:8.2f}x "
-              f"{'' if peak is None else f'{peak:12.1%}'}")
+    print("\n".join(table(["variant", "seconds", "input MP/s", "vs eager", "of fp16 peak"],
+                          [[name, f"{row['seconds']:.2f}", f"{row['input_mp_per_s']:.3f}", f"{row['vs_eager']:.2f}x",
+                            "" if (peak := row.get("fraction_of_dense_fp16_peak")) is None else f"{peak:.1%}"]
+                           for name, row in result["variants"].items()])))
     if "fast_vs_eager_max_abs_difference" in result:
         print(f"fast vs eager, largest difference: {result['fast_vs_eager_max_abs_difference']:.2e}")
 

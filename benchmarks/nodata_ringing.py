@@ -1,9 +1,10 @@
 """Ringing of a nodata border into the valid pixels next to it: the fill lpdask puts under missing
 pixels (lpdask.nodata.fill) against a black border, each against the network's output on the
-whole scene before its border went missing. The scene and network are the tests' (a 120 x 120
-smooth image with a 10-pixel frame missing, the 16-feature 2-block RRDBNet x4, reach 34 px).
+whole scene before its border went missing. The scene and network are those of
+tests/test_nodata.py: a 120 x 120 smooth image with a 10-pixel frame missing, the 16-feature
+2-block RRDBNet x4 (growth 8, lively, seed 1; reach 34 px).
 
-    .venv/bin/python benchmarks/nodata_ringing.py
+    .venv/bin/python -m benchmarks.nodata_ringing
 
 Prints, for the valid pixels within 4, 10 and 34 input pixels of the frame, the mean and largest
 absolute error in 8-bit levels.
@@ -11,36 +12,34 @@ absolute error in 8-bit levels.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
-import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from lpdask.nodata import fill
+from lpdask.samples import smooth_image
 
-from lpdask import RRDBConfig, RRDBNet  # noqa: E402
-from tests.reference import lively, smooth_image, whole_image  # noqa: E402
-from tests.test_nodata import BORDER, SCALE, SIDE, filled, scene  # noqa: E402
+from .common import network, table, whole_image
+
+SIDE, BORDER, SCALE = 120, 10, 4
 
 
 def main() -> None:
-    torch.manual_seed(1)
-    net = lively(RRDBNet(RRDBConfig(num_feat=16, num_block=2, num_grow_ch=8)), seed=1)
-    image, valid = scene()
-    expected = whole_image(net, np.maximum(smooth_image(SIDE, SIDE, seed=5), 1)).astype(float)
-    outputs = {"fill": whole_image(net, filled(image, valid)).astype(float),
-               "black border": whole_image(net, image).astype(float)}
+    net = network(num_feat=16, num_block=2, num_grow_ch=8, seed=1)
+    truth = np.maximum(smooth_image(SIDE, SIDE, seed=5), 1)  # no zero inside: zero marks nodata
+    valid = np.zeros((SIDE, SIDE), bool)
+    valid[BORDER:-BORDER, BORDER:-BORDER] = True
+    image = np.where(valid[..., None], truth, 0).astype(truth.dtype)
+    filled = np.clip(np.rint(fill(image, np.broadcast_to(valid[..., None], image.shape))), 0, 255).astype(np.uint8)
+    expected = whole_image(net, truth)[0].astype(float)
+    outputs = [whole_image(net, filled)[0].astype(float), whole_image(net, image)[0].astype(float)]
     low, high = BORDER * SCALE, (SIDE - BORDER) * SCALE
-    print("| valid pixels within | fill: mean / max levels | black border: mean / max levels |")
-    print("|---|---|---|")
+    rows = []
     for band in (4, 10, 34):
         ring = np.zeros(expected.shape[1:], bool)
         ring[low:high, low:high] = True
         ring[low + band * SCALE:high - band * SCALE, low + band * SCALE:high - band * SCALE] = False
-        cells = [f"{np.abs(out - expected)[:, ring].mean():.2f} / {np.abs(out - expected)[:, ring].max():.0f}"
-                 for out in outputs.values()]
-        print(f"| {band} px of the frame | {cells[0]} | {cells[1]} |")
+        errors = [np.abs(out - expected)[:, ring] for out in outputs]
+        rows.append([f"{band} px of the frame", *(f"{e.mean():.2f} / {e.max():.0f}" for e in errors)])
+    print("\n".join(table(["valid pixels within", "fill: mean / max levels", "black border: mean / max levels"], rows)))
 
 
 if __name__ == "__main__":

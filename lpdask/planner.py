@@ -211,11 +211,12 @@ class Fixed:
 
 
 def choose(net: Network, height: int, width: int, device: torch.device, fixed: Fixed = Fixed(), *,
-           work: str | None = None, memory_budget: int | None = None,
+           machine: Machine | None = None, memory_budget: int | None = None,
            scratch: int | None = None) -> tuple[Plan, list[Plan]]:
     """The plan to use, and every plan considered for this image (fastest first), among what ``fixed``
-    leaves open. Staged plans whose activations need more than ``scratch`` bytes (the work folder's
-    free space; None: not checked) are left out while any other plan is left.
+    leaves open, on ``machine`` (default: this one as measured, with ``memory_budget``; the stages are
+    profiled on ``device``). Staged plans whose activations need more than ``scratch`` bytes (the
+    work folder's free space; None: not checked) are left out while any other plan is left.
 
     The chunk (tile), grouping, strip and chunks at once are picked for an image of ``REFERENCE`` px a
     side (the fastest that fits the budget, or the least memory among those within ``NEAR`` of it),
@@ -223,7 +224,7 @@ def choose(net: Network, height: int, width: int, device: torch.device, fixed: F
     one stage if that is faster and needs no more memory. So a larger image never takes more memory.
     A streaming plan's tiles are then cut in height (:func:`~lpdask.executors.stream.cut_in_height`)
     where that keeps more workers busy or a tile would take longer than ``TILE_SECONDS``."""
-    machine = measure_machine(device.type, work, memory_budget)
+    machine = machine or measure_machine(device.type, None, memory_budget)
     d = net.input_factor
     pricing = Pricing(height, width, machine, net.scale, d,
                       sum(p.numel() * p.element_size() for p in net.parameters()),  # type: ignore[attr-defined]
@@ -355,9 +356,9 @@ def plan_for(net: Network, source: Source, device: torch.device, options: Upscal
     local = o.threads or o.workers or None
     weighed = (("staged", "whole") if forced not in PLANNED else (forced,)) if forced else PLANNED
     fixed = Fixed(chunk, blocks, local if not o.scheduler else None, strip, tile_rows, weighed)
-    best, plans = choose(net, source.height, source.width, device, fixed,
-                         work=work.url if work is not None and work.is_local else None,
-                         memory_budget=int(o.max_memory) if o.max_memory else None,
+    machine = measure_machine(device.type, work.url if work is not None and work.is_local else None,
+                              int(o.max_memory) if o.max_memory else None)
+    best, plans = choose(net, source.height, source.width, device, fixed, machine=machine,
                          scratch=scratch_space(work, output, source, net.scale))
     best = replace(best, workers=o.threads or (0 if o.scheduler or o.workers else best.workers))
     if forced and forced not in PLANNED:  # an executor the planner cannot price runs a shape it priced

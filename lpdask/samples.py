@@ -7,6 +7,8 @@ fields and roads, stained tissue) in the formats of each field, so everything ru
   10 m pixels, nodata 0, band names in GDAL_METADATA, bands stored planar so GDAL sees 4 bands.
 - :func:`write_pathology`: an Aperio SVS-like slide: RGB JPEG tiles, a 3-level pyramid, thumbnail,
   label and macro images, ``MPP = 0.499``.
+- :func:`smooth_image`: an RGB picture with structure at several scales; :func:`lively`: random
+  network weights made worth testing and benchmarking on it.
 
 Run ``python -m lpdask.samples FOLDER`` to write all of them.
 """
@@ -15,9 +17,13 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import tifffile
+
+if TYPE_CHECKING:
+    import torch
 
 CHANNELS = ("DAPI", "GFP", "mCherry")
 CHANNEL_COLORS = ("0000FF", "00FF00", "FF00FF")
@@ -58,6 +64,49 @@ def _disk(shape: tuple[int, int], cy: float, cx: float, ry: float, rx: float, an
     v = -dx * np.sin(angle) + dy * np.cos(angle)
     r = np.sqrt((u / rx) ** 2 + (v / ry) ** 2)
     return 1 / (1 + np.exp(np.minimum((r - 1) * 8, 50)))
+
+
+def smooth_image(height: int, width: int, seed: int = 0, dtype: type = np.uint8) -> np.ndarray:
+    """A (h, w, 3) image with structure at several scales, not white noise."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    image = np.empty((height, width, 3), np.float32)
+    for c in range(3):
+        fy, fx, phase = rng.uniform(0.02, 0.3, 2).tolist() + [rng.uniform(0, 6.3)]
+        image[..., c] = 0.5 + 0.3 * np.sin(fy * y + phase) * np.cos(fx * x) + 0.2 * rng.random((height, width))
+    image = np.clip(image, 0, 1)
+    if np.dtype(dtype).kind == "f":
+        return image.astype(dtype)
+    return np.round(image * np.iinfo(dtype).max).astype(dtype)
+
+
+def lively(net: torch.nn.Module, seed: int = 0, reach: float = 4.0) -> torch.nn.Module:
+    """Make a random-weight RRDBNet worth testing: amplify every dense block's residual so far
+    pixels matter, and set conv_last so outputs spread over [0, 1] instead of clamping flat (plain
+    random weights give a nearly constant output, on which every stitching method looks exact)."""
+    import torch
+
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for name, module in net.named_modules():
+            if name.endswith("conv5"):
+                module.weight.mul_(reach)
+        spread_output(net, net.conv_last, seed)  # type: ignore[arg-type]
+    return net.eval()
+
+
+def spread_output(net: torch.nn.Module, last: torch.nn.Conv2d, seed: int = 0) -> None:
+    """Scale the last conv so the outputs on a smooth image spread over [0, 1] (mean 0.5, sd 0.25)
+    instead of clamping flat."""
+    import torch
+
+    with torch.no_grad():
+        probe = torch.from_numpy(smooth_image(48, 48, seed).astype(np.float32) / 255).permute(2, 0, 1)[None]
+        probe = probe[:, : getattr(net, "in_channels", 3)]  # a 1-channel network sees the first
+        out = net(probe)
+        gain = 0.25 / float(out.std())
+        last.weight.mul_(gain)
+        last.bias.mul_(gain).add_(0.5 - gain * float(out.mean()))
 
 
 # ---- microscopy --------------------------------------------------------------------------------

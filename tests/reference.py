@@ -9,6 +9,8 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
+from lpdask.samples import lively, smooth_image, spread_output  # noqa: F401  (the tests' helpers)
+
 MAX_LEVEL_DIFF = 1
 MAX_DIFF_FRACTION = 0.001
 MAX_DIFF_FRACTION_16BIT = 0.02
@@ -71,44 +73,6 @@ def assert_exact(result: np.ndarray, reference: np.ndarray) -> None:
     fraction = float((diff > 0).mean())
     limit = MAX_DIFF_FRACTION if reference.dtype.itemsize == 1 else MAX_DIFF_FRACTION_16BIT
     assert fraction <= limit, f"{fraction:.4%} of values differ"
-
-
-def lively(net: torch.nn.Module, seed: int = 0, reach: float = 4.0) -> torch.nn.Module:
-    """Make a random-weight RRDBNet worth testing: amplify every dense block's residual so far
-    pixels matter, and set conv_last so outputs spread over [0, 1] instead of clamping flat."""
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for name, module in net.named_modules():
-            if name.endswith("conv5"):
-                module.weight.mul_(reach)
-        spread_output(net, net.conv_last, seed)
-    return net.eval()
-
-
-def spread_output(net: torch.nn.Module, last: torch.nn.Conv2d, seed: int = 0) -> None:
-    """Scale the last conv so the outputs on a smooth image spread over [0, 1] (mean 0.5, sd 0.25)
-    instead of clamping flat."""
-    with torch.no_grad():
-        probe = torch.from_numpy(smooth_image(48, 48, seed).astype(np.float32) / 255).permute(2, 0, 1)[None]
-        probe = probe[:, : getattr(net, "in_channels", 3)]  # a 1-channel network sees the first
-        out = net(probe)
-        gain = 0.25 / float(out.std())
-        last.weight.mul_(gain)
-        last.bias.mul_(gain).add_(0.5 - gain * float(out.mean()))
-
-
-def smooth_image(height: int, width: int, seed: int = 0, dtype: type = np.uint8) -> np.ndarray:
-    """A (h, w, 3) test image with structure at several scales, not white noise."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    image = np.empty((height, width, 3), np.float32)
-    for c in range(3):
-        fy, fx, phase = rng.uniform(0.02, 0.3, 2).tolist() + [rng.uniform(0, 6.3)]
-        image[..., c] = 0.5 + 0.3 * np.sin(fy * y + phase) * np.cos(fx * x) + 0.2 * rng.random((height, width))
-    image = np.clip(image, 0, 1)
-    if np.dtype(dtype).kind == "f":
-        return image.astype(dtype)
-    return np.round(image * np.iinfo(dtype).max).astype(dtype)
 
 
 def whole_image_any(net: torch.nn.Module, image: np.ndarray, photometric: str = "auto",
