@@ -6,6 +6,7 @@ names it."""
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -136,3 +137,69 @@ def test_missing_bioio_is_one_line(tmp_path, grey_czi, monkeypatch, capsys):
     assert len(lines) == 1 and lines[0].startswith("lpdask: error: "), lines
     assert "pip install 'lpdask[microscopy]'" in lines[0]
     assert not (tmp_path / "out.zarr").exists()
+
+
+LIF = Path(__file__).parent / "data" / "lif"
+
+
+def test_lif_xz_scan_reads_z_as_rows():
+    """An XZ line scan's frames are Z x X: Z is read as the rows (y); readlif's reference frames
+    (exported by its authors from LAS X) agree pixel for pixel. A stack of XZ scans along Y reads Y as z."""
+    source = open_source(LIF / "testdata_2channel_xz.lif", series=0)
+    assert (source.axes, source.shape, source.output_axes) == ("tcyx", (20, 2, 128, 128), "tcyx")
+    assert (source.meta.axis("y").unit, round(source.meta.axis("y").scale, 4)) == ("micrometer", 0.1403)
+    assert (source.meta.axis("t").unit, source.meta.axis("t").scale) == ("second", pytest.approx(0.53))
+    box = Box(5, 101, 12, 128)
+    for t, c, name in ((0, 0, "xz_c0_t0.tif"), (8, 1, "xz_c1_t8.tif")):
+        expected = tifffile.imread(LIF / name)[box.slices()]
+        assert np.array_equal(source.read(box, {"t": t}, slice(c, c + 1))[..., 0], expected), name
+    stack = open_source(LIF / "testdata_2channel_xz.lif", series=1)
+    assert (stack.axes, stack.shape) == ("zcyx", (23, 2, 128, 128))
+    assert any("Z x X frames" in item for item in stack.meta.dropped)
+
+
+def test_lif_wavelength_sweep_upscales_exactly(small_net, small_checkpoint, tmp_path):
+    """A LAS X excitation sweep (15 wavelengths of one 64 x 64 image): each wavelength is a channel,
+    upscaled as its own grey image and named by its wavelength."""
+    import liffile
+
+    path = LIF / "LeicaLASX_wavelength-sweep_example.lif"
+    with liffile.LifFile(path) as lif:
+        image = np.moveaxis(lif.images[1].asarray(), 0, -1)  # (Λ, y, x) -> (y, x, Λ)
+    source = open_source(path, series=1)
+    assert (source.axes, source.shape) == ("cyx", (15, 64, 64))
+    upscale(path, tmp_path / "out.zarr", model=small_checkpoint, series=1)
+    group = zarr.open_group(str(tmp_path / "out.zarr"), mode="r")
+    result = group["0"][:]
+    assert result.shape == (15, 256, 256)
+    for first in (0, 12):  # three wavelengths at each end (each runs alone, so three stand for all)
+        assert_exact(result[first:first + 3], whole_image_any(small_net, image[..., first:first + 3], "separate"))
+    labels = [c["label"] for c in group.attrs["ome"]["omero"]["channels"]]
+    assert labels[:2] == ["excitation 490 nm", "excitation 495 nm"] and len(labels) == 15
+    planes = open_source(path, series=2)  # T, λ, Z: the wavelengths are channels, t and z planes
+    assert (planes.axes, planes.shape) == ("tzcyx", (2, 11, 10, 64, 64))
+
+
+def test_unreadable_lif_dimensions_are_one_line(tmp_path, monkeypatch, capsys):
+    """A LIF image with a dimension lpdask cannot place (here a made-up Q) is refused in one line."""
+    from lpdask.io import lif
+
+    class Image:
+        sizes = {"Q": 3, "Y": 64, "X": 64}
+        frames = type("Frames", (), {"frame_dims": ("Y", "X")})()
+
+    class File:
+        images = [Image()]
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(lif, "_open", lambda path: File())
+    path = LIF / "LeicaLASX_wavelength-sweep_example.lif"
+    assert main(["upscale", str(path), str(tmp_path / "out.zarr")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lpdask: error: "), lines
+    assert "Leica LIF dimensions 'QYX' are not supported (dimension Q)" in lines[0]

@@ -9,7 +9,8 @@ are read region by region, by the cheapest way the file allows:
   region are decoded, mosaics included. CZI stores colour as BGR; lpdask reads it as RGB.
 * readers that read sub-regions themselves (bioio-nd2) through ``get_image_data``;
 * any other reader (bioio-lif) through ``get_image_dask_data``, which decodes every whole plane
-  (bioio's chunk) that the region touches.
+  (bioio's chunk) that the region touches;
+* LIF images bioio-lif describes wrongly (XZ scans, wavelength sweeps) through liffile (:mod:`.lif`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import LpdaskError
+from . import lif
 from .locations import Location
 from .metadata import NGFF_ORDER, Axis, Channel, ImageMetadata, Photometric
 
@@ -95,6 +97,9 @@ def describe(path: Location, series: int, level: int) -> dict[str, Any]:
     if level:
         raise LpdaskError(f"{path}: --level {level} does not exist (lpdask reads microscopy files at full "
                           "resolution only)")
+    found = _lif_layout(path, image, series)
+    if found is not None:
+        return lif.describe(path, series, found, _channel_names(image), _other_scenes(image, series))
     axes, names, _ = _layout(path, image)
     sizes = dict(zip(image.dims.order, image.dims.shape))
     channels = sizes["S"] if "S" in names else sizes.get("C", 1)
@@ -129,17 +134,35 @@ def _metadata(image: Any, axes: str, channels: int, photometric: Photometric, se
         except Exception:
             unread.append("time interval (unreadable)")
     out_axes = tuple(Axis(a, *sizes[a]) if a in sizes else Axis(a) for a in NGFF_ORDER if a in axes)
-    names: list[Channel] = []
-    if photometric == "minisblack":
-        try:
-            names = [Channel(str(name)) for name in image.reader.channel_names or ()]
-        except Exception:
-            names = []
+    names = [Channel(name) for name in _channel_names(image)] if photometric == "minisblack" else []
     if len(names) != channels:
         names = [Channel()] * channels
-    others = [str(s) for k, s in enumerate(image.scenes) if k != series]
+    others = _other_scenes(image, series)
     dropped = unread + ([f"other scenes: {', '.join(others)}"] if others else [])
     return ImageMetadata(axes=out_axes, channels=tuple(names), photometric=photometric, dropped=tuple(dropped))
+
+
+def _channel_names(image: Any) -> list[str]:
+    try:
+        return [str(name) for name in image.reader.channel_names or ()]
+    except Exception:  # plugins raise their own errors for metadata they cannot parse
+        return []
+
+
+def _other_scenes(image: Any, series: int) -> list[str]:
+    return [str(s) for k, s in enumerate(image.scenes) if k != series]
+
+
+def _lif_layout(path: Location, image: Any, series: int) -> lif.Layout | None:
+    """A LIF scene's layout where bioio-lif describes it wrongly (:func:`lif.layout`), else None."""
+    if not type(image.reader).__module__.startswith("bioio_lif"):
+        return None
+    try:
+        return lif.layout(path, series)
+    except (ImportError, LpdaskError):
+        raise
+    except Exception as exc:  # liffile raises several types for files it cannot parse
+        raise LpdaskError(f"{path}: liffile cannot read scene {series} ({type(exc).__name__}: {exc})") from None
 
 
 def _czi_scene(path: Location, image: Any) -> tuple[int | None, int, int, dict[str, int]]:
@@ -172,8 +195,8 @@ def _czi_scene(path: Location, image: Any) -> tuple[int | None, int, int, dict[s
 class BioArray:
     """A bioio scene indexed like an array over lpdask's axes; reads only the region asked for."""
 
-    def __init__(self, path: Location, series: int):
-        self.path, self.image = path, _image(path, series)
+    def __init__(self, path: Location, series: int, image: Any = None):
+        self.path, self.image = path, image if image is not None else _image(path, series)
         self.axes, self.names, self.fixed = _layout(path, self.image)
         self.sizes = dict(zip(self.image.dims.order, self.image.dims.shape))
         self.bgr = _is_czi(self.image) and "S" in self.names
@@ -237,6 +260,9 @@ def _reads_regions(reader: Any) -> bool:
     return type(reader)._read_indexed is not Reader._read_indexed
 
 
-def open_bioimage(source: Any) -> BioArray:
+def open_bioimage(source: Any) -> BioArray | lif.LifArray:
     """The array a worker reads ``source`` (kind "bioio") through."""
-    return BioArray(Location.of(source.path), source.series)
+    path = Location.of(source.path)
+    image = _image(path, source.series)
+    found = _lif_layout(path, image, source.series)
+    return lif.LifArray(path, source.series, found) if found is not None else BioArray(path, source.series, image)

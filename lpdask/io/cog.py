@@ -13,8 +13,8 @@ Two steps, neither holding the image:
    overview up to level 0, each tile with a size leader and a trailer). Its block cache is kept
    at ``CACHE_MB``.
 
-GDAL carries the georeferencing (as CRS and geotransform: its GeoKeys may be written differently
-from the input's), nodata, the Software tag and the resolution tags of the scratch file.
+GDAL carries the georeferencing (as CRS and geotransform, GCPs or RPCs: its GeoKeys may be written
+differently from the input's), nodata, the Software tag and the resolution tags of the scratch file.
 """
 
 from __future__ import annotations

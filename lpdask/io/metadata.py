@@ -39,6 +39,20 @@ class Channel:
     color: str | None = None
 
 
+IDENTITY = tuple(float(i == j) for i in range(4) for j in range(4))
+RPC_COUNT = 92
+"""RPCCoefficientTag: ERR_BIAS, ERR_RAND, LINE_OFF, SAMP_OFF, LAT_OFF, LONG_OFF, HEIGHT_OFF, LINE_SCALE,
+SAMP_SCALE, LAT_SCALE, LONG_SCALE, HEIGHT_SCALE, then 4 x 20 polynomial coefficients."""
+RPC_RASTER = ((2, 7), (3, 8))
+"""(offset, scale) positions of the RPC line and sample, in pixel-centre coordinates."""
+
+
+def pixel_centre(p: float, scale: float) -> float:
+    """A pixel-centre coordinate (pixel 0's centre at 0) in the image upscaled ``scale`` times: the
+    same point, (p + 0.5) * scale - 0.5."""
+    return (p + 0.5) * scale - 0.5
+
+
 @dataclass(frozen=True)
 class GeoTiff:
     """GeoTIFF georeferencing tags, values as stored in the file."""
@@ -51,6 +65,7 @@ class GeoTiff:
     geo_ascii_params: str | None = None  # tag 34737
     gdal_nodata: str | None = None  # tag 42113
     gdal_metadata: str | None = None  # tag 42112
+    rpc_coefficients: tuple[float, ...] | None = None  # tag 50844: GDAL's RPCCoefficientTag (RPC_COUNT values)
 
     TAGS = {
         "model_pixel_scale": (33550, "d"),
@@ -61,6 +76,7 @@ class GeoTiff:
         "geo_ascii_params": (34737, "s"),
         "gdal_metadata": (42112, "s"),
         "gdal_nodata": (42113, "s"),
+        "rpc_coefficients": (50844, "d"),
     }
 
     @property
@@ -72,14 +88,27 @@ class GeoTiff:
                 return keys[k + 3] == 2
         return False
 
-    def rescaled(self, scale: int) -> GeoTiff:
+    @property
+    def identity(self) -> bool:
+        """Only an identity ModelTransformation: GDAL's way of saying "no geotransform" (beside RPCs)."""
+        return (self.model_transformation is not None and self.model_pixel_scale is None
+                and self.model_tiepoint is None and tuple(self.model_transformation) == IDENTITY)
+
+    @property
+    def georeferenced(self) -> bool:
+        """Whether the tags place pixels on the ground: a geotransform, tiepoints (GCPs) or RPCs."""
+        placed = any(v is not None for v in (self.model_pixel_scale, self.model_tiepoint, self.model_transformation))
+        return (placed and not self.identity) or self.rpc_coefficients is not None
+
+    def rescaled(self, scale: float) -> GeoTiff:
         """Georeferencing of the image upscaled ``scale`` times: world positions stay, pixels shrink.
 
-        A raster position p (in pixel-corner coordinates) becomes p * scale; a pixel-centre
-        (PixelIsPoint) position p becomes (p + 0.5) * scale - 0.5.
+        A raster position p (in pixel-corner coordinates) becomes p * scale; a pixel-centre one
+        (PixelIsPoint tiepoints, RPC line and sample offsets) :func:`pixel_centre` (p, scale). An
+        identity ModelTransformation stands for none and stays one.
         """
         def raster(p: float) -> float:
-            return (p + 0.5) * scale - 0.5 if self.pixel_is_point else p * scale
+            return pixel_centre(p, scale) if self.pixel_is_point else p * scale
 
         pixel_scale = self.model_pixel_scale
         if pixel_scale is not None:
@@ -91,16 +120,21 @@ class GeoTiff:
                 values[k], values[k + 1] = raster(values[k]), raster(values[k + 1])
             tiepoint = tuple(values)
         matrix = self.model_transformation
-        if matrix is not None and len(matrix) == 16:
+        if matrix is not None and len(matrix) == 16 and not self.identity:
             m = list(matrix)
-            for row in range(3):  # world = M @ (i, j, k, 1): new (i', j') = raster(i, j)
+            for row in range(3):  # world = M @ (i, j, k, 1) with (i, j) = ((i', j') - raster(0)) / scale
                 a, b = m[4 * row], m[4 * row + 1]
-                shift = 0.5 * (scale - 1) if self.pixel_is_point else 0.0
-                m[4 * row + 3] -= (a + b) * shift / scale
+                m[4 * row + 3] -= (a + b) * raster(0.0) / scale
                 m[4 * row], m[4 * row + 1] = a / scale, b / scale
             matrix = tuple(m)
+        rpc = self.rpc_coefficients
+        if rpc is not None and len(rpc) == RPC_COUNT:
+            r = list(rpc)
+            for offset, size in RPC_RASTER:  # line = LINE_SCALE * f(ground) + LINE_OFF, pixel 0's centre at 0
+                r[offset], r[size] = pixel_centre(r[offset], scale), r[size] * scale
+            rpc = tuple(r)
         return replace(self, model_pixel_scale=pixel_scale, model_tiepoint=tiepoint,
-                       model_transformation=matrix)
+                       model_transformation=matrix, rpc_coefficients=rpc)
 
     def extratags(self) -> list[tuple[int, str, int, Any, bool]]:
         """The tags for ``tifffile.TiffWriter.write(extratags=...)``."""
@@ -143,8 +177,8 @@ class ImageMetadata:
 
     def rescaled(self, scale: int) -> ImageMetadata:
         """The metadata of this image upscaled ``scale`` times in y and x."""
-        # NGFF places pixel centres: output pixel 0's centre lies (s - 1) / 2s input pixels before input pixel 0's.
-        axes = tuple(replace(a, scale=a.scale / scale, translation=a.translation - a.scale * (scale - 1) / (2 * scale))
+        shift = pixel_centre(0.0, scale) / scale  # where output pixel 0's centre is, in input pixels before input 0's
+        axes = tuple(replace(a, scale=a.scale / scale, translation=a.translation - a.scale * shift)
                      if a.name in SPATIAL else a for a in self.axes)
         geotiff = self.geotiff.rescaled(scale) if self.geotiff else None
         return replace(self, axes=axes, geotiff=geotiff)

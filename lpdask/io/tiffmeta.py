@@ -301,16 +301,12 @@ def _geotiff(base: tifffile.TiffPageSeries, image: tifffile.TiffPageSeries, leve
     """The level's own GeoTIFF tags; an overview without georeferencing (GDAL gives its overviews
     only GDAL_METADATA and GDAL_NODATA) gets level 0's, scaled down."""
     own = _geotiff_tags(image.keyframe)
-    if level == 0 or (own is not None and _georeferenced(own)):
+    if level == 0 or (own is not None and own.georeferenced):
         return own
     first = _geotiff_tags(base.keyframe)
-    if first is None or not _georeferenced(first):
+    if first is None or not first.georeferenced:
         return own
     return first.rescaled(_extent(image, "X") / _extent(base, "X"))  # type: ignore[arg-type]
-
-
-def _georeferenced(tags: GeoTiff) -> bool:
-    return any(v is not None for v in (tags.model_pixel_scale, tags.model_tiepoint, tags.model_transformation))
 
 
 def _without_colour_interpretation(text: str) -> str | None:
