@@ -95,11 +95,20 @@ def profile(stages: Sequence[Stage], image_channels: int, device: torch.device) 
     return costs
 
 
-@lru_cache(maxsize=8)
 def measure_machine(device_type: str, work: str | None = None, memory_budget: int | None = None) -> Machine:
-    """The device's and the work folder disk's speeds, measured once per machine and kept in the
-    cache folder (``machine.json``; delete it to measure again). Measured on every run, they would
-    swing with the machine's load, and the plan with them."""
+    """The device's and the work folder disk's speeds (:func:`measured_speeds`), with ``memory_budget``
+    or, if None, the :func:`default_budget` of this moment (a GPU's free memory changes between calls)."""
+    one, cores, efficiency, write, read = measured_speeds(device_type, work)
+    device = torch.device(device_type)
+    return Machine(one, cores, efficiency, write, read, memory_budget or default_budget(device), device.type)
+
+
+@lru_cache(maxsize=8)
+def measured_speeds(device_type: str, work: str | None = None) -> tuple[float, int, float, float, float]:
+    """Multiply-adds per second on one core, cores, parallel efficiency, and the work folder disk's
+    write and read bytes per second: measured once per machine and kept in the cache folder
+    (``machine.json``; delete it to measure again). Measured on every run, they would swing with
+    the machine's load, and the plan with them."""
     device = torch.device(device_type)
     disk = _disk_folder(work)
     key = "/".join(map(str, (device_type, torch.cuda.get_device_name(device) if device.type == "cuda" else "",
@@ -119,7 +128,7 @@ def measure_machine(device_type: str, work: str | None = None, memory_budget: in
         except OSError:
             pass  # a read-only cache folder: measure again next time
     one, cores, efficiency, write, read = known[key]
-    return Machine(one, int(cores), efficiency, write, read, memory_budget or default_budget(device), device.type)
+    return one, int(cores), efficiency, write, read
 
 
 def _measure(device: torch.device, disk: Path) -> tuple[float, int, float, float, float]:

@@ -4,11 +4,14 @@ user configured the allocator. Each case runs in a fresh process (the setting la
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import tifffile
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
 
@@ -72,3 +75,19 @@ def test_the_users_allocator_settings_are_left_alone(tmp_path, small_checkpoint)
     assert allocated(tmp_path, small_checkpoint, "stream", MALLOC_TRIM_THRESHOLD_="65536") == ("True", 0, 0)
     # threads with arenas of their own map large blocks whatever the other settings
     assert allocated(tmp_path, small_checkpoint, "stream", MALLOC_ARENA_MAX="8") == ("True", 0, 1)
+
+
+@pytest.mark.parametrize("executor, budget", [("stream", 0.9), ("staged", 1.0)])
+def test_a_memory_budget_given_holds(tmp_path, small_checkpoint, executor, budget):
+    """With ``--max-memory``, the real command's own peak resident memory (its summary's, ``VmHWM``)
+    stays within 5% of the budget: the planner picks a plan predicted to fit it, and the prediction
+    does not fall short of the run by more than that."""
+    tifffile.imwrite(tmp_path / "in.tif", np.random.default_rng(0).integers(0, 256, (384, 384, 3), np.uint8),
+                     photometric="rgb")
+    done = subprocess.run([sys.executable, "-m", "lpdask", "upscale", "in.tif", "out.zarr", "--model",
+                           str(small_checkpoint), "--executor", executor, "--max-memory", str(budget)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    peak = re.search(r"peak memory (\d+) MiB", done.stdout + done.stderr)
+    assert peak, done.stdout + done.stderr
+    assert int(peak[1]) * 2**20 <= 1.05 * budget * 1e9, (executor, done.stderr)

@@ -116,13 +116,27 @@ def test_machine_is_measured_once(tmp_path, monkeypatch):
     from lpdask import planner
 
     monkeypatch.setenv("LPDASK_CACHE_DIR", str(tmp_path / "cache"))
-    planner.measure_machine.cache_clear()
+    planner.measured_speeds.cache_clear()
     first = planner.measure_machine("cpu", str(tmp_path))
     assert (tmp_path / "cache" / "machine.json").exists()
-    planner.measure_machine.cache_clear()
+    planner.measured_speeds.cache_clear()
     monkeypatch.setattr(planner, "_measure", lambda *args: pytest.fail("measured again"))
     assert planner.measure_machine("cpu", str(tmp_path)) == first
-    planner.measure_machine.cache_clear()
+    planner.measured_speeds.cache_clear()
+
+
+def test_the_default_budget_is_taken_at_each_call(tmp_path, monkeypatch):
+    """The speeds are measured once, but the default budget (a GPU's free memory) is what it is at
+    each call: not the first call's for the rest of the process."""
+    from lpdask import planner
+
+    monkeypatch.setattr(planner, "_measure", lambda *args: (1e9, 2, 0.5, 1e9, 1e9))
+    monkeypatch.setenv("LPDASK_CACHE_DIR", str(tmp_path / "cache"))
+    budgets = iter([3 * 2**30, 2**30])
+    monkeypatch.setattr(planner, "default_budget", lambda device: next(budgets))
+    assert planner.measure_machine("cpu", str(tmp_path)).memory_budget == 3 * 2**30
+    assert planner.measure_machine("cpu", str(tmp_path)).memory_budget == 2**30
+    assert planner.measure_machine("cpu", str(tmp_path), 5 * 2**30).memory_budget == 5 * 2**30
 
 
 def plan_and_run(capsys, folder, checkpoint, name: str, *options: str) -> tuple[str, int, str]:
