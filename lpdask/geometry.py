@@ -1,4 +1,4 @@
-"""Stage geometry: the grid each stage runs on, the network's reach, activation sizes and the chunk
+"""Stage geometry: the grid each stage runs on, the network's reach, activation sizes, halo windows and the chunk
 sizes of the lazy graph. The engine, the lazy API, the planner and the disk check all ask here.
 
 Stages work on the image's grid divided by the network's pixel-unshuffle factor ``d`` (1 for most
@@ -14,7 +14,7 @@ from typing import Protocol
 
 import numpy as np
 
-from .chunks import Grid
+from .chunks import Box, Grid
 from .errors import LpdaskError
 from .stages import Stage
 
@@ -116,3 +116,12 @@ def extent_sum(length: int, chunk: int, halo: int, granule: int = 1) -> float:
     if granule > 1:
         lo, hi = lo // granule * granule, np.minimum(length, (hi + granule - 1) // granule * granule)
     return float((hi - lo).sum())
+
+
+def overlapped_block(shape: tuple[int, int], halo: int, index: tuple[int, int], blocks: tuple[int, int]) -> Box:
+    """Block ``index`` of a ``blocks`` grid within its ``shape`` window as ``dask.array.overlap`` grows it
+    (``halo`` on every side but the image border's)."""
+    (i, j), (h, w) = index, shape
+    top, left = (halo if i > 0 else 0), (halo if j > 0 else 0)
+    bottom, right = (halo if i < blocks[0] - 1 else 0), (halo if j < blocks[1] - 1 else 0)
+    return Box(top, h - bottom, left, w - right)

@@ -19,7 +19,7 @@ from ..models.network import Network
 from ..plan import Plan
 from ..schedulers import Scheduler
 from ..errors import LpdaskError
-from ..geometry import chunk_sizes, factors, unshuffled
+from ..geometry import chunk_sizes, factors, overlapped_block, unshuffled
 from ..pixels import ValueRange, from_unit, network_input, reflect_to_cells
 from ..stages import IMAGE, Stage
 from ..task import Job, run_window
@@ -66,11 +66,7 @@ def _run_block(stage: Stage, device: torch.device, precision: torch.dtype, block
                *grown: np.ndarray,
                block_id: tuple[int, int, int]) -> np.ndarray:
     _, i, j = block_id
-    halo = stage.halo
-    top, left = (halo if i > 0 else 0), (halo if j > 0 else 0)
-    bottom, right = (halo if i < blocks[0] - 1 else 0), (halo if j < blocks[1] - 1 else 0)
-    h, w = grown[0].shape[1:]
-    inner = Box(top, h - bottom, left, w - right)
+    inner = overlapped_block(grown[0].shape[1:], stage.halo, (i, j), blocks)
     out = run_window(stage, [torch.from_numpy(np.ascontiguousarray(g))[None] for g in grown], inner, device,
                      precision)
     return out[0].cpu().numpy()
