@@ -1,5 +1,6 @@
-"""Stage geometry: the grid each stage runs on, the network's reach, activation sizes, halo windows and the chunk
-sizes of the lazy graph. The engine, the lazy API, the planner and the disk check all ask here.
+"""Stage geometry: the grid each stage runs on, the network's reach, activation sizes, halo windows
+and the chunk sizes of the lazy graph. The engine, the lazy API, the planner and the disk check all
+ask here.
 
 Stages work on the image's grid divided by the network's pixel-unshuffle factor ``d`` (1 for most
 networks); stage ``k``'s input is that grid times the scales of the stages before it.
