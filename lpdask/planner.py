@@ -15,12 +15,11 @@ memory does not grow with the image.
 from __future__ import annotations
 
 import json
-import math
 import os
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache, partial
 from pathlib import Path
@@ -40,8 +39,8 @@ from .executors.staged import estimate, whole_stages
 from .executors.stream import BAND_REACHES, STRIPS, TILE_SECONDS, cut_in_height, dry_run  # noqa: F401
 from .executors.stream import estimate as estimate_stream
 from .chunks import tile_rows_step
-from .geometry import bands, ceil_div, extent_sum, factors, reach, reach_span, unshuffled
-from .plan import GPU_CHUNKS, MAX_CHUNK, MIN_CHUNK, Plan
+from .geometry import reach, unshuffled
+from .plan import MAX_CHUNK, MIN_CHUNK, Plan
 from .io.locations import Location, existing_folder
 from .stages import IMAGE, Stage
 

@@ -47,9 +47,9 @@ class OneWindow:
         tick = progress(0, stage, 1) if progress else (lambda: None)
         rows, cols = job.grid(0).height, job.grid(0).width
         whole = Box(0, rows, 0, cols)
-        out = run_window(stage, [job.read_image(whole)], whole, job.device)
+        out = run_window(stage, [job.pixels.read(whole)], whole, job.device)
         height, width = job.sink.level0.shape[-2:]
-        job.write_result(Box(0, height, 0, width), out[0, :, :height, :width].numpy())
+        job.pixels.write_result(Box(0, height, 0, width), out[0, :, :height, :width].numpy())
         tick()
         return 1
 

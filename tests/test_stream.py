@@ -308,11 +308,11 @@ def test_no_activation_reaches_disk(small_net, tmp_path, monkeypatch):
     """While tiles stream, the work folder holds only the job's identity and the tiles' markers, and
     the disk check asks nothing of the work folder (a .zarr output needs no result copy there)."""
     import lpdask.runner
-    from lpdask.task import Job as RealJob
+    from lpdask.passpixels import PassPixels
 
     seen: list[set[str]] = []
     asked: list[int] = []
-    write = RealJob.write_pixels
+    write = PassPixels.write
 
     def watched(self, box, pixels, level=0):
         seen.append({p.relative_to(tmp_path / "out.zarr.work").as_posix()
@@ -320,7 +320,7 @@ def test_no_activation_reaches_disk(small_net, tmp_path, monkeypatch):
         return write(self, box, pixels, level)
 
     check = lpdask.runner.check_disk
-    monkeypatch.setattr(RealJob, "write_pixels", watched)
+    monkeypatch.setattr(PassPixels, "write", watched)
     monkeypatch.setattr(lpdask.runner, "check_disk", lambda work, out, need, *rest: (asked.append(need),
                                                                                   check(work, out, need, *rest)))
     tifffile.imwrite(tmp_path / "in.tif", smooth_image(60, 70, seed=3))

@@ -138,7 +138,7 @@ def _write(block: np.ndarray, job: Job, block_info: dict | None = None) -> np.nd
     """Write one output block of the pass into the job's sink; a token stands for it in the graph."""
     assert block_info is not None
     (_, _), (y0, y1), (x0, x1) = block_info[0]["array-location"]
-    job.write_result(Box(y0, y1, x0, x1), np.ascontiguousarray(block, dtype=np.float32))  # a copy only if needed
+    job.pixels.write_result(Box(y0, y1, x0, x1), np.ascontiguousarray(block, dtype=np.float32))  # copies if needed
     return np.ones((1, 1, 1), bool)
 
 

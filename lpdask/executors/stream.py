@@ -36,7 +36,7 @@ from ..chunks import Box, tile_rows_step
 from ..costs import Pricing, StageCost
 from ..device import activation_layout, ieee_fp32
 from ..errors import writing
-from ..geometry import bands, ceil_div, factors, reach_span, unshuffled
+from ..geometry import Span, bands, ceil_div, factors, reach_span, unshuffled
 from ..io.omezarr import half
 from ..memory import trim
 from ..models.network import Network
@@ -275,7 +275,7 @@ def run_tile(job: Job, i: int, j: int, tick: Callable[[], None] | None = None,
             for step in schedule(stages, rows, job.strip // job.input_factor, span):
                 if isinstance(step, Read):
                     c0, c1 = columns.arrays[IMAGE]
-                    image = job.read_image(Box(step.start, step.stop, c0, c1))
+                    image = job.pixels.read(Box(step.start, step.stop, c0, c1))
                     held[IMAGE].append(image.to(device, dtype, memory_format=layout))
                 elif isinstance(step, Drop):
                     held[step.name].drop(step.row)
@@ -389,7 +389,7 @@ class _Writer:
         """Output rows from ``row`` (network output, (1, c, h, w))."""
         keep = min(values.shape[2], self.height - row)
         strip = values[0, :, :keep, : self.width]
-        converted = self.job.pixels_on_device(strip)
+        converted = self.job.pixels.on_device(strip)
         if converted is None:
             strip = strip.float().cpu().numpy()
         while len(self.queued) >= PENDING_STRIPS:
@@ -398,7 +398,7 @@ class _Writer:
                                             converted is None))
 
     def _write(self, values: np.ndarray, network_output: bool) -> None:
-        self._add(self.levels[0], self.job.to_pixels(values) if network_output else values)
+        self._add(self.levels[0], self.job.pixels.to_pixels(values) if network_output else values)
         if self.tick is not None:
             self.tick()
 
@@ -411,7 +411,7 @@ class _Writer:
         block = np.concatenate(level.pending, axis=1) if len(level.pending) > 1 else level.pending[0]
         done = block[:, : flush - level.start]
         with writing(self.job.sink.path):
-            self.job.write_pixels(Box(level.start, flush, level.columns.x0, level.columns.x1), done, level.index)
+            self.job.pixels.write(Box(level.start, flush, level.columns.x0, level.columns.x1), done, level.index)
         level.pending = [block[:, flush - level.start:]] if stop > flush else []
         level.start = flush
         if level.index + 1 < len(self.levels):
