@@ -122,11 +122,11 @@ def run_upscale(options: UpscaleOptions, reports: Reports = Reports(), prepared:
     start = time.perf_counter()
     options = options.checked()
     check_output_name(options.dst)  # type: ignore[arg-type]
-    pre = prepared or preflight(options)
     device = resolve_device(options.device)
     if device.type == "cpu":
         reuse_freed_memory()  # before this run's threads (the lease's, the scheduler's) first allocate
     with hold(held_places(options.dst, options.workdir), options.wait) as leases:  # type: ignore[arg-type]
+        pre = prepared or preflight(options)  # the output is held before anything is read
         check_output(options.src, options.dst, options.overwrite)  # type: ignore[arg-type]
         spec, state = build(pre, device)
         if reports.on_plan and spec.plan.seconds:

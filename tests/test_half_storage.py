@@ -24,7 +24,7 @@ from .reference import smooth_image
 
 @pytest.fixture
 def fp16_on_cpu(monkeypatch):
-    monkeypatch.setattr(lpdask.api, "resolve_precision", lambda precision, device: torch.float16)
+    monkeypatch.setattr(lpdask.device, "resolve_precision", lambda precision, device: torch.float16)
 
 
 def run(net, src, dst, monkeypatch, storage=None) -> tuple[np.ndarray, set[str]]:

@@ -139,13 +139,20 @@ class LifArray:
     def __init__(self, path: Location, scene: int, found: Layout):
         self.path, self.scene, self.layout = path, scene, found
         self._local = threading.local()
+        self._files: list[Any] = []
 
     def _image(self) -> Any:
         image = getattr(self._local, "image", None)
         if image is None:  # one open file per thread: liffile reads through one file position
             self._local.file = _open(self.path)
+            self._files.append(self._local.file)
             image = self._local.image = self._local.file.images[self.scene]
         return image
+
+    def close(self) -> None:
+        """Close the file of every thread that read."""
+        while self._files:
+            self._files.pop().close()
 
     def __getitem__(self, index: tuple[int | slice, ...]) -> np.ndarray:
         """Integers pick a position (the axis is dropped), slices a range; sliced axes keep their order."""
