@@ -37,76 +37,28 @@ __all__ = ["Reports", "Summary", "UpscaleOptions", "run_upscale", "upscale", "up
 
 
 def upscale(
-    src: str | os.PathLike[str],
-    dst: str | os.PathLike[str],
-    *,
-    model: str | os.PathLike[str] | Network | None = None,
-    chunk: int | None = None,
-    blocks_per_stage: int | None = None,
-    threads: int = 0,
-    device: str = "auto",
-    precision: str = "fp32",
-    workdir: str | os.PathLike[str] | None = None,
-    overwrite: bool = False,
-    mode: Mode = "exact",
-    tile_pad: int = DEFAULT_TILE_PAD,
-    series: int = 0,
-    level: int = 0,
-    channels: ChannelMode = "auto",
-    alpha: AlphaMode = "network",
-    value_range: ValueRange | None = None,
-    workers: int = 0,
-    scheduler: str | None = None,
-    resources: dict[str, float] | None = None,
-    compression: str = "zlib",
-    max_memory: float | None = None,
-    progress: bool = False,
-    wait: bool = False,
-    executor: str | Executor = "auto",
-    strip: int | None = None,
-    tile_rows: int | None = None,
-    on_cluster: Callable[[str], None] | None = None,
-    on_plan: Callable[[str], None] | None = None,
-    cog: bool | None = None,
-    nodata: str | float | None = None,
+    src: str | os.PathLike[str], dst: str | os.PathLike[str], *,
+    model: str | os.PathLike[str] | Network | None = None, chunk: int | None = None,
+    blocks_per_stage: int | None = None, threads: int = 0, device: str = "auto", precision: str = "fp32",
+    workdir: str | os.PathLike[str] | None = None, overwrite: bool = False, mode: Mode = "exact",
+    tile_pad: int = DEFAULT_TILE_PAD, series: int = 0, level: int = 0, channels: ChannelMode = "auto",
+    alpha: AlphaMode = "network", value_range: ValueRange | None = None, workers: int = 0,
+    scheduler: str | None = None, resources: dict[str, float] | None = None, compression: str = "zlib",
+    max_memory: float | None = None, progress: bool = False, wait: bool = False, executor: str | Executor = "auto",
+    strip: int | None = None, tile_rows: int | None = None, on_cluster: Callable[[str], None] | None = None,
+    on_plan: Callable[[str], None] | None = None, cog: bool | None = None, nodata: str | float | None = None,
     kernels: Kernels = "fast",
 ) -> Summary:
     """Super-resolve the image at ``src`` into ``dst``: an OME-Zarr (``.zarr``) or a tiled, pyramidal
-    (OME-/Geo)TIFF (``.tif``, ``.ome.tif``), chunk by chunk.
+    (OME-/Geo)TIFF (``.tif``, ``.ome.tif``), chunk by chunk. The options are those of
+    :class:`~lpdask.options.UpscaleOptions`, documented there; ``progress`` shows progress bars,
+    ``on_plan`` gets the plan and its prediction, ``on_cluster`` a cluster's dashboard link.
 
-    ``model`` is a checkpoint path, a model name or a loaded network (default: Real-ESRGAN x4plus).
-    ``series`` / ``level`` pick the input image; ``channels`` how channels go through the network
-    (auto: RGB, RGBA, or each channel as a grey image, as the input says); ``alpha`` how an alpha
-    channel is upscaled; ``value_range`` maps a float image's (low, high) to [0, 1].
-    ``precision`` fp16 / bf16 need CUDA. Chunks run on threads of this process, or on a local
-    dask.distributed cluster of ``workers`` processes, or on the cluster at ``scheduler`` (tasks ask
-    for ``resources``, e.g. {"GPU": 1}); ``on_cluster`` gets its dashboard link. ``compression``
-    is the TIFF output's codec (zlib, zstd, lzw, jpeg for 8-bit, none). ``cog``: a ``.tif`` output
-    as a Cloud Optimized GeoTIFF (through GDAL: the ``lpdask[geo]`` extra); None (the default) for a
-    plain ``.tif`` of a georeferenced input, False for levels as SubIFDs. ``kernels="eager"`` runs
-    the network's eager reference forward instead of lpdask's fast kernels, for comparison.
-
-    ``chunk`` and ``blocks_per_stage`` left out are chosen by the planner (:mod:`lpdask.planner`)
-    within ``max_memory`` bytes (default: 4 GiB, or half the available memory if less); ``on_plan``
-    gets its choice and prediction. A resumed job keeps the plan it started with.
-
-    Intermediate activations go to ``workdir`` (default: beside ``dst``), in a folder removed once
-    the result is complete. A job that dies leaves it and its partial output: the same call again
-    resumes, recomputing only unfinished chunks; on a finished job it does nothing. Metadata that
-    cannot be carried is named in a :class:`~lpdask.errors.MetadataWarning`.
-
-    One run at a time holds ``dst`` (:mod:`lpdask.lease`): another run on it raises
-    :class:`~lpdask.errors.OutputBusy`, or waits for it with ``wait``. A fault met while running
-    (disk full, a place not writable, the input changed) raises a :class:`~lpdask.errors.Fault` and
-    keeps the finished chunks.
-
-    ``executor`` is how each run is computed: "stream" (tiles ``chunk`` wide and ``tile_rows`` high,
-    0 for the image's height, streamed row strip by row strip through every stage, ``strip`` rows
-    at a time: no activation stored), "staged" (stage by stage through the work folder), "whole"
-    (the whole network on each chunk, with its full halo), "auto" (the planner's choice among
-    those three, the default; the staged executor when ``chunk`` and ``blocks_per_stage`` are both
-    given without ``strip``), or "lazy" (one dask graph in memory, as :func:`upscale_array`;
-    nothing to resume from)."""
+    A job that dies leaves its work folder and partial output: the same call again resumes,
+    recomputing only unfinished chunks; on a finished job it does nothing. One run at a time holds
+    ``dst``: another raises :class:`~lpdask.errors.OutputBusy`, or waits with ``wait``. A fault met
+    while running (disk full, a place not writable, the input changed) raises a
+    :class:`~lpdask.errors.Fault` and keeps the finished chunks."""
     options = UpscaleOptions(
         src, dst, model=model, chunk=chunk, blocks_per_stage=blocks_per_stage, threads=threads, device=device,
         precision=precision, workdir=workdir, overwrite=overwrite, mode=mode, tile_pad=tile_pad, series=series,

@@ -222,10 +222,37 @@ def check_executor(executor: Any, blocks_per_stage: int | None = None, strip: in
 
 @dataclass(frozen=True)
 class UpscaleOptions:
-    """Everything ``upscale`` takes besides its callbacks, as given (``max_memory`` in bytes); the
-    command line and :func:`lpdask.upscale` both build one. :meth:`checked` answers mistakes before
-    anything is opened or loaded. ``model`` may be a loaded :class:`~lpdask.models.network.Network`
-    and ``executor`` an executor object (:mod:`lpdask.executors`) instead of a name."""
+    """Everything :func:`lpdask.upscale` takes besides its callbacks; the command line and ``upscale``
+    both build one. :meth:`checked` answers mistakes before anything is opened or loaded.
+
+    ``model`` is a checkpoint path, a model name or a loaded network (default: Real-ESRGAN x4plus).
+    ``series`` / ``level`` pick the input image; ``channels`` how channels go through the network
+    (auto: RGB, RGBA, or each channel as a grey image, as the input says); ``alpha`` how an alpha
+    channel is upscaled; ``value_range`` maps an image's (low, high) to [0, 1] (required for float
+    images not in [0, 1] and for signed, 32-bit and float64 pixels). ``precision`` fp16 / bf16 need
+    CUDA. Chunks run on ``threads`` of this process, or on a local dask.distributed cluster of
+    ``workers`` processes, or on the cluster at ``scheduler`` (tasks ask for ``resources``, e.g.
+    {"GPU": 1}). ``compression`` is the TIFF output's codec (zlib, zstd, lzw, jpeg for 8-bit, none).
+    ``cog``: a ``.tif`` output as a Cloud Optimized GeoTIFF (through GDAL: the ``lpdask[geo]``
+    extra); None (the default) for a plain ``.tif`` of a georeferenced input, False for levels as
+    SubIFDs. ``nodata``: the value of missing pixels, overriding the input's ("none": none are).
+    ``kernels="eager"`` runs the network's eager reference forward instead of lpdask's fast
+    kernels, for comparison.
+
+    ``chunk`` and ``blocks_per_stage`` left out are chosen by the planner (:mod:`lpdask.planner`)
+    within ``max_memory`` bytes (default: 4 GiB, or half the available memory if less). A resumed
+    job keeps the plan it started with. Intermediate activations go to ``workdir`` (default: beside
+    ``dst``), in a folder removed once the result is complete. ``overwrite`` replaces ``dst``;
+    ``wait`` waits for another run holding it instead of raising.
+
+    ``executor`` is how each run is computed: "stream" (tiles ``chunk`` wide and ``tile_rows`` high,
+    0 for the image's height, streamed row strip by row strip through every stage, ``strip`` rows
+    at a time: no activation stored), "staged" (stage by stage through the work folder), "whole"
+    (the whole network on each chunk, with its full halo), "auto" (the planner's choice among
+    those three, the default; the staged executor when ``chunk`` and ``blocks_per_stage`` are both
+    given without ``strip``), "lazy" (one dask graph in memory, as :func:`lpdask.upscale_array`;
+    nothing to resume from), or an executor object (:mod:`lpdask.executors`). ``mode="tile"`` runs
+    Real-ESRGAN's tile mode (``tile_pad`` pixels of context, seams) for comparison."""
 
     src: str | os.PathLike[str]
     dst: str | os.PathLike[str] | None = None
