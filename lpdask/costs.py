@@ -82,3 +82,17 @@ class Pricing:
     image_channels: int = 3
     itemsize: int = 4
     inner: int = 0
+
+
+@dataclass(frozen=True)
+class Space:
+    """The plan shapes the planner lets an executor try on one image: chunk sides, tile widths and
+    strip heights (input pixels), how many tasks at once, and what the user fixed (``workers`` 0:
+    one per core, ``tile_rows`` 0: the image's height)."""
+
+    chunks: tuple[int, ...]
+    tiles: tuple[int, ...]
+    strips: tuple[int, ...]
+    at_once: tuple[int, ...]
+    workers: int = 0
+    tile_rows: int = 0

@@ -31,11 +31,11 @@ from torch import nn
 
 from .device import ieee_fp32, storage_dtype
 from .errors import PlanWarning
-from .executors import EXECUTORS, executor_named
+from .executors import EXECUTORS, Priced, executor_named
 from .models.checkpoint import cache_dir
 from .models.network import Network
-from .costs import PROCESS_MEMORY, Machine, Pricing, StageCost  # noqa: F401  (PROCESS_MEMORY: the planner's too)
-from .executors.staged import estimate, whole_stages
+from .costs import PROCESS_MEMORY, Machine, Pricing, Space, StageCost  # noqa: F401  (PROCESS_MEMORY: the planner's too)
+from .executors.staged import estimate  # noqa: F401  (each executor prices its plans; these two are re-exported)
 from .executors.stream import BAND_REACHES, STRIPS, TILE_SECONDS, cut_in_height, dry_run  # noqa: F401
 from .executors.stream import estimate as estimate_stream
 from .chunks import tile_rows_step
@@ -198,8 +198,6 @@ def _disk_speed(existing: Path) -> tuple[float, float]:
 
 PLANNED = tuple(e.name for e in EXECUTORS if e.planned)
 """The executors the planner weighs (:data:`lpdask.executors.EXECUTORS`' planned ones)."""
-STREAM_GROUPINGS = 2
-"""How many of a network's finest groupings streaming plans try."""
 TILES = (*CHUNKS, 6144, 8192)
 """Tile widths streaming plans try."""
 
@@ -251,15 +249,14 @@ def choose(net: Network, height: int, width: int, device: torch.device, fixed: F
     def strips(h: int) -> list[int]:
         return [fixed.strip] if fixed.strip else [x for x in STRIPS if x % d == 0 and x < h] or [STRIPS[0]]
 
+    at_once = (workers,) if workers else tuple(range(1, (1 if machine.device_type == "cuda" else machine.cores) + 1))
+
     def plans_for(h: int, w: int) -> list[Plan]:
-        here, plans = replace(pricing, height=h, width=w), []
-        for k, kind, stages, costs in profiled:
-            if kind == "stream":
-                at_once = [workers] if workers else range(1, (1 if machine.device_type == "cuda" else machine.cores) + 1)
-                plans += [estimate_stream(costs, stages, here, Plan(c, k, "stream", n, x, tile_rows or 0))
-                          for c in sizes(w, tiles) for x in strips(h) for n in at_once]
-            else:
-                plans += [estimate(costs, here, Plan(c, k, kind, workers or 0)) for c in sizes(max(h, w))]
+        here = replace(pricing, height=h, width=w)
+        space = Space(tuple(sizes(max(h, w))), tuple(sizes(w, tiles)), tuple(strips(h)), at_once, workers or 0,
+                      tile_rows or 0)
+        plans = [plan for name, k, stages, costs in profiled
+                 for plan in _priced(name).candidates(k, stages, costs, here, space)]
         return sorted(plans, key=lambda e: (e.seconds, e.peak_memory))
 
     plans = plans_for(height, width)
@@ -289,7 +286,7 @@ def choose(net: Network, height: int, width: int, device: torch.device, fixed: F
     if best.peak_memory > machine.memory_budget and any(e.peak_memory <= machine.memory_budget for e in feasible):
         best = _pick(feasible, machine.memory_budget)  # the reference's shape needs more here (larger halos)
     if best.executor == "stream" and tile_rows is None:
-        _, _, stages, costs = next(p for p in profiled if p[:2] == (best.blocks_per_stage, "stream"))
+        _, _, stages, costs = next(p for p in profiled if p[:2] == ("stream", best.blocks_per_stage))
         best = cut_in_height(best, partial(estimate_stream, costs, stages, pricing), pricing, reach(stages) * d,
                              max(best.peak_memory, reference.peak_memory), strips(height), workers)
     if best.peak_memory > machine.memory_budget:
@@ -300,28 +297,19 @@ def choose(net: Network, height: int, width: int, device: torch.device, fixed: F
 
 
 def _profiled(net: Network, device: torch.device,
-              fixed: Fixed) -> list[tuple[int, str, list[Stage], list[StageCost]]]:
-    """(grouping, executor, stages, their costs) for each stage list the planner prices: the
-    network's groupings for the staged executor, its finest for streaming (which pays each stage's
-    halo again per strip), the whole network as one stage; each grouping profiled once."""
-    groupings: list[tuple[int, str, list[Stage]]] = []
-    tried, blocks = net.groupings(), fixed.blocks_per_stage
-    for kind in ("staged", "stream"):
-        if kind not in fixed.executors:
-            continue
-        seen = set()
-        cuts = tried if kind == "staged" else tried[:STREAM_GROUPINGS]
-        for k in ([] if blocks == 0 else [blocks] if blocks else cuts):
-            stages = net.stages(k)
-            if len(stages) not in seen:
-                seen.add(len(stages))
-                groupings.append((k, kind, stages))
-    if "whole" in fixed.executors and not blocks:
-        groupings.append((0, "whole", whole_stages(net)))
+              fixed: Fixed) -> list[tuple[str, int, list[Stage], list[StageCost]]]:
+    """(executor, grouping, stages, their costs) for each stage list the executors weighed are priced
+    with (:meth:`~lpdask.executors.Priced.priced_stages`), each grouping profiled once."""
     profiles: dict[int, list[StageCost]] = {}
     image_channels = net.in_channels * net.input_factor**2
-    return [(k, kind, stages, profiles.get(k) or profiles.setdefault(k, profile(stages, image_channels, device)))
-            for k, kind, stages in groupings]
+    return [(entry.name, k, stages,
+             profiles.get(k) or profiles.setdefault(k, profile(stages, image_channels, device)))
+            for entry in EXECUTORS if entry.name in fixed.executors
+            for k, stages in _priced(entry.name).priced_stages(net, fixed.blocks_per_stage)]
+
+
+def _priced(name: str) -> Priced:
+    return executor_named(name)  # type: ignore[return-value]
 
 
 def _shape(plan: Plan) -> tuple[object, ...]:

@@ -17,6 +17,9 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from ..costs import Pricing, Space, StageCost
     from ..models.network import Network
     from ..plan import Plan
     from ..schedulers import Scheduler
@@ -61,6 +64,21 @@ class Executor(Protocol):
         ...
 
 
+class Priced(Executor, Protocol):
+    """An executor the planner weighs (:attr:`Entry.planned`): it says which stage lists it is priced
+    with and what each costs in the shapes the planner lets it try."""
+
+    def priced_stages(self, net: Network, blocks_per_stage: int | None) -> list[tuple[int, list[Stage]]]:
+        """(grouping, stages) for each stage list to price: its own choice, or ``blocks_per_stage``
+        where the user fixed it (none where that grouping is not this executor's)."""
+        ...
+
+    def candidates(self, blocks_per_stage: int, stages: list[Stage], costs: Sequence[StageCost], pricing: Pricing,
+                   space: Space) -> list[Plan]:
+        """Its plans for one stage list (profiled as ``costs``) in the shapes of ``space``, priced."""
+        ...
+
+
 @dataclass(frozen=True)
 class Entry:
     """An executor known by name: its module (under this package) defines ``EXECUTOR``."""
@@ -76,8 +94,8 @@ class Entry:
 
 
 EXECUTORS: tuple[Entry, ...] = (
-    Entry("stream", "stream", "tiles streamed in row strips, nothing stored between stages"),
     Entry("staged", "staged", "stage by stage through the work folder"),
+    Entry("stream", "stream", "tiles streamed in row strips, nothing stored between stages"),
     Entry("whole", "whole", "the whole network on each chunk"),
     Entry("lazy", "lazy", "one dask graph in memory, nothing to resume from (Python API)", planned=False),
 )
@@ -95,4 +113,4 @@ def executor_named(name: str) -> Executor:
     return found.load()
 
 
-__all__ = ["EXECUTORS", "Entry", "Executor", "Progress", "entry", "executor_named"]
+__all__ = ["EXECUTORS", "Entry", "Executor", "Priced", "Progress", "entry", "executor_named"]

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from ..chunks import Grid
 from ..device import storage_dtype
 from ..errors import LpdaskError, writing
-from ..costs import TASK_SECONDS, Pricing, StageCost
+from ..costs import TASK_SECONDS, Pricing, Space, StageCost
 from ..geometry import activation_bytes, ceil_div, extent_sum, factors, reach, unshuffled
 from ..options import check_tile_pad
 from ..models.network import Network
@@ -97,6 +97,13 @@ class Staged:
     def fits(self, stages: list[Stage], chunk: int, rows: int, cols: int) -> bool:
         return True  # a window is clipped at the image border, whatever its halo
 
+    def priced_stages(self, net: Network, blocks_per_stage: int | None) -> list[tuple[int, list[Stage]]]:
+        return groupings(net, net.groupings(), blocks_per_stage)
+
+    def candidates(self, blocks_per_stage: int, stages: list[Stage], costs: Sequence[StageCost], pricing: Pricing,
+                   space: Space) -> list[Plan]:
+        return [estimate(costs, pricing, Plan(c, blocks_per_stage, self.name, space.workers)) for c in space.chunks]
+
     def tasks(self, job: Job) -> int:
         return len(job.grid(0))
 
@@ -105,6 +112,20 @@ class Staged:
 
     def run(self, job: Job, scheduler: Scheduler, progress: Progress | None = None) -> int:
         return run_job(job, scheduler, progress)
+
+
+def groupings(net: Network, cuts: Sequence[int], blocks_per_stage: int | None) -> list[tuple[int, list[Stage]]]:
+    """(grouping, stages) for each of ``cuts`` (or the ``blocks_per_stage`` fixed; none for 0, the
+    whole network's) that gives a stage list of its own length."""
+    chosen = [] if blocks_per_stage == 0 else [blocks_per_stage] if blocks_per_stage else list(cuts)
+    seen: set[int] = set()
+    found = []
+    for k in chosen:
+        stages = net.stages(k)
+        if len(stages) not in seen:
+            seen.add(len(stages))
+            found.append((k, stages))
+    return found
 
 
 def run_job(job: Job, scheduler: Scheduler, progress: Progress | None = None) -> int:

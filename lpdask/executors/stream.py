@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from ..chunks import Box, tile_rows_step
-from ..costs import Pricing, StageCost
+from ..costs import Pricing, Space, StageCost
 from ..device import activation_layout, ieee_fp32
 from ..errors import writing
 from ..geometry import Span, bands, ceil_div, factors, reach_span, unshuffled
@@ -45,7 +45,7 @@ from ..schedulers import Scheduler
 from ..stages import IMAGE, Stage
 from ..task import Job, settle
 from . import Progress
-from .staged import stages_for
+from .staged import groupings, stages_for
 
 MARKER = "stream"
 """The work folder's name for the tiles' done markers (no activation is ever stored)."""
@@ -214,6 +214,15 @@ class Stream:
 
     def fits(self, stages: list[Stage], chunk: int, rows: int, cols: int) -> bool:
         return True
+
+    def priced_stages(self, net: Network, blocks_per_stage: int | None) -> list[tuple[int, list[Stage]]]:
+        """The finest groupings only: streaming pays each stage's halo again per strip."""
+        return groupings(net, net.groupings()[:STREAM_GROUPINGS], blocks_per_stage)
+
+    def candidates(self, blocks_per_stage: int, stages: list[Stage], costs: Sequence[StageCost], pricing: Pricing,
+                   space: Space) -> list[Plan]:
+        return [estimate(costs, stages, pricing, Plan(c, blocks_per_stage, self.name, n, x, space.tile_rows))
+                for c in space.tiles for x in space.strips for n in space.at_once]
 
     def tasks(self, job: Job) -> int:
         return len(tiles(job))
@@ -456,6 +465,8 @@ __all__ = ["Drop", "Read", "Run", "Span", "Stream", "Tile", "heights", "pyramid_
 
 # The cost model: what the planner weighs streaming plans by.
 
+STREAM_GROUPINGS = 2
+"""How many of a network's finest groupings streaming plans try."""
 TILE_SECONDS = 900.0
 """Streaming tiles predicted to take longer than this are cut in height, so that a kill, a lost
 worker or Ctrl-C loses less work..."""
