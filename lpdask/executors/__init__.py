@@ -94,8 +94,8 @@ class Entry:
 
 
 EXECUTORS: tuple[Entry, ...] = (
-    Entry("staged", "staged", "stage by stage through the work folder"),
     Entry("stream", "stream", "tiles streamed in row strips, nothing stored between stages"),
+    Entry("staged", "staged", "stage by stage through the work folder"),
     Entry("whole", "whole", "the whole network on each chunk"),
     Entry("lazy", "lazy", "one dask graph in memory, nothing to resume from (Python API)", planned=False),
 )
