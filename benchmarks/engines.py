@@ -1,7 +1,7 @@
 """Inference engines on lpdask's own stages and window shapes, side by side in one process.
 
-``.venv/bin/python -m benchmarks.engines [--model NAME] [--repeat 3] [--only CASE ...] [--report JSON]`` (needs the
-``engines`` extra: OpenVINO, ONNX Runtime, onnx). Each case is one stage of lpdask's staged or
+``.venv/bin/python -m benchmarks.engines [--repeat 3] [--engines E ...] [--only CASE ...] [--report JSON]``
+(needs the ``engines`` extra: OpenVINO, ONNX Runtime, onnx). Each case is one stage of lpdask's staged or
 streaming plans on the window a chunk or a strip really reads (the chunk, strip or tile plus the
 stage's halo on each side), fed with real features (the head conv of a photo crop), or the whole
 network on a whole 256^2 image. Every engine is built, called once (its first call: conversion,
@@ -130,7 +130,8 @@ class Builder:
         config = {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": self.threads,
                   "PERFORMANCE_HINT": "LATENCY"}
         compiled = ov.Core().compile_model(model, "CPU", config)
-        self.precision[f"{precision}{'' if static else ' dynamic'}"] = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+        hint = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+        self.precision[precision if static else f"{precision} dynamic"] = hint
         request = compiled.create_infer_request()
 
         def run(*xs: torch.Tensor) -> np.ndarray:
@@ -249,9 +250,10 @@ def measure(net: Any, case: Case, engines: Sequence[str], builder: Builder, repe
             runs.pop(engine, None)
             continue
         first = time.perf_counter() - start
-        if engine == "openvino_bf16" and "bf16" not in builder.precision.get("bf16", ""):
-            say(f"  {engine}: this CPU has no bf16: OpenVINO ran f32 ({builder.precision.get('bf16')}); not timed")
-            rows[engine] = {"engine": engine, "failed": f"no bf16 on this CPU: OpenVINO ran {builder.precision.get('bf16')}"}
+        ran = builder.precision.get("bf16", "")
+        if engine == "openvino_bf16" and "bf16" not in ran:
+            say(f"  {engine}: this CPU has no bf16: OpenVINO compiled {ran}; not timed")
+            rows[engine] = {"engine": engine, "failed": f"no bf16 on this CPU: OpenVINO compiled {ran}"}
             runs.pop(engine)
             continue
         reference = out if reference is None else reference
