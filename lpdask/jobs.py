@@ -362,7 +362,8 @@ def build(pre: Preflight, device: torch.device) -> tuple[JobSpec, State]:
     o, source = pre.options, pre.source
     assert o.dst is not None
     output = Location.of(o.dst)
-    net = load_network(o.model, device, resolve_precision(o.precision, device), o.kernels)  # type: ignore[arg-type]
+    precision = resolve_precision(o.precision, device)
+    net = load_network(o.model, device, precision, o.kernels)  # type: ignore[arg-type]
     meta = _output_meta(pre, net.scale)
     work = WorkFolder(held_places(output, o.workdir)[-1] if o.workdir else default_workdir(output))
     plan, _ = plan_for(net, source, device, o, work.path, output, None if o.overwrite else stored_plan(output, work))
@@ -376,8 +377,8 @@ def build(pre: Preflight, device: torch.device) -> tuple[JobSpec, State]:
         plan.to_json(), pre.photometric, o.alpha, pre.value_range, o.precision, device.type, o.kernels,
         "tiff" if as_tiff else "zarr", missing.to_json() if missing else None, __version__)
     spec = JobSpec(source, output, work, identity, plan, executor, net, stages,
-                   passes(source.channels, pre.photometric, o.alpha, net), meta, device,
-                   resolve_precision(o.precision, device), pre.value_range, o.compression, missing, o.cog)
+                   passes(source.channels, pre.photometric, o.alpha, net), meta, device, precision,
+                   pre.value_range, o.compression, missing, o.cog)
     return spec, output_state(output, work, identity.digest, o.overwrite)
 
 
