@@ -141,10 +141,10 @@ def reflect_to_cells(pixels: Any, d: int, axes: tuple[int, int] = (0, 1)) -> Any
 
     for axis in axes:
         length = pixels.shape[axis]
-        if length % d:
+        if length % d:  # only the few mirrored rows (columns) are gathered; np.concatenate dispatches to Dask
             index: list[Any] = [slice(None)] * pixels.ndim
-            index[axis] = reflect(np.arange(-(-length // d) * d), length)
-            pixels = pixels[tuple(index)]
+            index[axis] = reflect(np.arange(length, -(-length // d) * d), length)
+            pixels = np.concatenate([pixels, pixels[tuple(index)]], axis=axis)
     return pixels
 
 

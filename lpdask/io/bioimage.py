@@ -209,6 +209,11 @@ class BioArray:
         else:
             self._read = self._planes
 
+    def close(self) -> None:
+        close = getattr(self.image, "close", None)
+        if close is not None:
+            close()
+
     def __getitem__(self, index: tuple[int | slice, ...]) -> np.ndarray:
         """Integers pick a position (the axis is dropped), slices a range; the result keeps the
         sliced axes in stored order."""

@@ -436,7 +436,7 @@ def _open_handle(source: Source, page: int | None) -> _Handle:
             slide = open_slide(source)
             return _Handle(slide, source.stamp, holder=slide.slide)
         image = open_bioimage(source)
-        return _Handle(image, source.stamp, holder=getattr(image, "image", image))  # bioio's, or a LIF scene
+        return _Handle(image, source.stamp, holder=image)
     if source.kind == "tiff":
         tif = open_tiff(Location.of(source.path))  # stays open: the store reads through it
         if page is not None:
