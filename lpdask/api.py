@@ -19,10 +19,12 @@ from .kernels import Kernels
 from .lease import hold
 from .memory import reuse_freed_memory
 from .models.network import Network
-from .options import (DEFAULT_TILE_PAD, AlphaMode, ChannelMode, Reports, UpscaleOptions, check_grid, check_kernels,
-                      check_plan_options, check_value_range)
+from .engines.compiled import compiled_stages
+from .options import (DEFAULT_TILE_PAD, AlphaMode, ChannelMode, Reports, UpscaleOptions, check_engine, check_grid,
+                      check_kernels, check_plan_options, check_value_range)
 from .pixels import ValueRange, check_dtype
 from .plan import Plan
+from .planner import choose_engine
 from . import runner
 from .runner import Summary
 from .schedulers import Cluster, Threads
@@ -47,7 +49,7 @@ def upscale(
     max_memory: float | None = None, progress: bool = False, wait: bool = False, executor: str | Executor = "auto",
     strip: int | None = None, tile_rows: int | None = None, on_cluster: Callable[[str], None] | None = None,
     on_plan: Callable[[str], None] | None = None, cog: bool | None = None, nodata: str | float | None = None,
-    kernels: Kernels = "fast",
+    kernels: Kernels = "fast", engine: str = "auto",
 ) -> Summary:
     """Super-resolve the image at ``src`` into ``dst``: an OME-Zarr (``.zarr``) or a tiled, pyramidal
     (OME-/Geo)TIFF (``.tif``, ``.ome.tif``), chunk by chunk. The options are those of
@@ -64,7 +66,7 @@ def upscale(
         precision=precision, workdir=workdir, overwrite=overwrite, mode=mode, tile_pad=tile_pad, series=series,
         level=level, channels=channels, alpha=alpha, value_range=value_range, workers=workers, scheduler=scheduler,
         resources=resources, compression=compression, max_memory=max_memory, wait=wait, executor=executor,
-        strip=strip, tile_rows=tile_rows, cog=cog, nodata=nodata, kernels=kernels)
+        strip=strip, tile_rows=tile_rows, cog=cog, nodata=nodata, kernels=kernels, engine=engine)
     return run_upscale(options, Reports(progress, on_plan, on_cluster))
 
 
@@ -83,6 +85,8 @@ def run_upscale(options: UpscaleOptions, reports: Reports = Reports(), prepared:
         spec, state = build(pre, device)
         if reports.on_plan and spec.plan.seconds:
             reports.on_plan("plan: " + spec.plan.describe())
+        if reports.on_plan and spec.engine is not None:
+            reports.on_plan(spec.engine.describe())
         chunks_on = _scheduler(spec.plan, device, options)  # before any output: it may fail
         try:
             return runner.run(spec, state, chunks_on, leases, reports, start)
@@ -122,6 +126,7 @@ def upscale_array(
     alpha: AlphaMode = "network",
     value_range: ValueRange | None = None,
     kernels: Kernels = "fast",
+    engine: str = "auto",
 ) -> da.Array | xarray.DataArray:
     """Lazy: a (y, x, c) dask array in, its (y*s, x*s, c) super-resolution out, same dtype.
 
@@ -133,9 +138,13 @@ def upscale_array(
     order) comes back as a lazy DataArray with the same dims, coordinates at the new pixel centres,
     and its attrs, name, nodata encoding and (with rioxarray) CRS and scaled transform: see
     :mod:`lpdask.xarrays`.
+
+    ``engine`` runs the stages (:mod:`lpdask.engines`); "auto" takes the fastest installed for the
+    device and precision (the graph's length is not known here, so the time to build it is not weighed).
     """
     check_plan_options(chunk, blocks_per_stage, tile_pad=tile_pad)
     check_kernels(kernels)
+    check_engine(engine)
     labels = None
     if not isinstance(image, da.Array):
         from .xarrays import unlabelled  # imports xarray only for a DataArray
@@ -153,6 +162,9 @@ def upscale_array(
     net = load_network(model, torch_device, compute, kernels)
     runs = passes(image.shape[2], photometric, alpha, net)  # type: ignore[arg-type]
     network_stages = stages_for(net, mode, plan.blocks_per_stage, tile_pad)
+    image_channels = net.in_channels * net.input_factor**2
+    chosen = choose_engine(net, network_stages, torch_device, precision, engine, None)
+    network_stages = compiled_stages(network_stages, chosen.name, precision, image_channels)
     check_grid(plan.chunk, net.input_factor, net.scale)
     pixels = image.transpose(2, 0, 1)
     outputs = []

@@ -17,6 +17,7 @@ from . import __version__
 from .errors import INTERRUPTED, RESUMES, TERMINATED, USAGE, LeaseWarning, LpdaskError, MetadataWarning, PlanWarning
 from .kernels import KERNELS
 from .memory import prefer_expandable_segments
+from .engines import ENGINES, NAMES as ENGINE_NAMES
 from .executors import EXECUTORS
 from .options import (ALPHA_MODES, CHANNEL_MODES, COMPRESSIONS, DEFAULT_TILE_PAD, OptionError, Reports, UpscaleOptions,
                       check_chunk, check_grid)
@@ -28,6 +29,8 @@ from .plan import Plan
 USER_ERROR = USAGE
 EXECUTOR_CHOICES = ("auto", *(e.name for e in EXECUTORS if e.planned))
 EXECUTOR_HELP = " ".join(f"{e.name}: {e.help}." for e in EXECUTORS if e.planned) + " auto: the planner's choice."
+ENGINE_HELP = ("What runs each stage's arithmetic. " + " ".join(f"{e.name}: {e.help}." for e in ENGINES)
+               + " auto: the fastest installed for the device and precision, counting the time to build it.")
 
 
 def _value_range(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[float, float] | None:
@@ -79,7 +82,8 @@ def cli() -> None:
 @click.option("--threads", type=int, default=0, show_default=True, help="Chunks at once (0: one per CPU core).")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
-              help="Compute precision; fp16 and bf16 need CUDA.")
+              help="Compute precision; fp16 needs CUDA, bf16 CUDA or a CPU with AVX512-BF16 or AMX.")
+@click.option("--engine", type=click.Choice(ENGINE_NAMES), default="auto", show_default=True, help=ENGINE_HELP)
 @click.option("--workdir", metavar="DIR", help="Folder for intermediate activations [default: beside OUTPUT].")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 @click.option("--mode", type=click.Choice(["exact", "tile"]), default="exact", show_default=True,
@@ -151,7 +155,8 @@ def upscale_command(input: str, output: str, quiet: bool, **given: Any) -> None:
 @click.option("--model", "model", metavar="NAME|PATH", help="A model name or checkpoint [default: RealESRGAN_x4plus].")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
-              help="Compute precision; fp16 and bf16 need CUDA.")
+              help="Compute precision; fp16 needs CUDA, bf16 CUDA or a CPU with AVX512-BF16 or AMX.")
+@click.option("--engine", type=click.Choice(ENGINE_NAMES), default="auto", show_default=True, help=ENGINE_HELP)
 @click.option("--series", type=int, default=0, show_default=True, help="TIFF series.")
 @click.option("--level", type=int, default=0, show_default=True, help="Pyramid level of the input.")
 @click.option("--channels", type=click.Choice(CHANNEL_MODES), default="auto", show_default=True,
@@ -195,6 +200,7 @@ def plan_command(input: str, workdir: str | None, top: int, **given: Any) -> Non
     check_grid(best.chunk, net.input_factor, net.scale, best.strip, best.tile_rows)  # what upscale would refuse
     click.echo(f"{input}: {source.height} x {source.width} px, {source.channels} channel(s), {source.plane_count} plane(s)")
     click.echo(f"plan: {best.describe()}")
+    click.echo(engine_of(net, best, torch_device, options).describe())
     if runs > 1:
         click.echo(f"  (per run; this input takes {runs} runs: planes x channel passes)")
     if not plans:
@@ -219,6 +225,15 @@ def plan_command(input: str, workdir: str | None, top: int, **given: Any) -> Non
     click.echo("alternatives (fastest first):")
     for estimate in plans[:top]:
         click.echo(f" {mark(estimate)} {estimate.describe()}")
+
+
+def engine_of(net: Any, plan: Plan, device: Any, options: UpscaleOptions) -> Any:
+    """The engine ``lpdask upscale`` would run ``plan`` with (a fresh job's choice)."""
+    from .executors import executor_named
+    from .planner import choose_engine
+
+    stages = executor_named(plan.executor).stages(net, plan, options.mode, options.tile_pad)
+    return choose_engine(net, stages, device, options.precision, options.engine, plan)
 
 
 @cli.command(name="export")

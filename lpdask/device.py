@@ -73,11 +73,13 @@ PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
-    """fp32 anywhere; fp16 and bf16 on CUDA only (on a CPU they are many times slower, not faster)."""
+    """The dtype a job's weights and activations are in: ``precision`` on CUDA; on a CPU float32,
+    where bf16 is the engine's to compute inside (:mod:`lpdask.engines`: OpenVINO, on CPUs that have
+    it) and fp16 is refused."""
     if precision not in PRECISIONS:
         raise LpdaskError(f"unknown precision {precision!r} (use {', '.join(PRECISIONS)})")
     check_device(device.type, precision)
-    return PRECISIONS[precision]
+    return PRECISIONS[precision] if device.type == "cuda" else torch.float32
 
 
 _fp32_lock = threading.Lock()

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from .nodata import Nodata
     from .pixels import ValueRange
     from .plan import Plan
+    from .planner import EngineChoice
     from .stages import Stage
 
 IDENTITY_FILE = "job.json"
@@ -189,6 +190,8 @@ class JobSpec:
     """The input's missing pixels (filled before the network, marked in the output)."""
     cog: bool | None = None
     """A TIFF output as a Cloud Optimized GeoTIFF: :func:`~lpdask.export.tiff_kind`."""
+    engine: EngineChoice | None = None
+    """What runs the stages' arithmetic (None: eager)."""
 
     @property
     def as_tiff(self) -> bool:
@@ -357,7 +360,8 @@ def build(pre: Preflight, device: torch.device) -> tuple[JobSpec, State]:
     from .device import load_network, resolve_precision
     from .executors import executor_named
     from .options import check_grid
-    from .planner import plan_for
+    from .engines.compiled import compiled_stages
+    from .planner import choose_engine, plan_for
 
     o, source = pre.options, pre.source
     assert o.dst is not None
@@ -366,20 +370,35 @@ def build(pre: Preflight, device: torch.device) -> tuple[JobSpec, State]:
     net = load_network(o.model, device, precision, o.kernels)  # type: ignore[arg-type]
     meta = _output_meta(pre, net.scale)
     work = WorkFolder(held_places(output, o.workdir)[-1] if o.workdir else default_workdir(output))
-    plan, _ = plan_for(net, source, device, o, work.path, output, None if o.overwrite else stored_plan(output, work))
+    stored = None if o.overwrite else stored_plan(output, work)
+    plan, _ = plan_for(net, source, device, o, work.path, output, stored)
     check_grid(plan.chunk, net.input_factor, net.scale, plan.strip, plan.tile_rows)
     executor = o.executor if not isinstance(o.executor, str) else executor_named(plan.executor)
     stages = executor.stages(net, plan, o.mode, o.tile_pad)
+    engine = choose_engine(net, stages, device, o.precision, o.engine, plan,
+                           stored_engine(stored) if stored is not None else None)
+    stages = compiled_stages(stages, engine.name, o.precision, net.in_channels * net.input_factor**2)
     as_tiff = output.name.lower().endswith((".tif", ".tiff"))
     missing = pre.nodata
     identity = Identity(
         fingerprint(source), model_digest(net), net.scale, o.mode, o.tile_pad if o.mode == "tile" else None,
-        plan.to_json(), pre.photometric, o.alpha, pre.value_range, o.precision, device.type, o.kernels,
+        plan_record(plan, engine.name), pre.photometric, o.alpha, pre.value_range, o.precision, device.type, o.kernels,
         "tiff" if as_tiff else "zarr", missing.to_json() if missing else None, __version__)
     spec = JobSpec(source, output, work, identity, plan, executor, net, stages,
                    passes(source.channels, pre.photometric, o.alpha, net), meta, device, precision,
-                   pre.value_range, o.compression, missing, o.cog)
+                   pre.value_range, o.compression, missing, o.cog, engine)
     return spec, output_state(output, work, identity.digest, o.overwrite)
+
+
+def plan_record(plan: Plan, engine: str) -> dict[str, Any]:
+    """What a job's identity and its output record of how it ran: the plan, and the engine where it is
+    not eager (jobs from before engines keep their identity)."""
+    return {**plan.to_json(), **({"engine": engine} if engine != "eager" else {})}
+
+
+def stored_engine(stored: dict[str, Any]) -> str:
+    """The engine a job whose recorded plan is ``stored`` ran (:func:`plan_record`)."""
+    return str(stored.get("engine", "eager"))
 
 
 def _output_meta(pre: Preflight, scale: int) -> ImageMetadata:

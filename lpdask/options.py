@@ -99,8 +99,16 @@ def check_device(device: str, precision: str = "fp32") -> None:
     these before its slow imports; :func:`lpdask.device.resolve_device` checks the rest)."""
     if not DEVICES.fullmatch(device):
         raise LpdaskError(f"unknown device {device!r} (use cpu, cuda, cuda:N or auto)")
-    if precision != "fp32" and device == "cpu":
-        raise LpdaskError(f"--precision {precision} needs a CUDA device; on cpu use fp32")
+    if precision == "fp16" and device == "cpu":
+        raise LpdaskError("--precision fp16 needs a CUDA device; on cpu use fp32 (or bf16 on CPUs that have it)")
+
+
+def check_engine(engine: str) -> str:
+    from .engines import NAMES
+
+    if engine not in NAMES:
+        raise OptionError("engine", engine, f"is not one of {', '.join(NAMES)}")
+    return engine
 
 
 def check_kernels(kernels: str) -> str:
@@ -229,8 +237,11 @@ class UpscaleOptions:
     ``series`` / ``level`` pick the input image; ``channels`` how channels go through the network
     (auto: RGB, RGBA, or each channel as a grey image, as the input says); ``alpha`` how an alpha
     channel is upscaled; ``value_range`` maps an image's (low, high) to [0, 1] (required for float
-    images not in [0, 1] and for signed, 32-bit and float64 pixels). ``precision`` fp16 / bf16 need
-    CUDA. Chunks run on ``threads`` of this process, or on a local dask.distributed cluster of
+    images not in [0, 1] and for signed, 32-bit and float64 pixels). ``precision`` fp16 needs CUDA;
+    bf16 needs CUDA or a CPU with AVX512-BF16 or AMX (through OpenVINO). ``engine`` is what runs each
+    stage's arithmetic (:mod:`lpdask.engines`): "eager" (PyTorch, the reference), "openvino",
+    "onnxruntime", or "auto" (the default: the fastest engine installed for the device and
+    precision, counting the time to build it; a resumed job keeps the engine it started with). Chunks run on ``threads`` of this process, or on a local dask.distributed cluster of
     ``workers`` processes, or on the cluster at ``scheduler`` (tasks ask for ``resources``, e.g.
     {"GPU": 1}). ``compression`` is the TIFF output's codec (zlib, zstd, lzw, jpeg for 8-bit, none).
     ``cog``: a ``.tif`` output as a Cloud Optimized GeoTIFF (through GDAL: the ``lpdask[geo]``
@@ -284,6 +295,7 @@ class UpscaleOptions:
     cog: bool | None = None
     nodata: str | float | None = None
     kernels: str = "fast"
+    engine: str = "auto"
 
     def checked(self) -> UpscaleOptions:
         """These options checked (what needs no file, no numpy and no torch), with the executor
@@ -296,6 +308,7 @@ class UpscaleOptions:
         check_value_range(self.value_range)
         check_device(self.device, self.precision)
         check_kernels(self.kernels)
+        check_engine(self.engine)
         if self.mode not in MODES:
             raise OptionError("mode", self.mode, f"is not one of {', '.join(MODES)}")
         return replace(self, executor=executor)

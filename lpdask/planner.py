@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from .device import ieee_fp32, storage_dtype
-from .errors import PlanWarning
+from .errors import LpdaskError, PlanWarning
 from .executors import EXECUTORS, Priced, executor_named
 from .models.checkpoint import cache_dir
 from .models.network import Network
@@ -381,3 +381,183 @@ def scratch_space(work: Location | None, output: Location | None, source: Source
     if output is not None and output.is_local and existing_folder(output.local_path).stat().st_dev == place.stat().st_dev:
         free -= source.height * source.width * scale**2 * source.channels * source.dtype.itemsize * 4 // 3
     return max(0, free)
+
+
+ENGINE_GAIN = 0.10
+"""A compiled engine runs a job only where it is predicted at least this much faster than eager, building
+included: its output differs from eager's by float rounding, and a few percent is within the
+measurement's noise."""
+GAIN_BOUND = 3.0
+"""No engine was measured faster than this over eager on a stage: a job whose compute would gain
+less than building costs even at this speed runs eager without measuring."""
+SPEED_WINDOW = (64, 192)
+"""Rows and columns of the window engines are timed on (plus the stage's halo): a streaming strip."""
+
+
+@dataclass(frozen=True)
+class EngineChoice:
+    """The engine a job runs, and what the planner knew when it chose it."""
+
+    name: str
+    precision: str
+    speedup: float = 1.0
+    """The engine's rate over eager's on the network's trunk stage (measured; 1 for eager)."""
+    build_seconds: float = 0.0
+    """Predicted for building the stages the disk cache lacks."""
+    stages: int = 0
+    cached: int = 0
+    """Stages whose artifacts the disk cache holds."""
+    reason: str = ""
+
+    def describe(self) -> str:
+        if self.name == "eager":
+            return f"engine: eager (PyTorch), {self.precision}{f'; {self.reason}' if self.reason else ''}"
+        return (f"engine: {self.name}, {self.precision}, measured {self.speedup:.2f}x eager's rate on this network's "
+                f"trunk stage; {self.cached} of {self.stages} stages built before (disk cache), building the rest "
+                f"predicted {self.build_seconds:.1f} s{f'; {self.reason}' if self.reason else ''}")
+
+
+def choose_engine(net: Network, stages: Sequence[Stage], device: torch.device, precision: str, requested: str,
+                  plan: Plan | None, stored: str | None = None) -> EngineChoice:
+    """The engine to run ``stages`` with: ``requested``, the one a resumed job (``stored``) started
+    with, or under "auto" the fastest of those that can run ``precision`` on ``device`` here once the
+    time to build its stages (:attr:`EngineChoice.build_seconds`) is counted against ``plan``'s compute
+    (None, or a plan given rather than predicted: a job of unknown length, where the fastest wins), if
+    it beats eager by :data:`ENGINE_GAIN`."""
+    from .engines import AUTO, REFERENCE, candidates, engine_named
+
+    image_channels = net.in_channels * net.input_factor**2
+    plan = plan if plan is not None and plan.seconds else None  # a plan given, not predicted: length unknown
+    priced = partial(_priced_engine, net=net, stages=stages, image_channels=image_channels, device=device,
+                     precision=precision, plan=plan)
+    if stored and requested in (AUTO, stored):
+        why = _refusal(stored, device, precision)
+        if why:
+            raise LpdaskError(f"this job was started with engine {stored}, and {why}; run with --overwrite to "
+                              "start again with another engine")
+        return priced(stored, reason="the job started with it")
+    if requested != AUTO:
+        engine_named(requested, device.type, precision)
+        return priced(requested, reason="as asked")
+    names = candidates(device.type, precision)
+    if not names:
+        from .engines import ENGINES
+
+        why = [_refusal(e.name, device, precision) for e in ENGINES if device.type in e.devices and e.installed()]
+        raise LpdaskError(f"no engine here computes {precision} on {device.type}: " + "; ".join(filter(None, why)))
+    if names == [REFERENCE]:
+        return EngineChoice(REFERENCE, precision)
+    choices = [priced(n) for n in names]
+
+    def total(e: EngineChoice) -> float:
+        if plan is None:
+            return 1 / e.speedup
+        return plan.compute_seconds / e.speedup + plan.seconds - plan.compute_seconds + e.build_seconds
+    eager = next(e for e in choices if e.name == REFERENCE)
+    best = min(choices, key=total)
+    if total(best) > total(eager) * (1 - ENGINE_GAIN):
+        return replace(eager, reason=f"no compiled engine is predicted {ENGINE_GAIN:.0%} faster on this job, building "
+                                     "included")
+    return best
+
+
+def _refusal(name: str, device: torch.device, precision: str) -> str | None:
+    from .engines import refusal
+
+    return refusal(name, device.type, precision)
+
+
+def _priced_engine(name: str, *, net: Network, stages: Sequence[Stage], image_channels: int, device: torch.device,
+                   precision: str, plan: Plan | None, reason: str = "") -> EngineChoice:
+    """Engine ``name`` on ``stages``: its measured speed and what building the uncached stages costs
+    (a job too short to gain that much even at :data:`GAIN_BOUND` is not measured: its speed is 1)."""
+    from .engines import REFERENCE
+    from .engines.compiled import compiled_stages, is_cached
+
+    if name == REFERENCE:
+        return EngineChoice(name, precision, reason=reason)
+    wrapped = compiled_stages(stages, name, precision, image_channels)
+    missing = [s for s in wrapped if not is_cached(s.module)]  # type: ignore[arg-type]
+    weights = sum(p.numel() for s in missing for p in s.module.parameters())
+    if plan is not None and missing and plan.compute_seconds * (1 - 1 / GAIN_BOUND) < MIN_BUILD_SECONDS * len(missing):
+        return EngineChoice(name, precision, 1.0, MIN_BUILD_SECONDS * len(missing), len(wrapped),
+                            len(wrapped) - len(missing), reason)
+    speedup, per_weight = engine_speed(name, net, device, precision)
+    build = max(MIN_BUILD_SECONDS * len(missing), per_weight * weights)
+    return EngineChoice(name, precision, speedup, build, len(wrapped), len(wrapped) - len(missing), reason)
+
+
+MIN_BUILD_SECONDS = 0.1
+"""Building one stage takes at least this (an ONNX export and a compile of the smallest stage)."""
+
+
+def trunk_stage(stages: Sequence[Stage]) -> Stage:
+    """The stage engines are timed on: the first that reads no image (a trunk block), else the first."""
+    return next((s for s in stages if IMAGE not in s.inputs), stages[0])
+
+
+def engine_speed(name: str, net: Network, device: torch.device, precision: str) -> tuple[float, float]:
+    """Engine ``name``'s rate over eager's on ``net``'s trunk stage (one block: :func:`trunk_stage`) on
+    a streaming strip's window, and the seconds building a stage takes per weight, from building that
+    one from nothing: measured once per machine, engine version, precision, threads and network
+    structure, and kept in the cache folder (``machine.json``, as :func:`measured_speeds`)."""
+    import hashlib
+
+    from .engines import entry
+
+    stages = net.stages(1)
+    stage = trunk_stage(stages)
+    engine = entry(name).load()
+    shape = hashlib.sha256(f"{type(net).__qualname__}/{stage.module!r}".encode()).hexdigest()[:12]
+    key = "/".join(map(str, ("engine", name, engine.version(), precision, os.cpu_count(), torch.get_num_threads(),
+                             shape)))
+    path = cache_dir() / "machine.json"
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if not isinstance(known.get(key), list) or len(known[key]) != 2:
+        known[key] = list(_time_engine(engine, stage, stages, net.in_channels * net.input_factor**2, precision))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial_file = path.with_name(f"machine.{os.getpid()}.json")
+            partial_file.write_text(json.dumps(known, indent=1))
+            os.replace(partial_file, path)
+        except OSError:
+            pass
+    speedup, per_weight = known[key]
+    return float(speedup), float(per_weight)
+
+
+def _time_engine(engine: object, stage: Stage, stages: Sequence[Stage], image_channels: int,
+                 precision: str) -> tuple[float, float]:
+    """Build ``stage`` with ``engine`` from nothing (timed, per weight), then time it and eager
+    alternately, the best of three each."""
+    from .engines.compiled import EVENTS, stage_digest
+
+    counted = EVENTS.copy()  # a measurement is not a job's build
+    channels = {IMAGE: image_channels, **{s.name: s.channels for s in stages}}
+    inputs_channels = [channels[n] for n in stage.inputs]
+    weights = max(1, sum(p.numel() for p in stage.module.parameters()))
+    digest = stage_digest(stage.module, inputs_channels)
+    with tempfile.TemporaryDirectory() as scratch:
+        for attempt in ("first", "timed"):  # the first pays for importing and starting the engine
+            start = time.perf_counter()
+            run = engine.build(stage.module, inputs_channels, precision, torch.get_num_threads(),  # type: ignore[attr-defined]
+                               Path(scratch) / attempt, digest)
+            built = time.perf_counter() - start
+        rows, cols = SPEED_WINDOW
+        inputs = [torch.rand(1, c, rows + 2 * stage.halo, cols + 2 * stage.halo) for c in inputs_channels]
+        eager, compiled = [], []
+        with torch.inference_mode():
+            run(*inputs)
+            for _ in range(3):
+                start = time.perf_counter()
+                stage.module(*inputs)
+                eager.append(time.perf_counter() - start)
+                start = time.perf_counter()
+                run(*inputs)
+                compiled.append(time.perf_counter() - start)
+    EVENTS.clear()
+    EVENTS.update(counted)
+    return min(eager) / min(compiled), built / weights

@@ -68,6 +68,8 @@ class Summary:
     """What computed it (``chunks`` are tiles when it streamed)."""
     plan: Plan | None = None
     """The plan it ran, with the planner's prediction where the planner made it."""
+    engine: str = "eager"
+    """What ran the stages' arithmetic (:mod:`lpdask.engines`)."""
 
     @property
     def megapixels_per_second(self) -> float:
@@ -96,7 +98,8 @@ def run(spec: JobSpec, state: State, scheduler: Threads | Cluster, leases: Lease
     shape = spec.output_shape
     if state == "complete":
         return Summary(output, time.perf_counter() - started, _megapixels(source), shape, 0, len(network_stages), 0,
-                       peak_bytes(), 0, already_complete=True, plan=plan)
+                       peak_bytes(), 0, already_complete=True, plan=plan,
+                       engine=spec.engine.name if spec.engine else "eager")
     _warn_dropped(meta, as_tiff)
     kind = tiff_kind(output, source.ome, meta, spec.cog, source.plane_count, warn=True) if as_tiff else None
     result = work.path / "result.zarr" if as_tiff else output
@@ -189,7 +192,8 @@ def run(spec: JobSpec, state: State, scheduler: Threads | Cluster, leases: Lease
         workers = tuple(scheduler.worker_peaks()) if isinstance(scheduler, Cluster) else ()
         return Summary(output, time.perf_counter() - started, _megapixels(source), shape, chunks, len(network_stages),
                        levels, peak_bytes() + sum(workers), len(jobs), computed, resumed,
-                       worker_peak_memory_bytes=workers, executor=executor.name, plan=plan)
+                       worker_peak_memory_bytes=workers, executor=executor.name, plan=plan,
+                       engine=spec.engine.name if spec.engine else "eager")
     except BaseException as exc:
         fault = _fault(exc, source, identity, output, work, need, started=state != "new" or work.path.exists())
         if fault is not None:
