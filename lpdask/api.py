@@ -140,7 +140,7 @@ def upscale_array(
     :mod:`lpdask.xarrays`.
 
     ``engine`` runs the stages (:mod:`lpdask.engines`); "auto" takes the fastest installed for the
-    device and precision (the graph's length is not known here, so the time to build it is not weighed).
+    device and precision, the time to build it weighed against whole-image inference's on this image.
     """
     check_plan_options(chunk, blocks_per_stage, tile_pad=tile_pad)
     check_kernels(kernels)
@@ -163,7 +163,8 @@ def upscale_array(
     runs = passes(image.shape[2], photometric, alpha, net)  # type: ignore[arg-type]
     network_stages = stages_for(net, mode, plan.blocks_per_stage, tile_pad)
     image_channels = net.in_channels * net.input_factor**2
-    chosen = choose_engine(net, network_stages, torch_device, precision, engine, None)
+    chosen = choose_engine(net, network_stages, torch_device, precision, engine, None,
+                           image.shape[0] * image.shape[1] * len(runs))
     network_stages = compiled_stages(network_stages, chosen.name, precision, image_channels)
     check_grid(plan.chunk, net.input_factor, net.scale)
     pixels = image.transpose(2, 0, 1)

@@ -200,7 +200,7 @@ def plan_command(input: str, workdir: str | None, top: int, **given: Any) -> Non
     check_grid(best.chunk, net.input_factor, net.scale, best.strip, best.tile_rows)  # what upscale would refuse
     click.echo(f"{input}: {source.height} x {source.width} px, {source.channels} channel(s), {source.plane_count} plane(s)")
     click.echo(f"plan: {best.describe()}")
-    click.echo(engine_of(net, best, torch_device, options).describe())
+    click.echo(engine_of(net, best, torch_device, options, source.height * source.width).describe())
     if runs > 1:
         click.echo(f"  (per run; this input takes {runs} runs: planes x channel passes)")
     if not plans:
@@ -227,13 +227,13 @@ def plan_command(input: str, workdir: str | None, top: int, **given: Any) -> Non
         click.echo(f" {mark(estimate)} {estimate.describe()}")
 
 
-def engine_of(net: Any, plan: Plan, device: Any, options: UpscaleOptions) -> Any:
+def engine_of(net: Any, plan: Plan, device: Any, options: UpscaleOptions, pixels: int) -> Any:
     """The engine ``lpdask upscale`` would run ``plan`` with (a fresh job's choice)."""
     from .executors import executor_named
     from .planner import choose_engine
 
     stages = executor_named(plan.executor).stages(net, plan, options.mode, options.tile_pad)
-    return choose_engine(net, stages, device, options.precision, options.engine, plan)
+    return choose_engine(net, stages, device, options.precision, options.engine, plan, pixels)
 
 
 @cli.command(name="export")

@@ -375,7 +375,7 @@ def build(pre: Preflight, device: torch.device) -> tuple[JobSpec, State]:
     check_grid(plan.chunk, net.input_factor, net.scale, plan.strip, plan.tile_rows)
     executor = o.executor if not isinstance(o.executor, str) else executor_named(plan.executor)
     stages = executor.stages(net, plan, o.mode, o.tile_pad)
-    engine = choose_engine(net, stages, device, o.precision, o.engine, plan,
+    engine = choose_engine(net, stages, device, o.precision, o.engine, plan, source.height * source.width,
                            stored_engine(stored) if stored is not None else None)
     stages = compiled_stages(stages, engine.name, o.precision, net.in_channels * net.input_factor**2)
     as_tiff = output.name.lower().endswith((".tif", ".tiff"))

@@ -418,16 +418,18 @@ class EngineChoice:
 
 
 def choose_engine(net: Network, stages: Sequence[Stage], device: torch.device, precision: str, requested: str,
-                  plan: Plan | None, stored: str | None = None) -> EngineChoice:
+                  plan: Plan | None, pixels: int, stored: str | None = None) -> EngineChoice:
     """The engine to run ``stages`` with: ``requested``, the one a resumed job (``stored``) started
     with, or under "auto" the fastest of those that can run ``precision`` on ``device`` here once the
     time to build its stages (:attr:`EngineChoice.build_seconds`) is counted against ``plan``'s compute
-    (None, or a plan given rather than predicted: a job of unknown length, where the fastest wins), if
-    it beats eager by :data:`ENGINE_GAIN`."""
+    (for a plan given rather than predicted, or None, whole-image inference's on ``pixels`` image
+    pixels), if it beats eager by :data:`ENGINE_GAIN`."""
     from .engines import AUTO, REFERENCE, candidates, engine_named
 
     image_channels = net.in_channels * net.input_factor**2
-    plan = plan if plan is not None and plan.seconds else None  # a plan given, not predicted: length unknown
+    if plan is None or not plan.seconds:
+        compute = whole_image_seconds(net, pixels, device)
+        plan = Plan(seconds=compute, compute_seconds=compute)
     priced = partial(_priced_engine, net=net, stages=stages, image_channels=image_channels, device=device,
                      precision=precision, plan=plan)
     if stored and requested in (AUTO, stored):
@@ -450,8 +452,6 @@ def choose_engine(net: Network, stages: Sequence[Stage], device: torch.device, p
     choices = [priced(n) for n in names]
 
     def total(e: EngineChoice) -> float:
-        if plan is None:
-            return 1 / e.speedup
         return plan.compute_seconds / e.speedup + plan.seconds - plan.compute_seconds + e.build_seconds
     eager = next(e for e in choices if e.name == REFERENCE)
     best = min(choices, key=total)
@@ -468,7 +468,7 @@ def _refusal(name: str, device: torch.device, precision: str) -> str | None:
 
 
 def _priced_engine(name: str, *, net: Network, stages: Sequence[Stage], image_channels: int, device: torch.device,
-                   precision: str, plan: Plan | None, reason: str = "") -> EngineChoice:
+                   precision: str, plan: Plan, reason: str = "") -> EngineChoice:
     """Engine ``name`` on ``stages``: its measured speed and what building the uncached stages costs
     (a job too short to gain that much even at :data:`GAIN_BOUND` is not measured: its speed is 1)."""
     from .engines import REFERENCE
@@ -479,12 +479,28 @@ def _priced_engine(name: str, *, net: Network, stages: Sequence[Stage], image_ch
     wrapped = compiled_stages(stages, name, precision, image_channels)
     missing = [s for s in wrapped if not is_cached(s.module)]  # type: ignore[arg-type]
     weights = sum(p.numel() for s in missing for p in s.module.parameters())
-    if plan is not None and missing and plan.compute_seconds * (1 - 1 / GAIN_BOUND) < MIN_BUILD_SECONDS * len(missing):
+    if missing and plan.compute_seconds * (1 - 1 / GAIN_BOUND) < MIN_BUILD_SECONDS * len(missing):
         return EngineChoice(name, precision, 1.0, MIN_BUILD_SECONDS * len(missing), len(wrapped),
                             len(wrapped) - len(missing), reason)
     speedup, per_weight = engine_speed(name, net, device, precision)
     build = max(MIN_BUILD_SECONDS * len(missing), per_weight * weights)
     return EngineChoice(name, precision, speedup, build, len(wrapped), len(wrapped) - len(missing), reason)
+
+
+def whole_image_seconds(net: Network, pixels: int, device: torch.device) -> float:
+    """Predicted compute seconds of whole-image inference on ``pixels`` image pixels on this machine."""
+    from .geometry import factors
+
+    stages = net.stages(1)
+    costs = profile(stages, net.in_channels * net.input_factor**2, device)
+    macs = sum(c.macs * f * f for c, f in zip(costs, factors(stages))) * pixels / net.input_factor**2
+    if macs / FASTEST_MACS * (1 - 1 / GAIN_BOUND) < MIN_BUILD_SECONDS * len(stages):
+        return macs / FASTEST_MACS  # too short to pay for any build, however fast this machine: not measured
+    return measure_machine(device.type).compute_seconds(macs, 1, 1)
+
+
+FASTEST_MACS = 2e12
+"""More multiply-adds per second than any CPU this runs on does in fp32."""
 
 
 MIN_BUILD_SECONDS = 0.1

@@ -233,10 +233,12 @@ def test_auto_counts_the_time_to_build(small_net, monkeypatch, tmp_path):
     cpu = torch.device("cpu")
     short = Plan(seconds=0.3, compute_seconds=0.3)
     long = Plan(seconds=600.0, compute_seconds=590.0)
-    assert choose_engine(small_net, stages, cpu, "fp32", "auto", short).name == "eager"
-    assert choose_engine(small_net, stages, cpu, "fp32", "auto", long).name == "openvino"
-    assert choose_engine(small_net, stages, cpu, "fp32", "onnxruntime", short).name == "onnxruntime"
-    assert choose_engine(small_net, stages, cpu, "fp32", "auto", short, stored="openvino").name == "openvino"
+    assert choose_engine(small_net, stages, cpu, "fp32", "auto", short, 1).name == "eager"
+    assert choose_engine(small_net, stages, cpu, "fp32", "auto", long, 1).name == "openvino"
+    assert choose_engine(small_net, stages, cpu, "fp32", "onnxruntime", short, 1).name == "onnxruntime"
+    assert choose_engine(small_net, stages, cpu, "fp32", "auto", short, 1, stored="openvino").name == "openvino"
+    assert choose_engine(small_net, stages, cpu, "fp32", "auto", Plan(), 1_000_000_000).name == "openvino"
+    assert choose_engine(small_net, stages, cpu, "fp32", "auto", Plan(), 100).name == "eager"
 
 
 def test_an_engine_not_installed_names_its_extra(monkeypatch):

@@ -18,9 +18,9 @@ class OnnxRuntime:
     name = "onnxruntime"
 
     def version(self) -> str:
-        import onnxruntime
+        from importlib.metadata import version
 
-        return str(onnxruntime.__version__)
+        return version("onnxruntime")
 
     def refuses(self, device: str, precision: str) -> str | None:
         if device != "cpu":

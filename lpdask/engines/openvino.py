@@ -41,9 +41,9 @@ class OpenVINO:
     name = "openvino"
 
     def version(self) -> str:
-        import openvino as ov
+        from importlib.metadata import version
 
-        return ov.get_version().split("-")[0]
+        return version("openvino")
 
     def refuses(self, device: str, precision: str) -> str | None:
         if device != "cpu":
