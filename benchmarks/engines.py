@@ -1,7 +1,7 @@
 """Inference engines on lpdask's own stages and window shapes, side by side in one process.
 
 ``.venv/bin/python -m benchmarks.engines [--repeat 3] [--engines E ...] [--only CASE ...] [--report JSON]``
-(needs the ``engines`` extra: OpenVINO, ONNX Runtime, onnx). Each case is one stage of lpdask's staged or
+(ONNX Runtime needs the ``onnxruntime`` extra; OpenVINO and onnx come with lpdask). Each case is one stage of lpdask's staged or
 streaming plans on the window a chunk or a strip really reads (the chunk, strip or tile plus the
 stage's halo on each side), fed with real features (the head conv of a photo crop), or the whole
 network on a whole 256^2 image. Every engine is built, called once (its first call: conversion,

@@ -403,18 +403,18 @@ class EngineChoice:
     speedup: float = 1.0
     """The engine's rate over eager's on the network's trunk stage (measured; 1 for eager)."""
     build_seconds: float = 0.0
-    """Predicted for building the stages the disk cache lacks."""
+    """Predicted for building every stage from nothing (what a first run pays; later runs load them)."""
     stages: int = 0
     cached: int = 0
-    """Stages whose artifacts the disk cache holds."""
+    """Stages whose artifacts the disk cache holds (reported, not priced)."""
     reason: str = ""
 
     def describe(self) -> str:
         if self.name == "eager":
             return f"engine: eager (PyTorch), {self.precision}{f'; {self.reason}' if self.reason else ''}"
         return (f"engine: {self.name}, {self.precision}, measured {self.speedup:.2f}x eager's rate on this network's "
-                f"trunk stage; {self.cached} of {self.stages} stages built before (disk cache), building the rest "
-                f"predicted {self.build_seconds:.1f} s{f'; {self.reason}' if self.reason else ''}")
+                f"trunk stage; building its {self.stages} stages predicted {self.build_seconds:.1f} s, "
+                f"{self.cached} of them on disk already{f'; {self.reason}' if self.reason else ''}")
 
 
 def choose_engine(net: Network, stages: Sequence[Stage], device: torch.device, precision: str, requested: str,
@@ -469,22 +469,23 @@ def _refusal(name: str, device: torch.device, precision: str) -> str | None:
 
 def _priced_engine(name: str, *, net: Network, stages: Sequence[Stage], image_channels: int, device: torch.device,
                    precision: str, plan: Plan, reason: str = "") -> EngineChoice:
-    """Engine ``name`` on ``stages``: its measured speed and what building the uncached stages costs
-    (a job too short to gain that much even at :data:`GAIN_BOUND` is not measured: its speed is 1)."""
+    """Engine ``name`` on ``stages``: its measured speed and what building every stage from nothing
+    costs (a job too short to gain that much even at :data:`GAIN_BOUND` is not measured: its speed is
+    1). Whether the disk cache holds them is reported, not priced: the same job on the same machine
+    always gets the same engine, so the same command writes the same bytes."""
     from .engines import REFERENCE
     from .engines.compiled import compiled_stages, is_cached
 
     if name == REFERENCE:
         return EngineChoice(name, precision, reason=reason)
     wrapped = compiled_stages(stages, name, precision, image_channels)
-    missing = [s for s in wrapped if not is_cached(s.module)]  # type: ignore[arg-type]
-    weights = sum(p.numel() for s in missing for p in s.module.parameters())
-    if missing and plan.compute_seconds * (1 - 1 / GAIN_BOUND) < MIN_BUILD_SECONDS * len(missing):
-        return EngineChoice(name, precision, 1.0, MIN_BUILD_SECONDS * len(missing), len(wrapped),
-                            len(wrapped) - len(missing), reason)
+    cached = sum(is_cached(s.module) for s in wrapped)  # type: ignore[arg-type]
+    weights = sum(p.numel() for p in net.parameters())  # type: ignore[attr-defined]
+    if plan.compute_seconds * (1 - 1 / GAIN_BOUND) < MIN_BUILD_SECONDS * len(wrapped):
+        return EngineChoice(name, precision, 1.0, MIN_BUILD_SECONDS * len(wrapped), len(wrapped), cached, reason)
     speedup, per_weight = engine_speed(name, net, device, precision)
-    build = max(MIN_BUILD_SECONDS * len(missing), per_weight * weights)
-    return EngineChoice(name, precision, speedup, build, len(wrapped), len(wrapped) - len(missing), reason)
+    build = max(MIN_BUILD_SECONDS * len(wrapped), per_weight * weights)
+    return EngineChoice(name, precision, speedup, build, len(wrapped), cached, reason)
 
 
 def whole_image_seconds(net: Network, pixels: int, device: torch.device) -> float:

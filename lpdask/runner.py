@@ -83,7 +83,8 @@ class Summary:
         return (f"wrote {self.output} {self.output_shape} in {self.seconds:.1f} s: "
                 f"{self.input_megapixels:.3f} input megapixels, {self.megapixels_per_second:.4f} MP/s, "
                 f"{self.runs} run{'s' if self.runs > 1 else ''} x {self.stages} stages x {self.chunks} {unit}{'s' if self.chunks > 1 else ''}"
-                f"{' streamed' if self.executor == 'stream' else ''}, "
+                f"{' streamed' if self.executor == 'stream' else ''}"
+                f"{f' by {self.engine}' if self.engine != 'eager' else ''}, "
                 f"{self.levels} pyramid levels, "
                 f"peak memory {self.peak_memory_bytes / 2**20:.0f} MiB{resumed}")
 

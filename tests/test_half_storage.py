@@ -14,6 +14,7 @@ import torch
 import zarr
 
 import lpdask.api
+import lpdask.engines.eager
 import lpdask.executors.staged
 import lpdask.task
 from lpdask import upscale
@@ -25,6 +26,7 @@ from .reference import smooth_image
 @pytest.fixture
 def fp16_on_cpu(monkeypatch):
     monkeypatch.setattr(lpdask.device, "resolve_precision", lambda precision, device: torch.float16)
+    monkeypatch.setattr(lpdask.engines.eager.Eager, "refuses", lambda self, device, precision: None)
 
 
 def run(net, src, dst, monkeypatch, storage=None) -> tuple[np.ndarray, set[str]]:
