@@ -57,30 +57,51 @@ class OpenVINO:
     def build(self, module: nn.Module, channels: Sequence[int], precision: str, threads: int,
               folder: Path, digest: str) -> Callable[..., Tensor]:
         path = onnx_file(module, channels, folder, digest)
-        start = time.perf_counter()
         config = {"INFERENCE_PRECISION_HINT": PRECISIONS[precision], "INFERENCE_NUM_THREADS": threads,
-                  "PERFORMANCE_HINT": "LATENCY", "CACHE_DIR": str(folder / "blobs" / precision)}
-        # From the model read, not from its path: OpenVINO then keys its cache by the model's content, so a
+                  "PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": False,
+                  "CACHE_DIR": str(folder / "blobs" / precision)}
+        # Pinning would put the threads of every compiled model on the same first cores: tasks running side
+        # by side (each with its own compiled model) would share one core (measured: 2 x 1-thread tasks took
+        # 1.95x one's time pinned, 1.15x unpinned). From the model read, not from its path: OpenVINO then keys its cache by the model's content, so a
         # compiled model is never taken for a file that changed under the same name.
-        compiled = core().compile_model(core().read_model(str(path)), "CPU", config)
-        TIMES("loaded" if compiled.get_property("LOADED_FROM_CACHE") else "compiled", start)
-        return _Runner(compiled)
+        runner = _Runner(core().read_model(str(path)), config)
+        runner.compiled()  # compiled (or loaded) now, in the building thread
+        return runner
 
 
 class _Runner:
-    """One compiled stage; each thread that calls it gets its own infer request."""
+    """One stage for OpenVINO, compiled once per calling thread: a compiled model runs one request at a
+    time (one stream of ``threads`` threads), so tasks running side by side each get their own, as
+    each gets its own torch threads. A thread that moves on to another stage releases the last one's
+    working memory (OpenVINO keeps it between calls, which over every stage of a network adds up to
+    gigabytes)."""
 
-    def __init__(self, compiled: Any) -> None:
-        self.compiled = compiled
+    def __init__(self, model: Any, config: dict[str, Any]) -> None:
+        self.model, self.config = model, config
         self.local = threading.local()
 
+    def compiled(self) -> Any:
+        found = getattr(self.local, "compiled", None)
+        if found is None:
+            start = time.perf_counter()
+            found = self.local.compiled = core().compile_model(self.model, "CPU", self.config)
+            self.local.request = found.create_infer_request()
+            TIMES("loaded" if found.get_property("LOADED_FROM_CACHE") else "compiled", start)
+        return found
+
     def __call__(self, *inputs: Tensor) -> Tensor:
-        request = getattr(self.local, "request", None)
-        if request is None:
-            request = self.local.request = self.compiled.create_infer_request()
+        compiled = self.compiled()
+        last = getattr(_LAST, "runner", None)
+        if last is not None and last is not self:
+            last.local.compiled.release_memory()
+        _LAST.runner = self
         arrays = [np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy()) for x in inputs]
-        result = request.infer(arrays, share_inputs=True, share_outputs=False)
+        result = self.local.request.infer(arrays, share_inputs=True, share_outputs=False)
         return torch.from_numpy(next(iter(result.values())))
+
+
+_LAST = threading.local()
+"""The runner each thread called last."""
 
 
 ENGINE = OpenVINO()
