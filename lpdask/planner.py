@@ -534,7 +534,10 @@ def engine_speed(name: str, net: Network, device: torch.device, precision: str) 
     except (OSError, ValueError):
         known = {}
     if not isinstance(known.get(key), list) or len(known[key]) != 2:
-        known[key] = list(_time_engine(engine, stage, stages, net.in_channels * net.input_factor**2, precision))
+        from .engines.compiled import keeping_locale
+
+        with keeping_locale():
+            known[key] = list(_time_engine(engine, stage, stages, net.in_channels * net.input_factor**2, precision))
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             partial_file = path.with_name(f"machine.{os.getpid()}.json")

@@ -143,7 +143,7 @@ def test_a_second_run_builds_nothing(tmp_path, engine, monkeypatch):
     before = EVENTS.copy()
     upscale(tmp_path / "in.tif", tmp_path / "again.zarr", model=net, chunk=16, blocks_per_stage=1, engine=engine)
     second = EVENTS - before
-    assert second["converted"] == 0 and second["compiled"] == 0 and second["loaded"] == 4
+    assert second["converted"] == 0 and second["compiled"] == 0 and second["loaded"] >= 4  # per task thread
     assert (level0(tmp_path / "again.zarr") == level0(tmp_path / "out.zarr")).all()
 
     changed = copy.deepcopy(net)
@@ -299,3 +299,14 @@ def test_plan_shows_the_engine(small_checkpoint, tmp_path):
     shown = run_cli("plan", str(tmp_path / "in.tif"), "--model", str(small_checkpoint), "--engine", "onnxruntime")
     assert shown.returncode == 0, shown.stderr
     assert "engine: onnxruntime, fp32, measured" in shown.stdout
+
+
+@pytest.fixture(autouse=True)
+def locale_kept():
+    """No engine leaves the process's locale changed: OpenVINO compiling in two threads at once left it
+    "C", and the next subprocess's output was decoded as ASCII."""
+    import locale
+
+    before = locale.setlocale(locale.LC_ALL)
+    yield
+    assert locale.setlocale(locale.LC_ALL) == before

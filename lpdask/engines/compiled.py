@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import locale
 import os
 import tempfile
 import threading
 import time
 import warnings
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -69,6 +71,19 @@ def reference_module(module: nn.Module) -> nn.Module:
     module = copy.deepcopy(module).to("cpu", torch.float32).eval()
     use_kernels(module, "eager")
     return module
+
+
+@contextmanager
+def keeping_locale() -> Iterator[None]:
+    """Put the process's C locale back if an engine changed it. OpenVINO sets it to "C" and back while it
+    reads and compiles a model; two threads doing that at once leave it "C", after which Python decodes
+    subprocess output and opens text files as ASCII. Callers hold a lock: the locale is the process's."""
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        yield
+    finally:
+        if locale.setlocale(locale.LC_ALL) != saved:
+            locale.setlocale(locale.LC_ALL, saved)
 
 
 class Compiled(nn.Module):

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .compiled import TIMES, onnx_file
+from .compiled import TIMES, keeping_locale, onnx_file
 
 PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
 
@@ -64,7 +64,8 @@ class OpenVINO:
         # by side (each with its own compiled model) would share one core (measured: 2 x 1-thread tasks took
         # 1.95x one's time pinned, 1.15x unpinned). From the model read, not from its path: OpenVINO then keys its cache by the model's content, so a
         # compiled model is never taken for a file that changed under the same name.
-        runner = _Runner(core().read_model(str(path)), config)
+        with _compiling, keeping_locale():
+            runner = _Runner(core().read_model(str(path)), config)
         runner.compiled()  # compiled (or loaded) now, in the building thread
         return runner
 
@@ -84,13 +85,14 @@ class _Runner:
         found = getattr(self.local, "compiled", None)
         if found is None:
             start = time.perf_counter()
-            found = self.local.compiled = core().compile_model(self.model, "CPU", self.config)
-            self.local.request = found.create_infer_request()
+            with _compiling, keeping_locale():
+                found = self.local.compiled = core().compile_model(self.model, "CPU", self.config)
+                self.local.request = found.create_infer_request()
             TIMES("loaded" if found.get_property("LOADED_FROM_CACHE") else "compiled", start)
         return found
 
     def __call__(self, *inputs: Tensor) -> Tensor:
-        compiled = self.compiled()
+        self.compiled()
         last = getattr(_LAST, "runner", None)
         if last is not None and last is not self:
             last.local.compiled.release_memory()
@@ -101,6 +103,8 @@ class _Runner:
 
 
 _LAST = threading.local()
+_compiling = threading.Lock()
+"""One read or compile at a time in the process (see :func:`~lpdask.engines.compiled.keeping_locale`)."""
 """The runner each thread called last."""
 
 
