@@ -222,7 +222,7 @@ def compiled_stages(stages: Sequence[Stage], engine: str, precision: str, image_
 
 @dataclass
 class Timer:
-    """Seconds spent building, per event kind (what ``lpdask plan`` and the benchmarks report)."""
+    """Counts each build event (:data:`EVENTS`) and the seconds spent on each kind, for benchmarks."""
 
     seconds: Counter[str]
 
