@@ -19,7 +19,7 @@ import os
 import tempfile
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache, partial
 from pathlib import Path
@@ -112,22 +112,28 @@ def measured_speeds(device_type: str, work: str | None = None) -> tuple[float, i
     disk = _disk_folder(work)
     key = "/".join(map(str, (device_type, torch.cuda.get_device_name(device) if device.type == "cuda" else "",
                              os.cpu_count(), torch.get_num_threads(), torch.__version__, disk.stat().st_dev)))
+    one, cores, efficiency, write, read = remembered(key, 5, lambda: _measure(device, disk))
+    return one, int(cores), efficiency, write, read
+
+
+def remembered(key: str, size: int, measure: Callable[[], Sequence[float]]) -> list[float]:
+    """The ``size`` figures kept under ``key`` in the cache folder's ``machine.json``, measured (and
+    kept) where they are missing; a read-only cache folder means measuring again next time."""
     path = cache_dir() / "machine.json"
     try:
         known = json.loads(path.read_text())
     except (OSError, ValueError):
         known = {}
-    if not isinstance(known.get(key), list) or len(known[key]) != 5:
-        known[key] = list(_measure(device, disk))
+    if not isinstance(known.get(key), list) or len(known[key]) != size:
+        known[key] = list(measure())
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             partial = path.with_name(f"machine.{os.getpid()}.json")
             partial.write_text(json.dumps(known, indent=1))
             os.replace(partial, path)
         except OSError:
-            pass  # a read-only cache folder: measure again next time
-    one, cores, efficiency, write, read = known[key]
-    return one, int(cores), efficiency, write, read
+            pass
+    return list(known[key])
 
 
 def _measure(device: torch.device, disk: Path) -> tuple[float, int, float, float, float]:
@@ -528,24 +534,14 @@ def engine_speed(name: str, net: Network, device: torch.device, precision: str) 
     shape = hashlib.sha256(f"{type(net).__qualname__}/{stage.module!r}".encode()).hexdigest()[:12]
     key = "/".join(map(str, ("engine", name, engine.version(), precision, os.cpu_count(), torch.get_num_threads(),
                              shape)))
-    path = cache_dir() / "machine.json"
-    try:
-        known = json.loads(path.read_text())
-    except (OSError, ValueError):
-        known = {}
-    if not isinstance(known.get(key), list) or len(known[key]) != 2:
+
+    def measure() -> tuple[float, float]:
         from .engines.compiled import keeping_locale
 
         with keeping_locale():
-            known[key] = list(_time_engine(engine, stage, stages, net.in_channels * net.input_factor**2, precision))
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            partial_file = path.with_name(f"machine.{os.getpid()}.json")
-            partial_file.write_text(json.dumps(known, indent=1))
-            os.replace(partial_file, path)
-        except OSError:
-            pass
-    speedup, per_weight = known[key]
+            return _time_engine(engine, stage, stages, net.in_channels * net.input_factor**2, precision)
+
+    speedup, per_weight = remembered(key, 2, measure)
     return float(speedup), float(per_weight)
 
 
