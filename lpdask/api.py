@@ -19,7 +19,6 @@ from .kernels import Kernels
 from .lease import hold
 from .memory import reuse_freed_memory
 from .models.network import Network
-from .engines.compiled import compiled_stages
 from .options import (DEFAULT_TILE_PAD, AlphaMode, ChannelMode, Reports, UpscaleOptions, check_engine, check_grid,
                       check_kernels, check_plan_options, check_value_range)
 from .pixels import ValueRange, check_dtype
@@ -162,10 +161,9 @@ def upscale_array(
     net = load_network(model, torch_device, compute, kernels)
     runs = passes(image.shape[2], photometric, alpha, net)  # type: ignore[arg-type]
     network_stages = stages_for(net, mode, plan.blocks_per_stage, tile_pad)
-    image_channels = net.in_channels * net.input_factor**2
     chosen = choose_engine(net, network_stages, torch_device, precision, engine, None,
                            image.shape[0] * image.shape[1] * len(runs))
-    network_stages = compiled_stages(network_stages, chosen.name, precision, image_channels)
+    network_stages = list(chosen.compiled)
     check_grid(plan.chunk, net.input_factor, net.scale)
     pixels = image.transpose(2, 0, 1)
     outputs = []

@@ -360,7 +360,6 @@ def build(pre: Preflight, device: torch.device) -> tuple[JobSpec, State]:
     from .device import load_network, resolve_precision
     from .executors import executor_named
     from .options import check_grid
-    from .engines.compiled import compiled_stages
     from .planner import choose_engine, plan_for
 
     o, source = pre.options, pre.source
@@ -377,7 +376,7 @@ def build(pre: Preflight, device: torch.device) -> tuple[JobSpec, State]:
     stages = executor.stages(net, plan, o.mode, o.tile_pad)
     engine = choose_engine(net, stages, device, o.precision, o.engine, plan, source.height * source.width,
                            stored_engine(stored) if stored is not None else None)
-    stages = compiled_stages(stages, engine.name, o.precision, net.in_channels * net.input_factor**2)
+    stages = list(engine.compiled)
     as_tiff = output.name.lower().endswith((".tif", ".tiff"))
     missing = pre.nodata
     identity = Identity(

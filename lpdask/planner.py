@@ -414,6 +414,8 @@ class EngineChoice:
     cached: int = 0
     """Stages whose artifacts the disk cache holds (reported, not priced)."""
     reason: str = ""
+    compiled: tuple[Stage, ...] = ()
+    """The job's stages as this engine runs them (:func:`~lpdask.engines.compiled.compiled_stages`)."""
 
     def describe(self) -> str:
         if self.name == "eager":
@@ -432,12 +434,15 @@ def choose_engine(net: Network, stages: Sequence[Stage], device: torch.device, p
     pixels), if it beats eager by :data:`ENGINE_GAIN`."""
     from .engines import AUTO, REFERENCE, candidates, engine_named
 
+    from .engines.compiled import stage_digests
+
     image_channels = net.in_channels * net.input_factor**2
+    digests = stage_digests(stages, image_channels) if device.type == "cpu" else None  # one hash for every engine
     if plan is None or not plan.seconds:
         compute = whole_image_seconds(net, pixels, device)
         plan = Plan(seconds=compute, compute_seconds=compute)
     priced = partial(_priced_engine, net=net, stages=stages, image_channels=image_channels, device=device,
-                     precision=precision, plan=plan)
+                     precision=precision, plan=plan, digests=digests)
     if stored and requested in (AUTO, stored):
         why = _refusal(stored, device, precision)
         if why:
@@ -454,7 +459,7 @@ def choose_engine(net: Network, stages: Sequence[Stage], device: torch.device, p
         why = [_refusal(e.name, device, precision) for e in ENGINES if device.type in e.devices and e.installed()]
         raise LpdaskError(f"no engine here computes {precision} on {device.type}: " + "; ".join(filter(None, why)))
     if names == [REFERENCE]:
-        return EngineChoice(REFERENCE, precision)
+        return priced(REFERENCE)
     choices = [priced(n) for n in names]
 
     def total(e: EngineChoice) -> float:
@@ -474,7 +479,7 @@ def _refusal(name: str, device: torch.device, precision: str) -> str | None:
 
 
 def _priced_engine(name: str, *, net: Network, stages: Sequence[Stage], image_channels: int, device: torch.device,
-                   precision: str, plan: Plan, reason: str = "") -> EngineChoice:
+                   precision: str, plan: Plan, digests: Sequence[str] | None, reason: str = "") -> EngineChoice:
     """Engine ``name`` on ``stages``: its measured speed and what building every stage from nothing
     costs (a job too short to gain that much even at :data:`GAIN_BOUND` is not measured: its speed is
     1). Whether the disk cache holds them is reported, not priced: the same job on the same machine
@@ -483,15 +488,16 @@ def _priced_engine(name: str, *, net: Network, stages: Sequence[Stage], image_ch
     from .engines.compiled import compiled_stages, is_cached
 
     if name == REFERENCE:
-        return EngineChoice(name, precision, reason=reason)
-    wrapped = compiled_stages(stages, name, precision, image_channels)
+        return EngineChoice(name, precision, reason=reason, compiled=tuple(stages))
+    wrapped = compiled_stages(stages, name, precision, image_channels, digests)
     cached = sum(is_cached(s.module) for s in wrapped)  # type: ignore[arg-type]
     weights = sum(p.numel() for p in net.parameters())  # type: ignore[attr-defined]
     if plan.compute_seconds * (1 - 1 / GAIN_BOUND) < MIN_BUILD_SECONDS * len(wrapped):
-        return EngineChoice(name, precision, 1.0, MIN_BUILD_SECONDS * len(wrapped), len(wrapped), cached, reason)
+        return EngineChoice(name, precision, 1.0, MIN_BUILD_SECONDS * len(wrapped), len(wrapped), cached, reason,
+                            tuple(wrapped))
     speedup, per_weight = engine_speed(name, net, device, precision)
     build = max(MIN_BUILD_SECONDS * len(wrapped), per_weight * weights)
-    return EngineChoice(name, precision, speedup, build, len(wrapped), cached, reason)
+    return EngineChoice(name, precision, speedup, build, len(wrapped), cached, reason, tuple(wrapped))
 
 
 def whole_image_seconds(net: Network, pixels: int, device: torch.device) -> float:

@@ -89,11 +89,12 @@ def keeping_locale() -> Iterator[None]:
 class Compiled(nn.Module):
     """``module`` run by engine ``engine`` in ``precision`` (a stage's inputs of ``channels``)."""
 
-    def __init__(self, module: nn.Module, engine: str, precision: str, channels: Sequence[int]) -> None:
+    def __init__(self, module: nn.Module, engine: str, precision: str, channels: Sequence[int],
+                 digest: str | None = None) -> None:
         super().__init__()
         self.reference = module
         self.engine, self.precision, self.channels = engine, precision, tuple(channels)
-        self.digest = stage_digest(module, channels)
+        self.digest = digest or stage_digest(module, channels)
 
     def forward(self, *inputs: Tensor) -> Tensor:
         return runner(self)(*inputs)
@@ -207,17 +208,26 @@ def onnx_file(module: nn.Module, channels: Sequence[int], folder: Path, digest: 
     return path
 
 
-def compiled_stages(stages: Sequence[Stage], engine: str, precision: str, image_channels: int) -> list[Stage]:
-    """``stages`` as ``engine`` runs them (unchanged for the eager engine)."""
+def input_channels(stages: Sequence[Stage], image_channels: int) -> list[list[int]]:
+    """The channels of each stage's inputs."""
+    channels = {IMAGE: image_channels, **{stage.name: stage.channels for stage in stages}}
+    return [[channels[name] for name in stage.inputs] for stage in stages]
+
+
+def stage_digests(stages: Sequence[Stage], image_channels: int) -> list[str]:
+    """Each stage's :func:`stage_digest` (a hash of all the network's weights: worth computing once)."""
+    return [stage_digest(stage.module, c) for stage, c in zip(stages, input_channels(stages, image_channels))]
+
+
+def compiled_stages(stages: Sequence[Stage], engine: str, precision: str, image_channels: int,
+                    digests: Sequence[str] | None = None) -> list[Stage]:
+    """``stages`` as ``engine`` runs them (unchanged for the eager engine); ``digests``: their
+    :func:`stage_digests`, where already known."""
     if engine == "eager":
         return list(stages)
-    channels = {IMAGE: image_channels}
-    out = []
-    for stage in stages:
-        module = Compiled(stage.module, engine, precision, [channels[name] for name in stage.inputs])
-        out.append(replace(stage, module=module))
-        channels[stage.name] = stage.channels
-    return out
+    digests = digests or stage_digests(stages, image_channels)
+    return [replace(stage, module=Compiled(stage.module, engine, precision, channels, digest))
+            for stage, channels, digest in zip(stages, input_channels(stages, image_channels), digests)]
 
 
 @dataclass
