@@ -48,7 +48,7 @@ def upscale(
     max_memory: float | None = None, progress: bool = False, wait: bool = False, executor: str | Executor = "auto",
     strip: int | None = None, tile_rows: int | None = None, on_cluster: Callable[[str], None] | None = None,
     on_plan: Callable[[str], None] | None = None, cog: bool | None = None, nodata: str | float | None = None,
-    kernels: Kernels = "fast", engine: str = "auto",
+    kernels: Kernels = "fast", engine: str = "auto", region: str | tuple[float, ...] | None = None,
 ) -> Summary:
     """Super-resolve the image at ``src`` into ``dst``: an OME-Zarr (``.zarr``) or a tiled, pyramidal
     (OME-/Geo)TIFF (``.tif``, ``.ome.tif``), chunk by chunk. The options are those of
@@ -65,7 +65,8 @@ def upscale(
         precision=precision, workdir=workdir, overwrite=overwrite, mode=mode, tile_pad=tile_pad, series=series,
         level=level, channels=channels, alpha=alpha, value_range=value_range, workers=workers, scheduler=scheduler,
         resources=resources, compression=compression, max_memory=max_memory, wait=wait, executor=executor,
-        strip=strip, tile_rows=tile_rows, cog=cog, nodata=nodata, kernels=kernels, engine=engine)
+        strip=strip, tile_rows=tile_rows, cog=cog, nodata=nodata, kernels=kernels, engine=engine,
+        region=region)
     return run_upscale(options, Reports(progress, on_plan, on_cluster))
 
 

@@ -28,6 +28,10 @@ from .plan import Plan
 
 USER_ERROR = USAGE
 EXECUTOR_CHOICES = ("auto", *(e.name for e in EXECUTORS if e.planned))
+REGION_HELP = ("Compute only this region of INPUT: X,Y,W,H in pixels from the top-left corner, or with a unit "
+               "after H: um, nm, mm... (the input's physical coordinates, as QuPath or napari show them) or map "
+               "(a GeoTIFF's map coordinates, the box from X,Y to X+W,Y+H). The output is exactly that crop of the "
+               "whole image's result, placed where it lies by its metadata.")
 EXECUTOR_HELP = " ".join(f"{e.name}: {e.help}." for e in EXECUTORS if e.planned) + " auto: the planner's choice."
 ENGINE_HELP = ("What runs each stage's arithmetic. " + " ".join(f"{e.name}: {e.help}." for e in ENGINES)
                + " auto: the fastest installed for the device and precision, counting the time to build it.")
@@ -122,6 +126,7 @@ def cli() -> None:
               help="Rows per tile when streaming; 0: the image's height [default: the planner's choice].")
 @click.option("--kernels", type=click.Choice(KERNELS), default="fast", show_default=True,
               help="fast: lpdask's kernels. eager: the network's reference forward, for comparison.")
+@click.option("--region", metavar="X,Y,W,H[UNIT]", help=REGION_HELP)
 @click.option("--wait", is_flag=True, help="If another run holds OUTPUT, wait for it to end instead of exiting.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def upscale_command(input: str, output: str, quiet: bool, **given: Any) -> None:
@@ -178,6 +183,7 @@ def upscale_command(input: str, output: str, quiet: bool, **given: Any) -> None:
 @click.option("--tile-rows", type=int, default=None, help="Fix the tile height of a streaming plan (0: the image's).")
 @click.option("--kernels", type=click.Choice(KERNELS), default="fast", show_default=True,
               help="fast: lpdask's kernels. eager: the network's reference forward, for comparison.")
+@click.option("--region", metavar="X,Y,W,H[UNIT]", help="Plan for only this region of INPUT, as for upscale.")
 @click.option("--top", type=int, default=8, show_default=True, help="How many alternatives to list.")
 def plan_command(input: str, workdir: str | None, top: int, **given: Any) -> None:
     """Print the plan `lpdask upscale` would use for INPUT with the same options (executor, chunk or
@@ -193,12 +199,22 @@ def plan_command(input: str, workdir: str | None, top: int, **given: Any) -> Non
     from .io.locations import Location
     from .planner import measure_machine, plan_for, scratch_space
 
+    from .jobs import region_window
+
     net, torch_device = network_for(options.model, options.device, options.precision, options.kernels)
+    source, box, _ = region_window(pre, net)
     runs = source.plane_count * len(passes(source.channels, pre.photometric, options.alpha, net))
     work = Location.of(workdir) if workdir else Location.of(input).parent
     best, plans = plan_for(net, source, torch_device, options, work)
     check_grid(best.chunk, net.input_factor, net.scale, best.strip, best.tile_rows)  # what upscale would refuse
-    click.echo(f"{input}: {source.height} x {source.width} px, {source.channels} channel(s), {source.plane_count} plane(s)")
+    whole = pre.source
+    click.echo(f"{input}: {whole.height} x {whole.width} px, {source.channels} channel(s), {source.plane_count} plane(s)")
+    if box is not None and source.window is not None:
+        w = source.window
+        click.echo(f"region {options.region}: {box.shape[1]} x {box.shape[0]} px at x {box.x0}, y {box.y0}; computed "
+                   f"from the window x {w.x0} to {w.x1}, y {w.y0} to {w.y1} ({w.shape[1]} x {w.shape[0]} px, "
+                   f"{w.shape[0] * w.shape[1] / (whole.height * whole.width):.1%} of the image): the region and "
+                   "the network's reach around it")
     click.echo(f"plan: {best.describe()}")
     click.echo(engine_of(net, best, torch_device, options, source.height * source.width).describe())
     if runs > 1:

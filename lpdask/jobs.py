@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     import torch
 
     from .channels import Pass
+    from .chunks import Box
     from .executors import Executor
     from .io.metadata import Photometric
     from .options import UpscaleOptions
@@ -156,10 +157,13 @@ class Identity:
     output: str
     nodata: dict[str, object] | None
     version: str
+    region: list[int] | None = None
+    """The region of interest asked for ([y0, y1, x0, x1] in the image's pixels), or None for all of it."""
 
     @property
     def digest(self) -> str:
-        text = json.dumps(asdict(self), sort_keys=True, default=str)
+        fields = {k: v for k, v in asdict(self).items() if not (k == "region" and v is None)}  # older jobs' digests stay
+        text = json.dumps(fields, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:32]
 
     def to_json(self) -> dict[str, Any]:
@@ -192,6 +196,9 @@ class JobSpec:
     """A TIFF output as a Cloud Optimized GeoTIFF: :func:`~lpdask.export.tiff_kind`."""
     engine: EngineChoice | None = None
     """What runs the stages' arithmetic (None: eager)."""
+    crop: Box | None = None
+    """The region of interest in the source's pixels (the source being the window that computes it
+    exactly: :mod:`lpdask.region`); None for the whole image."""
 
     @property
     def as_tiff(self) -> bool:
@@ -199,11 +206,18 @@ class JobSpec:
 
     @property
     def output_shape(self) -> tuple[int, ...]:
-        """Level 0 of the output, in NGFF axis order."""
+        """Level 0 of the output, in NGFF axis order (the region's, where one is asked for)."""
+        return self._shape(*(self.crop.shape if self.crop else (self.source.height, self.source.width)))
+
+    @property
+    def computed_shape(self) -> tuple[int, ...]:
+        """Level 0 of what the executors compute: the output, or the whole window of a region."""
+        return self._shape(self.source.height, self.source.width)
+
+    def _shape(self, height: int, width: int) -> tuple[int, ...]:
         source, scale = self.source, self.network.scale
-        return tuple(source.channels if a == "c" else source.height * scale if a == "y"
-                     else source.width * scale if a == "x" else source.shape[source.axes.index(a)]
-                     for a in source.output_axes)
+        return tuple(source.channels if a == "c" else height * scale if a == "y" else width * scale if a == "x"
+                     else source.shape[source.axes.index(a)] for a in source.output_axes)
 
 
 def fingerprint(source: Source) -> dict[str, object]:
@@ -212,8 +226,10 @@ def fingerprint(source: Source) -> dict[str, object]:
     from .io.sources import stamp_location
 
     size, modified = stamp_location(source).size_and_mtime()
+    window = source.window
     return {"path": source.path, "array": source.array_path, "series": source.series, "level": source.level,
-            "shape": list(source.shape), "dtype": str(source.dtype), "size": size, "modified": modified}
+            "shape": list(source.shape), "dtype": str(source.dtype), "size": size, "modified": modified,
+            **({"window": [window.y0, window.y1, window.x0, window.x1]} if window else {})}
 
 
 def model_digest(net: Network) -> str:
@@ -367,7 +383,8 @@ def build(pre: Preflight, device: torch.device) -> tuple[JobSpec, State]:
     output = Location.of(o.dst)
     precision = resolve_precision(o.precision, device)
     net = load_network(o.model, device, precision, o.kernels)  # type: ignore[arg-type]
-    meta = _output_meta(pre, net.scale)
+    source, box, crop = region_window(pre, net)
+    meta = _output_meta(pre, net.scale, box)
     work = WorkFolder(held_places(output, o.workdir)[-1] if o.workdir else default_workdir(output))
     stored = None if o.overwrite else stored_plan(output, work)
     plan, _ = plan_for(net, source, device, o, work.path, output, stored)
@@ -382,10 +399,11 @@ def build(pre: Preflight, device: torch.device) -> tuple[JobSpec, State]:
     identity = Identity(
         fingerprint(source), model_digest(net), net.scale, o.mode, o.tile_pad if o.mode == "tile" else None,
         plan_record(plan, engine.name), pre.photometric, o.alpha, pre.value_range, o.precision, device.type, o.kernels,
-        "tiff" if as_tiff else "zarr", missing.to_json() if missing else None, __version__)
+        "tiff" if as_tiff else "zarr", missing.to_json() if missing else None, __version__,
+        [box.y0, box.y1, box.x0, box.x1] if box else None)
     spec = JobSpec(source, output, work, identity, plan, executor, net, stages,
                    passes(source.channels, pre.photometric, o.alpha, net), meta, device, precision,
-                   pre.value_range, o.compression, missing, o.cog, engine)
+                   pre.value_range, o.compression, missing, o.cog, engine, crop)
     return spec, output_state(output, work, identity.digest, o.overwrite)
 
 
@@ -400,12 +418,32 @@ def stored_engine(stored: dict[str, Any]) -> str:
     return str(stored.get("engine", "eager"))
 
 
-def _output_meta(pre: Preflight, scale: int) -> ImageMetadata:
-    """The input's metadata as the output's: rescaled, with the GDAL nodata of what it marks missing."""
+def region_window(pre: Preflight, net: Network) -> tuple[Source, Box | None, Box | None]:
+    """The source a job computes (the window that computes the region asked for exactly, or the whole
+    input), the region in the image's pixels and the region in the window's (None, None without one)."""
+    from .geometry import reach
+    from .nodata import FILL_RADIUS
+    from .region import window
+
+    o, source = pre.options, pre.source
+    if o.region is None:
+        return source, None, None
+    box = o.region.box(source.height, source.width, source.meta)
+    # a filled nodata pixel depends on the pixels within FILL_RADIUS of it, beyond the network's reach
+    margin = reach(net.stages(1)) * net.input_factor + (FILL_RADIUS if pre.nodata is not None else 0)
+    computed = window(box, margin, net.input_factor, source.height, source.width)
+    return source.cropped(computed), box, box.within(computed)
+
+
+def _output_meta(pre: Preflight, scale: int, box: Box | None = None) -> ImageMetadata:
+    """The input's metadata as the output's (of the region ``box`` where one is asked for): rescaled,
+    with the GDAL nodata of what it marks missing."""
     from .nodata import gdal_number
+    from .region import cropped
 
     source, missing = pre.source, pre.nodata
-    meta = replace(source.meta, photometric=pre.photometric).rescaled(scale)
+    meta = replace(source.meta, photometric=pre.photometric)
+    meta = (cropped(meta, box) if box else meta).rescaled(scale)
     if meta.geotiff is not None and (pre.options.nodata is not None or source.palette or missing is not None):
         value = gdal_number(missing.output) if missing is not None and missing.marks else None
         meta = replace(meta, geotiff=replace(meta.geotiff, gdal_nodata=value))

@@ -262,7 +262,9 @@ class UpscaleOptions:
     (the whole network on each chunk, with its full halo), "auto" (the planner's choice among
     those three, the default; the staged executor when ``chunk`` and ``blocks_per_stage`` are both
     given without ``strip``), "lazy" (one dask graph in memory, as :func:`lpdask.upscale_array`;
-    nothing to resume from), or an executor object (:mod:`lpdask.executors`). ``mode="tile"`` runs
+    nothing to resume from), or an executor object (:mod:`lpdask.executors`). ``region`` computes only a region of interest
+    (``"X,Y,W,H"`` in pixels, or with a unit: ``um``..., ``map``; :mod:`lpdask.region`): exactly that
+    crop of the whole image's result, placed where it lies by the output's metadata. ``mode="tile"`` runs
     Real-ESRGAN's tile mode (``tile_pad`` pixels of context, seams) for comparison."""
 
     src: str | os.PathLike[str]
@@ -296,6 +298,9 @@ class UpscaleOptions:
     nodata: str | float | None = None
     kernels: str = "fast"
     engine: str = "auto"
+    region: Any = None
+    """A region of interest (:mod:`lpdask.region`): ``"X,Y,W,H[unit]"``, a :class:`~lpdask.region.Region`,
+    or (x, y, width, height) in pixels; None for the whole image."""
 
     def checked(self) -> UpscaleOptions:
         """These options checked (what needs no file, no numpy and no torch), with the executor
@@ -311,7 +316,13 @@ class UpscaleOptions:
         check_engine(self.engine)
         if self.mode not in MODES:
             raise OptionError("mode", self.mode, f"is not one of {', '.join(MODES)}")
-        return replace(self, executor=executor)
+        from .region import parse_region
+
+        region = parse_region(self.region)
+        if region is not None and self.mode != "exact":
+            raise OptionError("mode", self.mode, "cuts the image into tiles from its corner, so a region of it is "
+                              "not the crop of the whole image's result; use {region} with {mode} exact")
+        return replace(self, executor=executor, region=region)
 
     @classmethod
     def from_cli(cls, max_memory: float | None, resources: str | None, **given: Any) -> UpscaleOptions:

@@ -96,21 +96,24 @@ def run(spec: JobSpec, state: State, scheduler: Threads | Cluster, leases: Lease
     source, output, work, identity, plan, meta = spec.source, spec.output, spec.work, spec.identity, spec.plan, spec.meta
     executor = spec.executor
     network_stages, scale, as_tiff = spec.stages, spec.network.scale, spec.as_tiff
-    shape = spec.output_shape
+    shape, computed_shape, crop = spec.output_shape, spec.computed_shape, spec.crop
     if state == "complete":
         return Summary(output, time.perf_counter() - started, _megapixels(source), shape, 0, len(network_stages), 0,
                        peak_bytes(), 0, already_complete=True, plan=plan,
                        engine=spec.engine.name if spec.engine else "eager")
     _warn_dropped(meta, as_tiff)
     kind = tiff_kind(output, source.ome, meta, spec.cog, source.plane_count, warn=True) if as_tiff else None
-    result = work.path / "result.zarr" if as_tiff else output
+    # the result before it becomes a TIFF (or is cropped to the region) goes to the work folder first
+    result = work.path / "result.zarr" if as_tiff or crop else output
     if state == "resume" and not (result / "0").exists():
         state = "new"  # its stored result is gone (removed by hand, or killed before it began): start again
     resumed = state == "resume" and work.identity() == identity.digest
     result_bytes = math.prod(shape) * source.dtype.itemsize * 4 // 3
     scratch = executor.scratch_bytes(network_stages, source.height, source.width, spec.network.input_factor,
                                      storage_dtype(spec.precision).itemsize)
-    # the result before it becomes a TIFF, and a COG's source pyramid, go to the work folder first
+    if crop:  # the window's whole output, then the region's with its pyramid before it becomes a TIFF
+        scratch += math.prod(computed_shape) * source.dtype.itemsize
+    # a COG's source pyramid goes to the work folder too
     need = {work.path: scratch + result_bytes * (as_tiff + (kind == "cog")), output: result_bytes}
     if not resumed:
         check_disk(work.path, output, need[work.path], need[output])
@@ -123,10 +126,11 @@ def run(spec: JobSpec, state: State, scheduler: Threads | Cluster, leases: Lease
             result.remove()
         marks = spec.nodata.output if spec.nodata and spec.nodata.marks else None
         chunk = stored_chunk(plan.chunk * scale)
-        sink = (OmeZarrSink.reopen(result, source.output_axes, shape, source.dtype, chunk, marks) if resumed else
-                OmeZarrSink(result, source.output_axes, shape, source.dtype, chunk,
-                            source.channels if meta.photometric != "minisblack" else 1,
-                            {"job": identity.digest, "plan": identity.plan}, marks))
+        channel_chunk = source.channels if meta.photometric != "minisblack" else 1
+        status = {"job": identity.digest, "plan": identity.plan, **({"region": identity.region} if crop else {})}
+        sink = (OmeZarrSink.reopen(result, source.output_axes, computed_shape, source.dtype, chunk, marks) if resumed
+                else OmeZarrSink(result, source.output_axes, computed_shape, source.dtype, chunk, channel_chunk,
+                                 status, marks))
         if isinstance(scheduler, Cluster) and reports.on_cluster:
             reports.on_cluster(scheduler.dashboard_link)
         jobs = [_job(spec, sink, plane, p, k)
@@ -169,12 +173,22 @@ def run(spec: JobSpec, state: State, scheduler: Threads | Cluster, leases: Lease
                     computed += executor.run(job, scheduler, stage)
                 bars.close()
                 checked()
-                with writing(result):
-                    levels = sink.finish(meta, Location.of(source.path).name, executor.levels_written(jobs[0]),
-                                         scheduler="threads",
-                                         num_workers=plan.chunks_at_once("cpu"))
+                compute = {"scheduler": "threads", "num_workers": plan.chunks_at_once("cpu")}
+                if crop:
+                    final = work.path / "region.zarr" if as_tiff else output
+                    with writing(final):
+                        final.remove()  # what a run stopped while cropping left
+                        region = OmeZarrSink(final, source.output_axes, shape, source.dtype, chunk, channel_chunk,
+                                             status, marks)
+                        region.copy(sink.level0, crop.scaled(scale), **compute)
+                        levels = region.finish(meta, Location.of(source.path).name, 1, **compute)
+                else:
+                    final = result
+                    with writing(result):
+                        levels = sink.finish(meta, Location.of(source.path).name, executor.levels_written(jobs[0]),
+                                             **compute)
                 if kind is not None:
-                    group = zarr.open_group(str(result), mode="r")
+                    group = zarr.open_group(str(final), mode="r")
                     software = f"{SOFTWARE_PREFIX}{identity.digest} {json.dumps(identity.plan)}"
                     with writing(output):
                         write_pyramid_tiff(partial_tiff, [group[str(k)] for k in range(levels)], meta, kind,
@@ -259,6 +273,7 @@ def _fault(exc: BaseException, source: Source, identity: Identity, output: Locat
 
 
 def _megapixels(source: Source) -> float:
+    """The input megapixels computed (a region's: its window's)."""
     return source.height * source.width * source.plane_count / 1e6
 
 

@@ -136,6 +136,30 @@ class GeoTiff:
         return replace(self, model_pixel_scale=pixel_scale, model_tiepoint=tiepoint,
                        model_transformation=matrix, rpc_coefficients=rpc)
 
+    def shifted(self, x0: int, y0: int) -> GeoTiff:
+        """Georeferencing of the part of the image from raster column ``x0`` and row ``y0`` on: the
+        same world positions, raster positions (tiepoints, the transformation's origin, RPC line and
+        sample offsets) moved by the part's corner."""
+        tiepoint = self.model_tiepoint
+        if tiepoint is not None:
+            values = list(tiepoint)
+            for k in range(0, len(values) - 5, 6):
+                values[k], values[k + 1] = values[k] - x0, values[k + 1] - y0
+            tiepoint = tuple(values)
+        matrix = self.model_transformation
+        if matrix is not None and len(matrix) == 16 and not self.identity:
+            m = list(matrix)
+            for row in range(3):  # world = M @ (i + x0, j + y0, k, 1)
+                m[4 * row + 3] += m[4 * row] * x0 + m[4 * row + 1] * y0
+            matrix = tuple(m)
+        rpc = self.rpc_coefficients
+        if rpc is not None and len(rpc) == RPC_COUNT:
+            r = list(rpc)
+            r[RPC_RASTER[0][0]] -= y0
+            r[RPC_RASTER[1][0]] -= x0
+            rpc = tuple(r)
+        return replace(self, model_tiepoint=tiepoint, model_transformation=matrix, rpc_coefficients=rpc)
+
     def extratags(self) -> list[tuple[int, str, int, Any, bool]]:
         """The tags for ``tifffile.TiffWriter.write(extratags=...)``."""
         tags = []
@@ -167,6 +191,9 @@ class ImageMetadata:
     geotiff: GeoTiff | None = None
     dropped: tuple[str, ...] = field(default=())
     """Human-readable names of input metadata that could not be carried (for the warning)."""
+    position: tuple[float, float] | None = None
+    """Where the image's top-left corner lies (y, x, in the axes' units) when it is a region of a larger
+    one (:func:`lpdask.region.cropped`): OME's plane position."""
 
     @property
     def axis_names(self) -> str:

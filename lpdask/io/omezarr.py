@@ -86,6 +86,13 @@ class OmeZarrSink:
                 self._levels[level] = self.level(level)
             self._levels[level][index] = pixels
 
+    def copy(self, level0: zarr.Array, box: Box, **compute: Any) -> None:
+        """Store the part ``box`` (y and x) of another image's level 0 as this one's level 0 (a region
+        of a larger result), a stored chunk at a time."""
+        ys, xs = box.slices()
+        part = da.from_zarr(level0)[(..., ys, xs)]
+        da.store(part.rechunk(self.level0.chunks), self.level0, lock=False, **compute)
+
     def level_shapes(self) -> list[tuple[int, ...]]:
         """Every level's shape: level 0, then halves (rounded up) down to ``THUMBNAIL`` px a side."""
         shapes = [tuple(self.level0.shape)]

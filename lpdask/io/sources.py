@@ -57,14 +57,27 @@ class Source:
     stamp: tuple[object, ...] = ()
     """The input's :func:`stamp` when it was described: a file replaced since then is another input,
     never read through this one's open handle."""
+    window: Box | None = None
+    """The part of the image this source shows (:meth:`cropped`); None for all of it. Its height,
+    width and reads are the window's."""
 
     @property
     def height(self) -> int:
-        return self.shape[self.axes.index("y")]
+        return self.window.shape[0] if self.window else self.shape[self.axes.index("y")]
 
     @property
     def width(self) -> int:
-        return self.shape[self.axes.index("x")]
+        return self.window.shape[1] if self.window else self.shape[self.axes.index("x")]
+
+    def cropped(self, box: Box) -> Source:
+        """This image's part ``box`` (in this source's pixels) as a source of its own."""
+        outer = self.window or Box(0, self.height, 0, self.width)
+        return replace(self, window=Box(outer.y0 + box.y0, outer.y0 + box.y1, outer.x0 + box.x0, outer.x0 + box.x1))
+
+    def in_image(self, box: Box) -> Box:
+        """``box`` of this source in the pixels of the whole stored image."""
+        w = self.window
+        return box if w is None else Box(box.y0 + w.y0, box.y1 + w.y0, box.x0 + w.x0, box.x1 + w.x0)
 
     @property
     def channels(self) -> int:
@@ -98,7 +111,7 @@ class Source:
         """The pixels of ``box`` in ``plane`` as (h, w, c), channels ``channels`` only."""
         handle = _opened(self)
         plane = plane or {}
-        ys, xs = box.slices()
+        ys, xs = self.in_image(box).slices()
         stored = self.axes[:-1] if self.palette else self.axes
         index = tuple(ys if a == "y" else xs if a == "x" else channels if a == "c" else plane.get(a, 0)
                       for a in stored)
@@ -451,7 +464,7 @@ def _open_handle(source: Source, page: int | None) -> _Handle:
 def read_tiff_page(source: Source, page: int, box: Box) -> np.ndarray:
     """The pixels of ``box`` of page ``page`` of ``source``'s TIFF file (a page no series holds,
     such as GDAL's internal mask)."""
-    return _read_settled(_opened(source, page).array, box.slices())
+    return _read_settled(_opened(source, page).array, source.in_image(box).slices())
 
 
 _read_tasks: contextvars.ContextVar[set[asyncio.Task[Any]] | None] = contextvars.ContextVar("lpdask_read_tasks",

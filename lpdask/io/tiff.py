@@ -217,6 +217,14 @@ def ome_metadata(meta: ImageMetadata, channels: int) -> dict[str, Any]:
         if axis is not None and axis.unit in units:
             items[key] = axis.scale
             items[key + "Unit"] = units[axis.unit][0]
+    if meta.position is not None:  # a region of a larger image: where its corner lies, on every plane
+        plane: dict[str, Any] = {}
+        for name, value in zip("YX", meta.position, strict=True):
+            axis = meta.axis(name.lower())
+            if axis is not None and axis.unit in LENGTH_UNITS:
+                plane[f"Position{name}"], plane[f"Position{name}Unit"] = value, LENGTH_UNITS[axis.unit][0]
+        if plane:
+            items["Plane"] = plane
     labels = [c.label for c in meta.channels]
     if meta.photometric != "minisblack":
         # one OME Channel holds all samples of an RGB(A) pixel
