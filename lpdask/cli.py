@@ -127,6 +127,9 @@ def cli() -> None:
 @click.option("--kernels", type=click.Choice(KERNELS), default="fast", show_default=True,
               help="fast: lpdask's kernels. eager: the network's reference forward, for comparison.")
 @click.option("--region", metavar="X,Y,W,H[UNIT]", help=REGION_HELP)
+@click.option("--compute-all", is_flag=True,
+              help="Compute every output pixel, also those the input holds no data under (they take the nodata "
+                   "value either way, so the output is the same; by default they are not computed).")
 @click.option("--wait", is_flag=True, help="If another run holds OUTPUT, wait for it to end instead of exiting.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def upscale_command(input: str, output: str, quiet: bool, **given: Any) -> None:

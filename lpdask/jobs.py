@@ -196,6 +196,8 @@ class JobSpec:
     """A TIFF output as a Cloud Optimized GeoTIFF: :func:`~lpdask.export.tiff_kind`."""
     engine: EngineChoice | None = None
     """What runs the stages' arithmetic (None: eager)."""
+    compute_all: bool = False
+    """Compute output the input holds no data under too (:attr:`~lpdask.task.Job.compute_all`)."""
     crop: Box | None = None
     """The region of interest in the source's pixels (the source being the window that computes it
     exactly: :mod:`lpdask.region`); None for the whole image."""
@@ -403,7 +405,7 @@ def build(pre: Preflight, device: torch.device) -> tuple[JobSpec, State]:
         [box.y0, box.y1, box.x0, box.x1] if box else None)
     spec = JobSpec(source, output, work, identity, plan, executor, net, stages,
                    passes(source.channels, pre.photometric, o.alpha, net), meta, device, precision,
-                   pre.value_range, o.compression, missing, o.cog, engine, crop)
+                   pre.value_range, o.compression, missing, o.cog, engine, o.compute_all, crop)
     return spec, output_state(output, work, identity.digest, o.overwrite)
 
 

@@ -298,6 +298,9 @@ class UpscaleOptions:
     nodata: str | float | None = None
     kernels: str = "fast"
     engine: str = "auto"
+    compute_all: bool = False
+    """Compute every output pixel, even those the input holds no data under (which take the nodata
+    value whatever the network gives, and are left out otherwise): the same bytes, for comparison."""
     region: Any = None
     """A region of interest (:mod:`lpdask.region`): ``"X,Y,W,H[unit]"``, a :class:`~lpdask.region.Region`,
     or (x, y, width, height) in pixels; None for the whole image."""

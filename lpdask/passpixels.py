@@ -20,6 +20,10 @@ from .nodata import FILL_RADIUS, Nodata, fill, input_box, mark, read_mask, upsca
 from .pixels import ValueRange, from_unit, from_unit_tensor, network_input, working_float
 
 
+READ_BLOCK = 2048
+"""Pixels a side of the blocks :meth:`PassPixels.data_cells` reads at a time."""
+
+
 @dataclass(frozen=True)
 class PassPixels:
     """Pass ``pass_`` of ``plane`` of ``source``, into and out of a network that pixel-unshuffles by
@@ -85,6 +89,47 @@ class PassPixels:
             mask = seen if mask is None else mask & seen
             pixels = pixels[..., : last + 1 - first]
         return pixels, valid_of(pixels, nodata.value, mask)
+
+    @property
+    def skips(self) -> bool:
+        """Whether output the input holds no data under can be left uncomputed: it takes the nodata
+        value (:meth:`blank`) whatever the network would give there."""
+        return self.nodata is not None and self.nodata.marks
+
+    def data_cells(self, cell: int) -> np.ndarray:
+        """Which ``cell`` x ``cell`` squares of the image (from its corner; the last row and column
+        smaller) hold data in any of the pass's channels, as (rows, columns) booleans: read once,
+        a block of whole cells about :data:`READ_BLOCK` pixels a side at a time."""
+        height, width = self.source.height, self.source.width
+        cells = np.zeros((-(-height // cell), -(-width // cell)), bool)
+        if not self.skips:
+            cells[:] = True
+            return cells
+        block = max(1, READ_BLOCK // cell) * cell
+        first = min(self.pass_.channels)
+        channels = [c - first for c in self.pass_.channels]
+        for y0 in range(0, height, block):
+            for x0 in range(0, width, block):
+                box = Box(y0, min(height, y0 + block), x0, min(width, x0 + block))
+                _, valid = self._read_valid(box)
+                held = np.ones(box.shape, bool) if valid is None else valid[..., channels].any(axis=-1)
+                rows, cols = -(-box.shape[0] // cell), -(-box.shape[1] // cell)
+                padded = np.zeros((rows * cell, cols * cell), bool)
+                padded[: box.shape[0], : box.shape[1]] = held
+                cells[y0 // cell: y0 // cell + rows, x0 // cell: x0 // cell + cols] = (
+                    padded.reshape(rows, cell, cols, cell).any(axis=(1, 3)))
+        return cells
+
+    def blank(self, box: Box) -> None:
+        """The nodata value over output ``box`` of the pass's channels (output no input pixel under it
+        holds data for), written a block of rows at a time."""
+        assert self.nodata is not None
+        dtype = self.sink.level0.dtype
+        rows = max(1, READ_BLOCK * READ_BLOCK // max(1, box.shape[1]))
+        for y0 in range(box.y0, box.y1, rows):
+            part = Box(y0, min(box.y1, y0 + rows), box.x0, box.x1)
+            pixels = np.full((len(self.pass_.channels), *part.shape), self.nodata.output, dtype)
+            self.sink.write(part, pixels, self.plane, self.pass_.channels)
 
     def _unit(self, pixels: np.ndarray, box: Box) -> np.ndarray:
         plane = "".join(f" {a}={i}" for a, i in self.plane.items())

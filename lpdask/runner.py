@@ -222,7 +222,7 @@ def _job(spec: JobSpec, sink: OmeZarrSink, plane: dict[str, int], pass_: Pass, r
     return Job(spec.source, spec.stages if pass_.uses_network else resize_stages(pass_.kind, net.scale), plan.chunk,
                spec.work, sink, device=spec.device, input_factor=net.input_factor if pass_.uses_network else 1,
                precision=spec.precision, plane=plane, pass_=pass_, value_range=spec.value_range, run=run,
-               strip=plan.strip, nodata=spec.nodata, tile_rows=plan.tile_rows)
+               strip=plan.strip, nodata=spec.nodata, tile_rows=plan.tile_rows, compute_all=spec.compute_all)
 
 
 def _input_changed(source: Source, identity: Identity) -> str | None:

@@ -62,6 +62,14 @@ class Job:
     """The input's missing pixels: filled before the network, marked in the output."""
     tile_rows: int = 0
     """Rows (image pixels) of the streaming executor's tiles (0: the image's height)."""
+    compute_all: bool = False
+    """Compute output the input holds no data under too (the executors leave it out otherwise)."""
+
+    @property
+    def skips(self) -> bool:
+        """Whether the executors leave out output the input holds no data under (its nodata value is
+        written instead: :meth:`~lpdask.passpixels.PassPixels.blank`)."""
+        return not self.compute_all and self.pixels.skips
 
     def factor(self, index: int) -> int:
         """Resolution of stage ``index``'s input relative to the image."""

@@ -9,14 +9,15 @@ lists: :func:`stages_for`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from functools import partial
 from typing import Literal
 
+import numpy as np
 from torch import Tensor, nn
 
-from ..chunks import Grid
+from ..chunks import Box, Grid
 from ..device import storage_dtype
 from ..errors import LpdaskError, writing
 from ..costs import TASK_SECONDS, Pricing, Space, StageCost
@@ -135,6 +136,7 @@ def run_job(job: Job, scheduler: Scheduler, progress: Progress | None = None) ->
     ``progress(index, stage, chunks)`` returns a callable invoked once per finished chunk.
     """
     deletable = last_use(job.stages)
+    needed = needed_chunks(job) if job.skips else None
     computed = 0
     for index, stage in enumerate(job.stages):
         grid = job.grid(index)
@@ -151,6 +153,9 @@ def run_job(job: Job, scheduler: Scheduler, progress: Progress | None = None) ->
         for _ in done:
             tick()
         todo = [(i, j) for i, j in grid.indices() if (i, j) not in done]
+        if needed is not None:
+            _skip(job, index, [key for key in todo if key not in needed[index]], tick)
+            todo = [key for key in todo if key in needed[index]]
         if todo:
             light = replace(job, stages=())  # a cluster gets the stages once, not with every task
             scheduler.run(f"{stage.name}-r{job.run}", partial(run_chunk_of, light, index), job.stages, todo,
@@ -162,6 +167,44 @@ def run_job(job: Job, scheduler: Scheduler, progress: Progress | None = None) ->
                 job.work.remove(name)
     return computed
 
+
+
+def needed_chunks(job: Job) -> list[set[tuple[int, int]]]:
+    """The chunks each stage must compute: the last stage's that hold data in the input, and before
+    them those their halos reach (chunk (i, j) covers the same part of the image at every stage)."""
+    cells = job.pixels.data_cells(job.chunk)
+    last = len(job.stages) - 1
+    needed: list[set[tuple[int, int]]] = [set() for _ in job.stages]
+    needed[last] = {(int(i), int(j)) for i, j in zip(*np.nonzero(cells))}
+    producer = {stage.name: k for k, stage in enumerate(job.stages)}
+    rows, cols = job.grid(0).shape
+    for index in range(last, -1, -1):
+        stage = job.stages[index]
+        reach_chunks = ceil_div(stage.halo, job.grid(index).chunk)
+        grown = {(a, b) for i, j in needed[index]
+                 for a in range(max(0, i - reach_chunks), min(rows, i + reach_chunks + 1))
+                 for b in range(max(0, j - reach_chunks), min(cols, j + reach_chunks + 1))}
+        for name in stage.inputs:
+            if name != IMAGE:
+                needed[producer[name]] |= grown
+    return needed
+
+
+def _skip(job: Job, index: int, chunks: Sequence[tuple[int, int]], tick: Callable[[], None]) -> None:
+    """Leave ``chunks`` of stage ``index`` uncomputed (no later chunk reads them); the last stage's
+    output there takes the nodata value."""
+    if index == len(job.stages) - 1 and chunks:
+        grid, scale = job.grid(index), job.stages[index].scale
+        height, width = job.sink.level0.shape[-2:]
+        with writing(job.sink.path):
+            for i, j in chunks:
+                box = grid.box(i, j).scaled(scale)
+                job.pixels.blank(Box(box.y0, min(box.y1, height), box.x0, min(box.x1, width)))
+        with writing(job.work.path):
+            for i, j in chunks:
+                job.work.mark_chunk(job.run, job.stages[index].name, i, j)
+    for _ in chunks:
+        tick()
 
 
 def estimate(costs: Sequence[StageCost], pricing: Pricing, plan: Plan) -> Plan:

@@ -47,6 +47,9 @@ from ..task import Job, settle
 from . import Progress
 from .staged import groupings, stages_for
 
+DATA_CELL = 16
+"""Image pixels a side of the cells a tile is cut down to where the input holds no data around them
+(a multiple of every pixel-unshuffle factor)."""
 MARKER = "stream"
 """The work folder's name for the tiles' done markers (no activation is ever stored)."""
 PENDING_STRIPS = 2
@@ -231,8 +234,11 @@ class Stream:
         return pyramid_levels(job)
 
     def run(self, job: Job, scheduler: Scheduler, progress: Progress | None = None) -> int:
-        every = {(t.i, t.j): t for t in tiles(job)}
-        per_tile = {key: strips(job, tile) for key, tile in every.items()}
+        every: dict[tuple[int, int], Tile | Part | None] = {(t.i, t.j): t for t in tiles(job)}
+        if job.skips:
+            every = data_tiles(job, every)  # type: ignore[arg-type]
+        per_tile = {key: 0 if tile is None else strips(job, tile.tile if isinstance(tile, Part) else tile)
+                    for key, tile in every.items()}
         tick = progress(None, job.stages[-1], sum(per_tile.values())) if progress else (lambda: None)
         done = job.work.chunks_done(job.run, MARKER) & every.keys()
         for _ in range(sum(per_tile[key] for key in done)):
@@ -244,38 +250,127 @@ class Stream:
             for level in range(1, pyramid_levels(job)):  # here, not by tiles racing to create them
                 job.sink.level(level)
         light = replace(job, stages=())
+        shrunk = {key: every[key] for key in todo} if job.skips else None
         if scheduler.in_process:  # the tile's thread can tick per strip, and stop between strips
             stop = threading.Event()
-            scheduler.run(f"{MARKER}-r{job.run}", partial(_run_tile, light, tick, stop), job.stages, todo,
+            scheduler.run(f"{MARKER}-r{job.run}", partial(_run_tile, light, tick, stop, shrunk), job.stages, todo,
                           lambda chunk: None, job.torch_threads, on_stop=stop.set)
         else:
-            scheduler.run(f"{MARKER}-r{job.run}", partial(_run_tile, light, None, None), job.stages, todo,
+            scheduler.run(f"{MARKER}-r{job.run}", partial(_run_tile, light, None, None, shrunk), job.stages, todo,
                           lambda chunk: [tick() for _ in range(per_tile[chunk])], job.torch_threads)
-        return len(todo)
+        return sum(1 for key in todo if every[key] is not None)
 
 
 class Stopped(Exception):
     """A tile stopped between strips because its run is stopping (an error elsewhere, Ctrl-C)."""
 
 
-def _run_tile(job: Job, tick: Callable[[], None] | None, stop: threading.Event | None, stages: Sequence[Stage],
-              i: int, j: int) -> None:
+def _run_tile(job: Job, tick: Callable[[], None] | None, stop: threading.Event | None,
+              shrunk: dict[tuple[int, int], Part | None] | None, stages: Sequence[Stage], i: int, j: int) -> None:
     settle(job)
-    run_tile(replace(job, stages=stages), i, j, tick, stop)
+    run_tile(replace(job, stages=stages), i, j, tick, stop, shrunk[i, j] if shrunk is not None else tile_at(job, i, j))
+
+
+@dataclass(frozen=True)
+class Part:
+    """What of a tile is computed where the input holds no data around: its columns cut down to those
+    of the cells that hold data, and the rows that hold data (on the stages' grid), below and above
+    which only the stage strips the data's reach needs are run."""
+
+    tile: Tile
+    rows: tuple[int, int]
+
+
+def data_tiles(job: Job, every: dict[tuple[int, int], Tile]) -> dict[tuple[int, int], Part | None]:
+    """Each tile's :class:`Part` from the cells of :data:`DATA_CELL` image pixels in it that hold
+    data (None: none does); its output outside them is all nodata, which :func:`run_tile` writes
+    uncomputed."""
+    d, cell = job.input_factor, DATA_CELL
+    cells = job.pixels.data_cells(cell)
+    rows, cols = unshuffled(job.source.height, job.source.width, d)
+    found: dict[tuple[int, int], Part | None] = {}
+    for key, tile in every.items():
+        top, left = tile.y0 * d // cell, tile.x0 * d // cell
+        part = cells[top: ceil_div(tile.y1 * d, cell), left: ceil_div(tile.x1 * d, cell)]
+        if not part.any():
+            found[key] = None
+            continue
+        held_rows, held_cols = np.flatnonzero(part.any(axis=1)), np.flatnonzero(part.any(axis=0))
+        x0, x1 = (left + held_cols[0]) * cell // d, (left + held_cols[-1] + 1) * cell // d
+        y0, y1 = (top + held_rows[0]) * cell // d, (top + held_rows[-1] + 1) * cell // d
+        found[key] = Part(Tile(tile.i, tile.j, tile.y0, tile.y1, max(tile.x0, x0), min(tile.x1, cols, x1)),
+                          (max(tile.y0, y0), min(tile.y1, rows, y1)))
+    return found
+
+
+def needed_rows(stages: Sequence[Stage], rows: tuple[int, int]) -> dict[str, tuple[int, int]]:
+    """The rows of each stage's output (in its own grid) that the last stage's output over image rows
+    ``rows`` (on the stages' grid) depends on."""
+    f = factors(stages)
+    last = stages[-1]
+    need = {last.name: (rows[0] * f[-1], rows[1] * f[-1])}  # f[-1]: the output's factor
+    for stage in reversed(stages):
+        lo, hi = need.get(stage.name, (0, 0))
+        if hi <= lo:
+            continue
+        first, stop = lo // stage.scale - stage.halo, ceil_div(hi, stage.scale) + stage.halo
+        for name in stage.inputs:
+            was = need.get(name)
+            need[name] = (first, stop) if was is None else (min(was[0], first), max(was[1], stop))
+    return need
 
 
 def run_tile(job: Job, i: int, j: int, tick: Callable[[], None] | None = None,
-             stop: threading.Event | None = None) -> None:
+             stop: threading.Event | None = None, part: Tile | Part | None = None) -> None:
     """Compute tile (i, j) into the sink and mark it done; ``stop`` set stops it between strips
-    (raising :class:`Stopped`), its output unfinished and unmarked."""
+    (raising :class:`Stopped`), its output unfinished and unmarked. With ``part`` (what of the tile
+    holds data: :func:`data_tiles`; None for nothing) only that is computed, and the rest of the
+    tile's output takes the nodata value."""
+    whole = tile_at(job, i, j)
+    computed = part.tile if isinstance(part, Part) else part
+    if computed != whole:
+        _blank_around(job, whole, computed)
+    if computed is not None:
+        _compute_tile(job, computed, tick, stop, part.rows if isinstance(part, Part) else None)
+    with writing(job.work.path):
+        job.work.mark_chunk(job.run, MARKER, i, j)
+
+
+def _blank_around(job: Job, tile: Tile, part: Tile | None) -> None:
+    """Nodata over the output of ``tile`` outside that of ``part`` (all of it for None)."""
+    height, width = job.sink.level0.shape[-2:]
+    scale = job.sink.level0.shape[-1] // job.source.width
+
+    def output(t: Tile) -> Box:
+        d = job.input_factor
+        return Box(min(height, t.y0 * d * scale), min(height, t.y1 * d * scale),
+                   min(width, t.x0 * d * scale), min(width, t.x1 * d * scale))
+
+    outer = output(tile)
+    inner = output(part) if part is not None else Box(outer.y0, outer.y0, outer.x0, outer.x0)
+    pieces = [Box(outer.y0, inner.y0, outer.x0, outer.x1), Box(inner.y1, outer.y1, outer.x0, outer.x1),
+              Box(inner.y0, inner.y1, outer.x0, inner.x0), Box(inner.y0, inner.y1, inner.x1, outer.x1)]
+    with writing(job.sink.path):
+        for piece in pieces:
+            if piece.shape[0] > 0 and piece.shape[1] > 0:
+                job.pixels.blank(piece)
+
+
+def _compute_tile(job: Job, tile: Tile, tick: Callable[[], None] | None, stop: threading.Event | None,
+                  data: tuple[int, int] | None = None) -> None:
+    """Compute ``tile`` (any rectangle of the stages' grid) into the sink; with ``data`` (the rows
+    that hold data), a stage strip no output row of those needs is not run: zeros stand in for it (and
+    the last stage's rows are all nodata). The strips run are the same as without, so the output is
+    the same to the bit."""
     stages = job.stages
+    i, j = tile.i, tile.j
     rows, cols = unshuffled(job.source.height, job.source.width, job.input_factor)
-    tile = tile_at(job, i, j)
     columns = reach_span(stages, cols, tile.x0, tile.x1)
     span = reach_span(stages, rows, tile.y0, tile.y1)
     device, dtype = job.device, job.precision
     layout = activation_layout(device)
     held = {name: _Held(lo) for name, (lo, _) in span.arrays.items()}
+    needed = needed_rows(stages, data) if data is not None else None
     out_height, out_width = job.sink.level0.shape[-2:]
     (r0, r1), (o0, o1) = span.outputs[-1], columns.outputs[-1]
     writer = _Writer(job, Box(r0, min(r1, out_height), o0, min(o1, out_width)), tick)
@@ -292,28 +387,32 @@ def run_tile(job: Job, i: int, j: int, tick: Callable[[], None] | None = None,
                     if stop is not None and stop.is_set():
                         raise Stopped(f"tile {i}.{j} stopped")
                     stage = stages[step.index]
-                    w0, w1 = columns.windows[step.index]
-                    inputs = [held[name].rows(step.window_start, step.window_stop)[
-                                  :, :, :, w0 - columns.arrays[name][0]:w1 - columns.arrays[name][0]]
-                              for name in stage.inputs]
-                    out = stage.module(*inputs)
                     s = stage.scale
                     c0, c1 = columns.outputs[step.index]
-                    out = out[:, :, (step.start - step.window_start) * s:(step.stop - step.window_start) * s,
-                              c0 - w0 * s:c1 - w0 * s]
+                    lo, hi = needed[stage.name] if needed is not None else (0, step.stop * s)
+                    if step.stop * s <= lo or step.start * s >= hi:  # no data within its reach
+                        out = torch.zeros((1, stage.channels, (step.stop - step.start) * s, c1 - c0), dtype=dtype,
+                                          device=device).contiguous(memory_format=layout)
+                    else:
+                        w0, w1 = columns.windows[step.index]
+                        inputs = [held[name].rows(step.window_start, step.window_stop)[
+                                      :, :, :, w0 - columns.arrays[name][0]:w1 - columns.arrays[name][0]]
+                                  for name in stage.inputs]
+                        out = stage.module(*inputs)
+                        del inputs
+                        out = out[:, :, (step.start - step.window_start) * s:(step.stop - step.window_start) * s,
+                                  c0 - w0 * s:c1 - w0 * s]
                     if step.index == len(stages) - 1:
                         writer.put(step.start * s, out)
                     else:
                         held[stage.name].append(out)
-                    del inputs, out
+                    del out
         writer.close()
     except BaseException:
         writer.abandon()
         raise
     del held
     trim()  # between tiles: within one, each strip's tensors reuse the last one's memory
-    with writing(job.work.path):
-        job.work.mark_chunk(job.run, MARKER, i, j)
 
 
 def room_for(rows: int) -> int:
@@ -440,6 +539,8 @@ def pyramid_levels(job: Job) -> int:
     as long as each level's 2x2 means fall inside one tile and no two tiles share a stored chunk of
     it, and the rows written at a time from the level above are even. The rest are built after."""
     sink = job.sink
+    if job.skips:  # tiles cut down to their data write rows no level above can halve whole
+        return 1
     shapes = sink.level_shapes()
     rows, cols = _bands(job)
     f, d = factors(job.stages)[-1], job.input_factor
@@ -458,7 +559,7 @@ def pyramid_levels(job: Job) -> int:
     return count
 
 
-__all__ = ["Drop", "Read", "Run", "Span", "Stream", "Tile", "heights", "pyramid_levels", "reach_span", "run_tile",
+__all__ = ["Drop", "Part", "Read", "Run", "Span", "Stream", "Tile", "heights", "pyramid_levels", "reach_span", "run_tile",
            "schedule", "stage_strips", "strips", "tile_at", "tiles"]
 
 

@@ -1,0 +1,113 @@
+"""Output the input holds no data under is never computed: tiles are cut down to the cells that hold
+data, chunks that neither hold data nor feed a chunk that does are left out, and their output takes
+the nodata value. The output is bit-identical to computing every pixel (``compute_all``), which the
+nodata tests hold against independent whole-image inference."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import zarr
+from rasterio.transform import from_origin
+
+from lpdask import upscale
+from lpdask.executors.stream import Stream, data_tiles, tiles
+
+from .reference import smooth_image
+
+SIDE = 160
+
+
+def footprint(side: int = SIDE) -> tuple[np.ndarray, np.ndarray]:
+    """A satellite scene's footprint: a rotated square of data in a nodata frame (about 80%)."""
+    y, x = np.mgrid[0:side, 0:side] - side / 2
+    valid = (np.abs(x + y) < side * 0.22) & (np.abs(x - y) < side * 0.22)
+    image = np.maximum(smooth_image(side, side, seed=8), 1)
+    image[~valid] = 0
+    return image, valid
+
+
+def write(path: Path, image: np.ndarray, nodata: float | None = 0, mask: np.ndarray | None = None) -> None:
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
+        with rasterio.open(path, "w", driver="GTiff", width=image.shape[1], height=image.shape[0], count=3,
+                           dtype=image.dtype, crs="EPSG:32633", transform=from_origin(400000, 5000000, 10, 10),
+                           nodata=nodata, tiled=True, blockxsize=32, blockysize=32) as dst:
+            dst.write(np.moveaxis(image, -1, 0))
+            if mask is not None:
+                dst.write_mask(mask.astype(np.uint8) * 255)
+
+
+def levels(path: Path) -> list[np.ndarray]:
+    group = zarr.open_group(str(path), mode="r")
+    return [group[name][:] for name in sorted(group.array_keys())]
+
+
+@pytest.mark.parametrize(("executor", "options"), [
+    ("stream", {"chunk": 48, "tile_rows": 96, "strip": 16}),
+    ("stream", {"chunk": 64}),
+    ("staged", {"chunk": 32, "blocks_per_stage": 1}),
+    ("whole", {"chunk": 32}),
+])
+def test_masked_output_is_not_computed_and_the_output_is_the_same(tmp_path, small_net, executor, options) -> None:
+    image, valid = footprint()
+    write(tmp_path / "in.tif", image)
+    every = upscale(tmp_path / "in.tif", tmp_path / "all.zarr", model=small_net, executor=executor, compute_all=True,
+                    **options)
+    skipped = upscale(tmp_path / "in.tif", tmp_path / "out.zarr", model=small_net, executor=executor, **options)
+    for computed, left_out in zip(levels(tmp_path / "all.zarr"), levels(tmp_path / "out.zarr"), strict=True):
+        assert np.array_equal(computed, left_out)  # bit-identical, pyramid levels too
+    assert skipped.computed_chunks < every.computed_chunks
+    assert np.all(levels(tmp_path / "out.zarr")[0][:, ~np.repeat(np.repeat(valid, 4, 0), 4, 1)] == 0)
+
+
+def test_an_internal_mask_is_left_out_too(tmp_path, small_net) -> None:
+    image, valid = footprint()
+    image[~valid] = 200  # under GDAL's mask: any value
+    write(tmp_path / "in.tif", image, nodata=None, mask=valid)
+    upscale(tmp_path / "in.tif", tmp_path / "all.zarr", model=small_net, chunk=64, executor="stream", compute_all=True)
+    summary = upscale(tmp_path / "in.tif", tmp_path / "out.zarr", model=small_net, chunk=64, executor="stream")
+    assert np.array_equal(levels(tmp_path / "all.zarr")[0], levels(tmp_path / "out.zarr")[0])
+    assert summary.computed_chunks < 3
+
+
+def test_tiles_are_cut_to_the_cells_that_hold_data(tmp_path, small_net) -> None:
+    """Which part of each tile is computed: none where no cell holds data, the cells' bounds elsewhere."""
+    from lpdask.runner import _job  # noqa: F401  (the job the runner builds is what the executor sees)
+    from lpdask.task import Job
+    from lpdask.channels import Pass
+    from lpdask.io.sources import open_source
+    from lpdask.nodata import nodata_of
+
+    image, valid = footprint()
+    write(tmp_path / "in.tif", image)
+    source = open_source(tmp_path / "in.tif")
+    job = Job(source, [], 48, None, None, nodata=nodata_of(source), pass_=Pass("rgb", (0, 1, 2)),  # type: ignore[arg-type]
+              tile_rows=96)
+    every = {(t.i, t.j): t for t in tiles(job)}
+    cut = data_tiles(job, every)
+    for key, tile in every.items():
+        held = valid[tile.y0:tile.y1, tile.x0:tile.x1]
+        if not held.any():
+            assert cut[key] is None
+            continue
+        part = cut[key]
+        r, c = np.nonzero(held)
+        assert (part.tile.y0, part.tile.y1) == (tile.y0, tile.y1)  # every row's strips run as without
+        assert part.rows[0] <= tile.y0 + r.min() and part.rows[1] > tile.y0 + r.max()  # every data pixel computed
+        assert part.tile.x0 <= tile.x0 + c.min() and part.tile.x1 > tile.x0 + c.max()
+        assert part.rows[0] > tile.y0 + r.min() - 16 and part.tile.x1 < tile.x0 + c.max() + 1 + 16  # within a cell
+    assert any(cut[key] is None for key in every)
+    assert any(cut[key] is not None and cut[key].tile != every[key] for key in every)
+    assert Stream().levels_written(job) == 1  # cut tiles leave the pyramid to be built after
+
+
+def test_nothing_is_left_out_without_nodata(tmp_path, small_net) -> None:
+    image, _ = footprint()
+    write(tmp_path / "in.tif", image, nodata=None)
+    every = upscale(tmp_path / "in.tif", tmp_path / "all.zarr", model=small_net, chunk=64, executor="stream",
+                    compute_all=True)
+    summary = upscale(tmp_path / "in.tif", tmp_path / "out.zarr", model=small_net, chunk=64, executor="stream")
+    assert summary.computed_chunks == every.computed_chunks == 3  # column bands 64 px wide, full height
