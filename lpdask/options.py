@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
-from .errors import LpdaskError
+from .errors import LpdaskError, OptionError
 from .executors import EXECUTORS as _REGISTERED
 
 if TYPE_CHECKING:
@@ -33,37 +33,6 @@ MODES = ("exact", "tile")
 DEFAULT_TILE_PAD = 10
 """Real-ESRGAN's default ``tile_pad``, for tile mode."""
 ValueRange = tuple[float, float]
-
-
-class _Names(dict):  # type: ignore[type-arg]
-    """Other options named in a message (``{scheduler}``): as parameters, or as flags."""
-
-    def __init__(self, flags: bool) -> None:
-        super().__init__()
-        self.flags = flags
-
-    def __missing__(self, name: str) -> str:
-        return flag(name) if self.flags else name
-
-
-def flag(option: str) -> str:
-    return "--" + option.replace("_", "-")
-
-
-class OptionError(LpdaskError):
-    """A bad option value. ``detail`` may name other options as ``{name}``."""
-
-    def __init__(self, option: str, value: object, detail: str, shown: str | None = None) -> None:
-        self.option, self.value, self.detail = option, value, detail
-        self.shown = str(value) if shown is None else shown
-        super().__init__(f"{option}={self.shown} {detail.format_map(_Names(flags=False))}")
-
-    def __reduce__(self) -> tuple[type, tuple[object, ...]]:
-        return OptionError, (self.option, self.value, self.detail, self.shown)
-
-    def for_cli(self) -> str:
-        """The message with the command line's flags."""
-        return f"{flag(self.option)} {self.shown} {self.detail.format_map(_Names(flags=True))}"
 
 
 def check_chunk(chunk: int) -> int:

@@ -45,6 +45,7 @@ from .io.locations import Location, existing_folder
 from .stages import IMAGE, Stage
 
 if TYPE_CHECKING:
+    from .channels import Pass
     from .io.sources import Source
     from .options import UpscaleOptions
 
@@ -583,3 +584,32 @@ def _time_engine(engine: object, stage: Stage, stages: Sequence[Stage], image_ch
     EVENTS.clear()
     EVENTS.update(counted)
     return min(eager) / min(compiled), built / weights
+
+
+def masked_work(plan: Plan, stages: Sequence[Stage], source: Source, nodata: object, pass_: Pass,
+                input_factor: int) -> tuple[float, float] | None:
+    """(share of the input that holds no data, share of the plan's work still computed) for channel
+    pass ``pass_``, where output the input holds no data under is left out
+    (:meth:`~lpdask.passpixels.PassPixels.skips`); None where nothing is. Reads the input's first
+    plane once."""
+    from .executors.staged import needed_chunks
+    from .executors.stream import DATA_CELL, data_tiles, needed_rows, tiles
+    from .task import Job
+
+    job = Job(source, stages, plan.chunk, None, None, input_factor=input_factor, nodata=nodata,  # type: ignore[arg-type]
+              pass_=pass_, tile_rows=plan.tile_rows)
+    if not job.skips:
+        return None
+    empty = float(1 - job.pixels.data_cells(DATA_CELL).mean())
+    if plan.executor != "stream":
+        needed = needed_chunks(job)
+        return empty, sum(len(n) for n in needed) / (len(needed) * len(job.grid(0)))
+    every = {(t.i, t.j): t for t in tiles(job)}
+    computed = total = 0
+    for key, part in data_tiles(job, every).items():
+        tile = every[key]
+        total += (tile.y1 - tile.y0) * (tile.x1 - tile.x0)
+        if part is not None:
+            lo, hi = needed_rows(stages, part.rows)[stages[0].inputs[0]]
+            computed += (min(tile.y1, hi) - max(tile.y0, lo)) * (part.tile.x1 - part.tile.x0)
+    return empty, computed / total if total else 1.0

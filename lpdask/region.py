@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from .chunks import Box
 from .io.metadata import GeoTiff, ImageMetadata
-from .options import OptionError
+from .errors import OptionError
 
 UNITS = ("px", "map")
 """Units beside the lengths (:data:`lpdask.io.tiff.LENGTH_UNITS`; ``um`` stands for µm)."""

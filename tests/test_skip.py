@@ -75,7 +75,6 @@ def test_an_internal_mask_is_left_out_too(tmp_path, small_net) -> None:
 
 def test_tiles_are_cut_to_the_cells_that_hold_data(tmp_path, small_net) -> None:
     """Which part of each tile is computed: none where no cell holds data, the cells' bounds elsewhere."""
-    from lpdask.runner import _job  # noqa: F401  (the job the runner builds is what the executor sees)
     from lpdask.task import Job
     from lpdask.channels import Pass
     from lpdask.io.sources import open_source
