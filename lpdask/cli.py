@@ -201,7 +201,8 @@ def plan_command(input: str, workdir: str | None, top: int, **given: Any) -> Non
     from .api import network_for
     from .io.locations import Location
     from .executors import executor_named
-    from .planner import masked_work, measure_machine, plan_for, scratch_space
+    from .planner import known_work, measure_machine, plan_for, scratch_space
+    from .runner import KNOWING
 
     from .jobs import region_window
 
@@ -221,14 +222,14 @@ def plan_command(input: str, workdir: str | None, top: int, **given: Any) -> Non
                    "the network's reach around it")
     click.echo(f"plan: {best.describe()}")
     click.echo(engine_of(net, best, torch_device, options, source.height * source.width).describe())
-    masked = masked_work(best, executor_named(best.executor).stages(net, best, options.mode, options.tile_pad),
-                         source, pre.nodata, passes(source.channels, pre.photometric, options.alpha, net)[0],
-                         net.input_factor)
-    if masked is not None:
-        empty, share = masked
-        click.echo(f"nodata: {empty:.1%} of the input holds no data; output there is written, not computed: this "
-                   f"plan computes {share:.0%} of its work (predicted {best.seconds * share:.1f} s; --compute-all: "
-                   f"{best.seconds:.1f} s)")
+    stages = executor_named(best.executor).stages(net, best, options.mode, options.tile_pad)
+    known = known_work(best, stages, source, pre.nodata, passes(source.channels, pre.photometric, options.alpha, net)[0],
+                       net.input_factor, torch_device) if best.executor in KNOWING else None
+    if known is not None:
+        empty, constant, share = known
+        click.echo(f"known without the network: {empty:.1%} of the input holds no data, {constant:.1%} is one colour "
+                   f"as far as the network reaches; this plan computes {share:.0%} of its work (predicted "
+                   f"{best.seconds * share:.1f} s; --compute-all: {best.seconds:.1f} s)")
     if runs > 1:
         click.echo(f"  (per run; this input takes {runs} runs: planes x channel passes)")
     if not plans:

@@ -21,7 +21,7 @@ from .pixels import ValueRange, from_unit, from_unit_tensor, network_input, work
 
 
 READ_BLOCK = 2048
-"""Pixels a side of the blocks :meth:`PassPixels.data_cells` reads at a time."""
+"""Pixels a side of the blocks :meth:`PassPixels.blank` and :meth:`PassPixels.paint` write at a time."""
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,11 @@ class PassPixels:
     value_range: ValueRange | None = None
     nodata: Nodata | None = None
     input_factor: int = 1
+
+    @property
+    def output_dtype(self) -> np.dtype:
+        """The output's pixel type: the sink's (the input's, where there is no sink yet: a plan)."""
+        return self.sink.level0.dtype if self.sink is not None else self.source.dtype
 
     def read(self, window: Box) -> Tensor:
         """The image under ``window`` of the unshuffled grid, reflect-padded past the border to
@@ -90,41 +95,38 @@ class PassPixels:
             pixels = pixels[..., : last + 1 - first]
         return pixels, valid_of(pixels, nodata.value, mask)
 
-    @property
-    def skips(self) -> bool:
-        """Whether output the input holds no data under can be left uncomputed: it takes the nodata
-        value (:meth:`blank`) whatever the network would give there."""
-        return self.nodata is not None and self.nodata.marks
+    def pass_pixels(self, box: Box) -> tuple[np.ndarray, np.ndarray | None]:
+        """The pass's channels of ``box`` as read (h, w, c), and which of them hold data (None: all)."""
+        if self.nodata is None:
+            return self._read(box)[..., self._own], None
+        pixels, valid = self._read_valid(box)
+        return pixels[..., self._own], None if valid is None else valid[..., self._own]
 
-    def data_cells(self, cell: int) -> np.ndarray:
-        """Which ``cell`` x ``cell`` squares of the image (from its corner; the last row and column
-        smaller) hold data in any of the pass's channels, as (rows, columns) booleans: read once,
-        a block of whole cells about :data:`READ_BLOCK` pixels a side at a time."""
-        height, width = self.source.height, self.source.width
-        cells = np.zeros((-(-height // cell), -(-width // cell)), bool)
-        if not self.skips:
-            cells[:] = True
-            return cells
-        block = max(1, READ_BLOCK // cell) * cell
+    @property
+    def _own(self) -> list[int]:
+        """The pass's channels among those read (its first to its last)."""
         first = min(self.pass_.channels)
-        channels = [c - first for c in self.pass_.channels]
-        for y0 in range(0, height, block):
-            for x0 in range(0, width, block):
-                box = Box(y0, min(height, y0 + block), x0, min(width, x0 + block))
-                _, valid = self._read_valid(box)
-                held = np.ones(box.shape, bool) if valid is None else valid[..., channels].any(axis=-1)
-                rows, cols = -(-box.shape[0] // cell), -(-box.shape[1] // cell)
-                padded = np.zeros((rows * cell, cols * cell), bool)
-                padded[: box.shape[0], : box.shape[1]] = held
-                cells[y0 // cell: y0 // cell + rows, x0 // cell: x0 // cell + cols] = (
-                    padded.reshape(rows, cell, cols, cell).any(axis=(1, 3)))
-        return cells
+        return [c - first for c in self.pass_.channels]
+
+    def network_vector(self, colour: np.ndarray) -> np.ndarray:
+        """The network's input (c * d * d,) where the image is the pass's ``colour`` everywhere."""
+        d = self.input_factor
+        pixels = np.broadcast_to(colour.astype(self.source.dtype), (d, d, len(colour))).copy()
+        return self._unit(pixels, Box(0, d, 0, d))[:, 0, 0].copy()
+
+    def paint(self, box: Box, colour: np.ndarray) -> None:
+        """Output pixels of one ``colour`` ((channels,) of the output's dtype) over output ``box``, marked
+        where the input lacks data as :meth:`write` marks them, a block of rows at a time."""
+        rows = max(1, READ_BLOCK * READ_BLOCK // max(1, box.shape[1]))
+        for y0 in range(box.y0, box.y1, rows):
+            part = Box(y0, min(box.y1, y0 + rows), box.x0, box.x1)
+            self.write(part, np.broadcast_to(colour[:, None, None], (len(colour), *part.shape)).copy())
 
     def blank(self, box: Box) -> None:
         """The nodata value over output ``box`` of the pass's channels (output no input pixel under it
         holds data for), written a block of rows at a time."""
         assert self.nodata is not None
-        dtype = self.sink.level0.dtype
+        dtype = self.output_dtype
         rows = max(1, READ_BLOCK * READ_BLOCK // max(1, box.shape[1]))
         for y0 in range(box.y0, box.y1, rows):
             part = Box(y0, min(box.y1, y0 + rows), box.x0, box.x1)
@@ -148,14 +150,14 @@ class PassPixels:
         quarter of the bytes to copy back for 8-bit output); None where it is converted on the host (a
         CPU tensor; grey through an RGB network, whose luma stays with NumPy's float rounding; pixels
         mapped in float64)."""
-        dtype = self.sink.level0.dtype
+        dtype = self.output_dtype
         if not values.is_cuda or not self.pass_.as_is or working_float(dtype) != np.float32:
             return None
         return from_unit_tensor(values.float(), dtype, self.value_range).cpu().numpy().astype(dtype, copy=False)
 
     def to_pixels(self, values: np.ndarray) -> np.ndarray:
         """Network output (3 or 1, h, w) as the pass's output pixels; ``values`` is used as scratch."""
-        return from_unit(self.pass_.from_network(values), self.sink.level0.dtype, self.value_range, scratch=True)
+        return from_unit(self.pass_.from_network(values), self.output_dtype, self.value_range, scratch=True)
 
     def write(self, box: Box, pixels: np.ndarray, level: int = 0) -> None:
         """The pass's output pixels (channels, h, w) at ``box`` of the sink's level ``level``; at

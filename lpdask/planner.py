@@ -586,24 +586,27 @@ def _time_engine(engine: object, stage: Stage, stages: Sequence[Stage], image_ch
     return min(eager) / min(compiled), built / weights
 
 
-def masked_work(plan: Plan, stages: Sequence[Stage], source: Source, nodata: object, pass_: Pass,
-                input_factor: int) -> tuple[float, float] | None:
-    """(share of the input that holds no data, share of the plan's work still computed) for channel
-    pass ``pass_``, where output the input holds no data under is left out
-    (:meth:`~lpdask.passpixels.PassPixels.skips`); None where nothing is. Reads the input's first
-    plane once."""
+def known_work(plan: Plan, stages: Sequence[Stage], source: Source, nodata: object, pass_: Pass,
+               input_factor: int, device: torch.device) -> tuple[float, float, float] | None:
+    """(share of the input's cells that hold no data, share known as a constant colour, share of the
+    plan's work still computed) for channel pass ``pass_`` (:mod:`lpdask.known`); None where nothing
+    is known. Reads the input's first plane once."""
     from .executors.staged import needed_chunks
-    from .executors.stream import DATA_CELL, data_tiles, needed_rows, tiles
+    from .executors.stream import data_tiles, needed_rows, tiles
+    from .known import NODATA, cell_for
     from .task import Job
 
     job = Job(source, stages, plan.chunk, None, None, input_factor=input_factor, nodata=nodata,  # type: ignore[arg-type]
-              pass_=pass_, tile_rows=plan.tile_rows)
-    if not job.skips:
+              pass_=pass_, tile_rows=plan.tile_rows, device=device)
+    known = job.find_known(cell_for(plan.chunk))
+    if known.computed_share == 1.0:
         return None
-    empty = float(1 - job.pixels.data_cells(DATA_CELL).mean())
+    job.known = known
+    empty = float((known.fills == NODATA).mean())
+    constant = float((known.fills >= 0).mean())
     if plan.executor != "stream":
         needed = needed_chunks(job)
-        return empty, sum(len(n) for n in needed) / (len(needed) * len(job.grid(0)))
+        return empty, constant, sum(len(n) for n in needed) / (len(needed) * len(job.grid(0)))
     every = {(t.i, t.j): t for t in tiles(job)}
     computed = total = 0
     for key, part in data_tiles(job, every).items():
@@ -612,4 +615,4 @@ def masked_work(plan: Plan, stages: Sequence[Stage], source: Source, nodata: obj
         if part is not None:
             lo, hi = needed_rows(stages, part.rows)[stages[0].inputs[0]]
             computed += (min(tile.y1, hi) - max(tile.y0, lo)) * (part.tile.x1 - part.tile.x0)
-    return empty, computed / total if total else 1.0
+    return empty, constant, computed / total if total else 1.0

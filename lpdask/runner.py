@@ -38,6 +38,8 @@ from .schedulers import Cluster, Threads
 from .stages import Stage, resize_stages
 from .task import Job
 
+KNOWING = ("stream", "staged", "whole")
+"""The executors that compute only what is not known without the network (:mod:`lpdask.known`)."""
 INPUT_CHECK_SECONDS = 1.0
 """How often, at most, progress within a stage (or a streamed tile) looks whether the input changed:
 one stat (one request for a remote input) a second."""
@@ -135,6 +137,8 @@ def run(spec: JobSpec, state: State, scheduler: Threads | Cluster, leases: Lease
             reports.on_cluster(scheduler.dashboard_link)
         jobs = [_job(spec, sink, plane, p, k)
                 for k, (plane, p) in enumerate((plane, p) for plane in source.planes() for p in spec.passes)]
+        if not spec.compute_all and executor.name in KNOWING and spec.identity.mode == "exact":
+            jobs = _with_known(jobs, plan.chunk)
         chunks = executor.tasks(jobs[0])
         torch_threads = 0
         if isinstance(scheduler, Threads):  # cores split between the chunks that can run at once
@@ -222,7 +226,19 @@ def _job(spec: JobSpec, sink: OmeZarrSink, plane: dict[str, int], pass_: Pass, r
     return Job(spec.source, spec.stages if pass_.uses_network else resize_stages(pass_.kind, net.scale), plan.chunk,
                spec.work, sink, device=spec.device, input_factor=net.input_factor if pass_.uses_network else 1,
                precision=spec.precision, plane=plane, pass_=pass_, value_range=spec.value_range, run=run,
-               strip=plan.strip, nodata=spec.nodata, tile_rows=plan.tile_rows, compute_all=spec.compute_all)
+               strip=plan.strip, nodata=spec.nodata, tile_rows=plan.tile_rows)
+
+
+def _with_known(jobs: list[Job], chunk: int) -> list[Job]:
+    """``jobs`` with what of each is known without the network (:mod:`lpdask.known`), or all as they
+    are where nothing is known in any (the streaming executor's tiles then write the first pyramid
+    levels as they go, as they cannot where they are cut down)."""
+    from .known import cell_for
+
+    found = [job.find_known(cell_for(chunk)) for job in jobs]
+    if all(k.computed_share == 1.0 for k in found):
+        return jobs
+    return [replace(job, known=k) for job, k in zip(jobs, found)]
 
 
 def _input_changed(source: Source, identity: Identity) -> str | None:

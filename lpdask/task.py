@@ -31,6 +31,7 @@ from .stages import IMAGE, Stage
 
 if TYPE_CHECKING:
     from .jobs import WorkFolder
+    from .known import Known
 
 
 @dataclass
@@ -62,14 +63,17 @@ class Job:
     """The input's missing pixels: filled before the network, marked in the output."""
     tile_rows: int = 0
     """Rows (image pixels) of the streaming executor's tiles (0: the image's height)."""
-    compute_all: bool = False
-    """Compute output the input holds no data under too (the executors leave it out otherwise)."""
+    known: Known | None = None
+    """What of this run's output is known without the network (:mod:`lpdask.known`): the executors
+    compute only the rest and write it; None: compute everything."""
 
-    @property
-    def skips(self) -> bool:
-        """Whether the executors leave out output the input holds no data under (its nodata value is
-        written instead: :meth:`~lpdask.passpixels.PassPixels.blank`)."""
-        return not self.compute_all and self.pixels.skips
+    def find_known(self, cell: int) -> Known:
+        """What of this run is known without the network, in cells of ``cell`` image pixels (reads the
+        run's plane once; runs each stage on a small patch per constant colour found)."""
+        from .known import known, reach_pixels
+
+        return known(self.pixels, list(self.stages), reach_pixels(list(self.stages), self.input_factor), cell,
+                     self.device, self.precision)
 
     def factor(self, index: int) -> int:
         """Resolution of stage ``index``'s input relative to the image."""

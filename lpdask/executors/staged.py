@@ -136,7 +136,7 @@ def run_job(job: Job, scheduler: Scheduler, progress: Progress | None = None) ->
     ``progress(index, stage, chunks)`` returns a callable invoked once per finished chunk.
     """
     deletable = last_use(job.stages)
-    needed = needed_chunks(job) if job.skips else None
+    needed = needed_chunks(job) if job.known is not None else None
     computed = 0
     for index, stage in enumerate(job.stages):
         grid = job.grid(index)
@@ -158,7 +158,8 @@ def run_job(job: Job, scheduler: Scheduler, progress: Progress | None = None) ->
             todo = [key for key in todo if key in needed[index]]
         if todo:
             light = replace(job, stages=())  # a cluster gets the stages once, not with every task
-            scheduler.run(f"{stage.name}-r{job.run}", partial(run_chunk_of, light, index), job.stages, todo,
+            scheduler.run(f"{stage.name}-r{job.run}", partial(run_chunk_of, replace(light, known=None), index),
+                          job.stages, todo,
                           lambda chunk: tick(), job.torch_threads)
             computed += len(todo)
         with writing(job.work.path):
@@ -170,9 +171,11 @@ def run_job(job: Job, scheduler: Scheduler, progress: Progress | None = None) ->
 
 
 def needed_chunks(job: Job) -> list[set[tuple[int, int]]]:
-    """The chunks each stage must compute: the last stage's that hold data in the input, and before
-    them those their halos reach (chunk (i, j) covers the same part of the image at every stage)."""
-    cells = job.pixels.data_cells(job.chunk)
+    """The chunks each stage must compute: the last stage's that hold a cell whose output is not known
+    without the network (:mod:`lpdask.known`), and before them those their halos reach (chunk (i, j)
+    covers the same part of the image at every stage)."""
+    assert job.known is not None
+    cells = job.known.chunks(job.chunk)
     last = len(job.stages) - 1
     needed: list[set[tuple[int, int]]] = [set() for _ in job.stages]
     needed[last] = {(int(i), int(j)) for i, j in zip(*np.nonzero(cells))}
@@ -192,14 +195,16 @@ def needed_chunks(job: Job) -> list[set[tuple[int, int]]]:
 
 def _skip(job: Job, index: int, chunks: Sequence[tuple[int, int]], tick: Callable[[], None]) -> None:
     """Leave ``chunks`` of stage ``index`` uncomputed (no later chunk reads them); the last stage's
-    output there takes the nodata value."""
+    output there is known without the network, and written."""
     if index == len(job.stages) - 1 and chunks:
-        grid, scale = job.grid(index), job.stages[index].scale
-        height, width = job.sink.level0.shape[-2:]
+        assert job.known is not None
+        grid = job.grid(0)
+        height, width, d = job.source.height, job.source.width, job.input_factor
+        scale = job.sink.level0.shape[-1] // width
         with writing(job.sink.path):
             for i, j in chunks:
-                box = grid.box(i, j).scaled(scale)
-                job.pixels.blank(Box(box.y0, min(box.y1, height), box.x0, min(box.x1, width)))
+                box = grid.box(i, j).scaled(d)
+                job.known.write(job.pixels, Box(box.y0, min(box.y1, height), box.x0, min(box.x1, width)), scale)
         with writing(job.work.path):
             for i, j in chunks:
                 job.work.mark_chunk(job.run, job.stages[index].name, i, j)

@@ -38,6 +38,7 @@ from ..device import activation_layout, ieee_fp32
 from ..errors import writing
 from ..geometry import Span, bands, ceil_div, factors, reach_span, unshuffled
 from ..io.omezarr import half
+from ..known import Known
 from ..memory import trim
 from ..models.network import Network
 from ..plan import Plan
@@ -47,9 +48,6 @@ from ..task import Job, settle
 from . import Progress
 from .staged import groupings, stages_for
 
-DATA_CELL = 16
-"""Image pixels a side of the cells a tile is cut down to where the input holds no data around them
-(a multiple of every pixel-unshuffle factor)."""
 MARKER = "stream"
 """The work folder's name for the tiles' done markers (no activation is ever stored)."""
 PENDING_STRIPS = 2
@@ -235,7 +233,7 @@ class Stream:
 
     def run(self, job: Job, scheduler: Scheduler, progress: Progress | None = None) -> int:
         every: dict[tuple[int, int], Tile | Part | None] = {(t.i, t.j): t for t in tiles(job)}
-        if job.skips:
+        if job.known is not None:
             every = data_tiles(job, every)  # type: ignore[arg-type]
         per_tile = {key: 0 if tile is None else strips(job, tile.tile if isinstance(tile, Part) else tile)
                     for key, tile in every.items()}
@@ -249,8 +247,9 @@ class Stream:
         with writing(job.sink.path):
             for level in range(1, pyramid_levels(job)):  # here, not by tiles racing to create them
                 job.sink.level(level)
-        light = replace(job, stages=())
-        shrunk = {key: every[key] for key in todo} if job.skips else None
+        light = replace(job, stages=(), known=None)  # each tile gets its own part of what is known
+        shrunk = {key: (every[key], job.known.part(_image_box(job, tile_at(job, *key))))
+                  for key in todo} if job.known is not None else None
         if scheduler.in_process:  # the tile's thread can tick per strip, and stop between strips
             stop = threading.Event()
             scheduler.run(f"{MARKER}-r{job.run}", partial(_run_tile, light, tick, stop, shrunk), job.stages, todo,
@@ -266,9 +265,20 @@ class Stopped(Exception):
 
 
 def _run_tile(job: Job, tick: Callable[[], None] | None, stop: threading.Event | None,
-              shrunk: dict[tuple[int, int], Part | None] | None, stages: Sequence[Stage], i: int, j: int) -> None:
+              shrunk: dict[tuple[int, int], tuple[Part | None, Known]] | None, stages: Sequence[Stage],
+              i: int, j: int) -> None:
     settle(job)
-    run_tile(replace(job, stages=stages), i, j, tick, stop, shrunk[i, j] if shrunk is not None else tile_at(job, i, j))
+    if shrunk is None:
+        run_tile(replace(job, stages=stages), i, j, tick, stop)
+    else:
+        part, known = shrunk[i, j]
+        run_tile(replace(job, stages=stages, known=known), i, j, tick, stop, part)
+
+
+def _image_box(job: Job, tile: Tile) -> Box:
+    """A tile's image pixels (clipped at the image's border)."""
+    d, height, width = job.input_factor, job.source.height, job.source.width
+    return Box(min(height, tile.y0 * d), min(height, tile.y1 * d), min(width, tile.x0 * d), min(width, tile.x1 * d))
 
 
 @dataclass(frozen=True)
@@ -282,11 +292,11 @@ class Part:
 
 
 def data_tiles(job: Job, every: dict[tuple[int, int], Tile]) -> dict[tuple[int, int], Part | None]:
-    """Each tile's :class:`Part` from the cells of :data:`DATA_CELL` image pixels in it that hold
-    data (None: none does); its output outside them is all nodata, which :func:`run_tile` writes
-    uncomputed."""
-    d, cell = job.input_factor, DATA_CELL
-    cells = job.pixels.data_cells(cell)
+    """Each tile's :class:`Part` from the cells in it that must be computed (:mod:`lpdask.known`;
+    None: none must); its output outside them is known, and :func:`run_tile` writes it uncomputed."""
+    assert job.known is not None
+    d, cell = job.input_factor, job.known.cell
+    cells = job.known.compute()
     rows, cols = unshuffled(job.source.height, job.source.width, d)
     found: dict[tuple[int, int], Part | None] = {}
     for key, tile in every.items():
@@ -321,39 +331,24 @@ def needed_rows(stages: Sequence[Stage], rows: tuple[int, int]) -> dict[str, tup
 
 
 def run_tile(job: Job, i: int, j: int, tick: Callable[[], None] | None = None,
-             stop: threading.Event | None = None, part: Tile | Part | None = None) -> None:
+             stop: threading.Event | None = None, part: Part | None = None) -> None:
     """Compute tile (i, j) into the sink and mark it done; ``stop`` set stops it between strips
-    (raising :class:`Stopped`), its output unfinished and unmarked. With ``part`` (what of the tile
-    holds data: :func:`data_tiles`; None for nothing) only that is computed, and the rest of the
-    tile's output takes the nodata value."""
+    (raising :class:`Stopped`), its output unfinished and unmarked. Where some of the output is known
+    without the network (``job.known``), only ``part`` of the tile is computed (:func:`data_tiles`;
+    None: nothing), and the known output around it is written."""
     whole = tile_at(job, i, j)
-    computed = part.tile if isinstance(part, Part) else part
-    if computed != whole:
-        _blank_around(job, whole, computed)
-    if computed is not None:
-        _compute_tile(job, computed, tick, stop, part.rows if isinstance(part, Part) else None)
+    if job.known is None:
+        _compute_tile(job, whole, tick, stop)
+    else:
+        inner = None
+        if part is not None:
+            _compute_tile(job, part.tile, tick, stop, part.rows)
+            inner = _image_box(job, Tile(i, j, part.rows[0], part.rows[1], part.tile.x0, part.tile.x1))
+        scale = job.sink.level0.shape[-1] // job.source.width
+        with writing(job.sink.path):  # over the rows outside the part's, which it wrote as zeros
+            job.known.write_around(job.pixels, _image_box(job, whole), inner, scale)
     with writing(job.work.path):
         job.work.mark_chunk(job.run, MARKER, i, j)
-
-
-def _blank_around(job: Job, tile: Tile, part: Tile | None) -> None:
-    """Nodata over the output of ``tile`` outside that of ``part`` (all of it for None)."""
-    height, width = job.sink.level0.shape[-2:]
-    scale = job.sink.level0.shape[-1] // job.source.width
-
-    def output(t: Tile) -> Box:
-        d = job.input_factor
-        return Box(min(height, t.y0 * d * scale), min(height, t.y1 * d * scale),
-                   min(width, t.x0 * d * scale), min(width, t.x1 * d * scale))
-
-    outer = output(tile)
-    inner = output(part) if part is not None else Box(outer.y0, outer.y0, outer.x0, outer.x0)
-    pieces = [Box(outer.y0, inner.y0, outer.x0, outer.x1), Box(inner.y1, outer.y1, outer.x0, outer.x1),
-              Box(inner.y0, inner.y1, outer.x0, inner.x0), Box(inner.y0, inner.y1, inner.x1, outer.x1)]
-    with writing(job.sink.path):
-        for piece in pieces:
-            if piece.shape[0] > 0 and piece.shape[1] > 0:
-                job.pixels.blank(piece)
 
 
 def _compute_tile(job: Job, tile: Tile, tick: Callable[[], None] | None, stop: threading.Event | None,
@@ -539,7 +534,7 @@ def pyramid_levels(job: Job) -> int:
     as long as each level's 2x2 means fall inside one tile and no two tiles share a stored chunk of
     it, and the rows written at a time from the level above are even. The rest are built after."""
     sink = job.sink
-    if job.skips:  # tiles cut down to their data write rows no level above can halve whole
+    if job.known is not None:  # tiles cut down to what they compute write rows no level above can halve whole
         return 1
     shapes = sink.level_shapes()
     rows, cols = _bands(job)

@@ -1,0 +1,222 @@
+"""Output known without running the network over it: where the input holds no data (the nodata value
+goes there whatever the network gives), and where the input is one constant colour as far as the
+network reaches (the network's response to that constant, computed once on a small patch).
+
+An output pixel depends only on the input within the network's reach of it. Where all of that is
+one colour and inside the image (no border padding within reach), every convolution sees a constant
+input, so the pixel is the network's response to an endless image of that colour: a missing tile of
+a sparse TIFF, a slide's blank glass or white background, a flat-filled area. That response is one
+value per channel, computed once per colour by running each stage on a constant patch just wider than
+its halo. Floating-point sums taken in another order can differ in the last bits between positions,
+so a float output may differ there by a few units in the last place from computing every pixel; 8-bit
+and 16-bit outputs round them away.
+
+The image is looked at in square cells (:data:`CELL` pixels, fewer where a chunk needs): a cell is
+known when no pixel of it holds data, or when every cell within the reach of it is the same colour
+and lies inside the image; the executors compute only the rest (and what its reach needs), then write
+the known cells.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .chunks import Box
+from .geometry import ceil_div
+
+if TYPE_CHECKING:
+    import torch
+
+    from .passpixels import PassPixels
+    from .stages import Stage
+
+CELL = 16
+"""Image pixels a side of the cells the input is looked at in (a multiple of every unshuffle factor)."""
+COMPUTE = -2
+NODATA = -1
+READ_BLOCK = 2048
+"""Pixels a side of the blocks the input is read in to find its cells."""
+
+
+@dataclass
+class Known:
+    """What each ``cell`` x ``cell`` square of one run's output (from the image's corner, in image
+    pixels) gets: :data:`COMPUTE`, :data:`NODATA`, or the index of a constant colour whose output
+    pixels are ``colours[index]`` ((channels,) of the output's dtype)."""
+
+    cell: int
+    fills: np.ndarray
+    colours: list[np.ndarray] = field(default_factory=list)
+    origin: tuple[int, int] = (0, 0)
+    """The cell (row, column) ``fills`` starts at: a :meth:`part` holds only the cells it needs."""
+
+    def part(self, box: Box) -> Known:
+        """The cells under image pixels ``box`` only (what a tile sent to a worker needs)."""
+        c = self.cell
+        r0, c0 = box.y0 // c - self.origin[0], box.x0 // c - self.origin[1]
+        fills = self.fills[r0: ceil_div(box.y1, c) - self.origin[0], c0: ceil_div(box.x1, c) - self.origin[1]]
+        return Known(c, fills.copy(), self.colours, (r0 + self.origin[0], c0 + self.origin[1]))
+
+    def compute(self) -> np.ndarray:
+        """Which cells must be computed, as (rows, columns) booleans."""
+        return self.fills == COMPUTE
+
+    @property
+    def computed_share(self) -> float:
+        return float(self.compute().mean()) if self.fills.size else 1.0
+
+    def chunks(self, chunk: int) -> np.ndarray:
+        """Which ``chunk``-pixel chunks (a multiple of :attr:`cell`) hold a cell to compute."""
+        k = chunk // self.cell
+        need = self.compute()
+        rows, cols = ceil_div(need.shape[0], k), ceil_div(need.shape[1], k)
+        padded = np.zeros((rows * k, cols * k), bool)
+        padded[: need.shape[0], : need.shape[1]] = need
+        return padded.reshape(rows, k, cols, k).any(axis=(1, 3))
+
+    def write(self, pixels: PassPixels, box: Box, scale: int) -> None:
+        """Write what is known over image pixels ``box`` (all of it known) as output pixels, a run of
+        cells of one fill at a time."""
+        if box.y1 <= box.y0 or box.x1 <= box.x0:
+            return
+        height, width = pixels.sink.level0.shape[-2:]
+        c, (o0, o1) = self.cell, self.origin
+        fills = self.fills[box.y0 // c - o0: ceil_div(box.y1, c) - o0, box.x0 // c - o1: ceil_div(box.x1, c) - o1]
+        for r, row in enumerate(fills):
+            y0, y1 = max(box.y0, (box.y0 // c + r) * c), min(box.y1, (box.y0 // c + r + 1) * c)
+            edges = np.flatnonzero(np.diff(row)) + 1
+            for start, stop in zip(np.r_[0, edges], np.r_[edges, len(row)]):
+                x0, x1 = max(box.x0, (box.x0 // c + start) * c), min(box.x1, (box.x0 // c + stop) * c)
+                fill = int(row[start])
+                assert fill != COMPUTE, "a cell to compute was written as known"
+                out = Box(min(height, y0 * scale), min(height, y1 * scale), min(width, x0 * scale),
+                          min(width, x1 * scale))
+                if out.shape[0] <= 0 or out.shape[1] <= 0:
+                    continue
+                if fill == NODATA:
+                    pixels.blank(out)
+                else:
+                    pixels.paint(out, self.colours[fill])
+
+    def write_around(self, pixels: PassPixels, outer: Box, inner: Box | None, scale: int) -> None:
+        """Write what is known over image pixels ``outer`` outside ``inner`` (all of it, for None)."""
+        if inner is None:
+            self.write(pixels, outer, scale)
+            return
+        for piece in (Box(outer.y0, inner.y0, outer.x0, outer.x1), Box(inner.y1, outer.y1, outer.x0, outer.x1),
+                      Box(inner.y0, inner.y1, outer.x0, inner.x0), Box(inner.y0, inner.y1, inner.x1, outer.x1)):
+            self.write(pixels, piece, scale)
+
+
+def known(pixels: PassPixels, stages: list[Stage] | None, reach: int, cell: int, device: torch.device | None = None,
+          precision: torch.dtype | None = None, constants: bool = True) -> Known:
+    """What of the run ``pixels`` is known without the network whose stages are ``stages`` (reach
+    ``reach`` image pixels), in cells of ``cell`` pixels; with ``constants`` False only where no data is."""
+    height, width = pixels.source.height, pixels.source.width
+    rows, cols = ceil_div(height, cell), ceil_div(width, cell)
+    data = np.zeros((rows, cols), bool)
+    colour_of = np.full((rows, cols), -1, np.int64)
+    seen: dict[bytes, int] = {}
+    values: list[np.ndarray] = []
+    block = max(1, READ_BLOCK // cell) * cell
+    for y0 in range(0, height, block):
+        for x0 in range(0, width, block):
+            box = Box(y0, min(height, y0 + block), x0, min(width, x0 + block))
+            image, valid = pixels.pass_pixels(box)
+            r0, c0 = y0 // cell, x0 // cell
+            h, w = ceil_div(box.shape[0], cell), ceil_div(box.shape[1], cell)
+            held = np.ones(box.shape, bool) if valid is None else valid.any(axis=-1)
+            data[r0:r0 + h, c0:c0 + w] = _cells(held, cell, np.any)
+            if not constants:
+                continue
+            whole = valid is None or bool(valid.all())
+            full_h, full_w = box.shape[0] // cell, box.shape[1] // cell  # cells cut by the image's edge: never
+            if not (full_h and full_w):
+                continue
+            part = image[: full_h * cell, : full_w * cell]
+            grid = part.reshape(full_h, cell, full_w, cell, -1)
+            first = grid[:, :1, :, :1]
+            flat = np.all(grid == first, axis=(1, 3, 4))
+            if not whole:
+                flat &= _cells(valid[: full_h * cell, : full_w * cell].all(axis=-1), cell, np.all)
+            for i, j in zip(*np.nonzero(flat)):
+                value = np.ascontiguousarray(first[i, 0, j, 0])
+                key = value.tobytes()
+                if key not in seen:
+                    seen[key] = len(values)
+                    values.append(value)
+                colour_of[r0 + i, c0 + j] = seen[key]
+    fills = np.where(data, COMPUTE, NODATA).astype(np.int32)
+    if not constants or not values or stages is None:
+        return Known(cell, fills)
+    r = ceil_div(reach, cell)
+    colours: list[np.ndarray] = []
+    for index, value in enumerate(values):
+        inside = _eroded(colour_of == index, r)
+        if inside.any():
+            fills[inside & data] = len(colours)
+            colours.append(response(pixels, stages, value, device, precision))
+    return Known(cell, fills, colours)
+
+
+def _cells(mask: np.ndarray, cell: int, reduce: object) -> np.ndarray:
+    """``reduce`` (np.any or np.all) of ``mask`` over each cell (cells cut by the edge padded: with
+    False for any, True for all)."""
+    h, w = ceil_div(mask.shape[0], cell), ceil_div(mask.shape[1], cell)
+    padded = np.full((h * cell, w * cell), reduce is np.all, bool)
+    padded[: mask.shape[0], : mask.shape[1]] = mask
+    return reduce(padded.reshape(h, cell, w, cell), axis=(1, 3))  # type: ignore[operator]
+
+
+def _eroded(mask: np.ndarray, r: int) -> np.ndarray:
+    """Cells whose every cell within ``r`` (a square) is in ``mask``, outside the map counting as not."""
+    side = 2 * r + 1
+    padded = np.zeros((mask.shape[0] + 2 * r + 1, mask.shape[1] + 2 * r + 1), np.int64)
+    padded[r + 1: r + 1 + mask.shape[0], r + 1: r + 1 + mask.shape[1]] = mask
+    sums = padded.cumsum(0).cumsum(1)
+    box = sums[side:, side:] - sums[:-side, side:] - sums[side:, :-side] + sums[:-side, :-side]
+    return box == side * side
+
+
+def response(pixels: PassPixels, stages: list[Stage], value: np.ndarray, device: torch.device | None,
+             precision: torch.dtype | None) -> np.ndarray:
+    """The output pixels ((channels,) of the output's dtype) of the network's stages over an endless
+    image of the pass's colour ``value``: each stage run on a constant patch 8 wider than twice its
+    halo, its centre taken as the next stage's constant."""
+    import torch
+
+    from .device import activation_layout, ieee_fp32
+    from .stages import IMAGE
+
+    device = device or torch.device("cpu")
+    precision = precision or torch.float32
+    layout = activation_layout(device)
+    constant: dict[str, torch.Tensor] = {IMAGE: torch.from_numpy(pixels.network_vector(value))}
+    out = None
+    with torch.inference_mode(), ieee_fp32(device):
+        for stage in stages:
+            side = 2 * stage.halo + 8
+            patches = [constant[name].reshape(1, -1, 1, 1).expand(1, -1, side, side).to(
+                device, precision, memory_format=layout) for name in stage.inputs]
+            out = stage.module(*patches)
+            middle = out.shape[-1] // 2
+            constant[stage.name] = out[0, :, middle, middle].float().cpu()
+    assert out is not None
+    values = constant[stages[-1].name].numpy()[:, None, None].copy()
+    return pixels.to_pixels(values)[:, 0, 0]
+
+
+def reach_pixels(stages: list[Stage], input_factor: int) -> int:
+    """The stages' reach in image pixels."""
+    from .geometry import reach
+
+    return reach(stages) * input_factor
+
+
+def cell_for(chunk: int) -> int:
+    """The cell side for chunks of ``chunk`` pixels: :data:`CELL`, or a divisor of the chunk."""
+    return math.gcd(chunk, CELL)
