@@ -1,12 +1,16 @@
 """Compute only what matters: a region of interest against the whole image and against a standalone
-image of the region plus its reach, and masked output left out against computing every pixel
-(``--compute-all``). Every run is ``lpdask upscale`` in a fresh process, timed whole, the runs of one
-comparison side by side; outputs compared bit for bit where they must be equal.
+image of the region plus its reach; output known without the network (nodata, constant colours)
+left out against computing every pixel (``--compute-all``). Every run is ``lpdask upscale`` in a
+fresh process, timed whole (imports, model, reading, writing the pyramid), the runs of one comparison
+side by side; outputs compared bit for bit where they must be equal.
 
-    .venv/bin/python -m benchmarks.only_what_matters [--model NAME] [--side N] [--shade PATH]
+    .venv/bin/python -m benchmarks.only_what_matters [--model NAME] [--side N] [--cases ...] [--shade PATH]
 
-``--shade`` adds rasterio's ``tests/data/shade.tif`` (a hillshade, 88% nodata in thin scattered
-gaps, not a compact frame) as a case of its own.
+Cases: ``footprint`` (a satellite scene's footprint, 88% nodata around it), ``background`` (a
+slide-like texture on a white background, 75% of the image), ``sparse`` (a GDAL sparse GeoTIFF,
+75% of its tiles never written), ``region`` (a 256^2 region of a ``--region-side`` image), and
+``shade`` with ``--shade``: rasterio's ``tests/data/shade.tif`` (a hillshade, 88% nodata in thin
+gaps all over it).
 """
 
 from __future__ import annotations
@@ -56,11 +60,32 @@ def footprint(path: Path, side: int) -> float:
     return float(1 - valid.mean())
 
 
+def background(path: Path, side: int) -> float:
+    """Texture over a quarter of the image (its middle), on a flat white background."""
+    image = np.empty((side, side, 3), np.uint8)
+    image[:] = (240, 236, 232)
+    quarter = side // 4
+    image[quarter:3 * quarter, quarter:3 * quarter] = smooth_image(2 * quarter, 2 * quarter, seed=5)
+    tifffile.imwrite(path, image, photometric="rgb", tile=(256, 256))
+    return 0.75
+
+
+def sparse(path: Path, side: int) -> float:
+    """A GDAL sparse GeoTIFF: only the middle quarter written, the other tiles missing (read as 0)."""
+    quarter = side // 4
+    with rasterio.open(path, "w", driver="GTiff", width=side, height=side, count=3, dtype="uint8", tiled=True,
+                       blockxsize=256, blockysize=256, sparse_ok=True, crs="EPSG:32633",
+                       transform=from_origin(400000, 5000000, 10, 10)) as dst:
+        dst.write(np.moveaxis(smooth_image(2 * quarter, 2 * quarter, seed=6), -1, 0),
+                  window=rasterio.windows.Window(quarter, quarter, 2 * quarter, 2 * quarter))
+    return 0.75
+
+
 def masked(folder: Path, src: Path, model: str, label: str, share: float) -> str:
     every = upscale(folder, src, "every.zarr", model, "--compute-all")
     left_out = upscale(folder, src, "skip.zarr", model)
     same = np.array_equal(level0(folder / "every.zarr"), level0(folder / "skip.zarr"))
-    return (f"| {label} ({share:.0%} nodata) | {every:.1f} s | {left_out:.1f} s | {left_out / every:.2f}x | "
+    return (f"| {label} ({share:.0%}) | {every:.1f} s | {left_out:.1f} s | {left_out / every:.2f}x | "
             f"{'yes' if same else 'NO'} |")
 
 
@@ -85,31 +110,40 @@ def region(folder: Path, model: str, side: int, size: int, reach: int) -> list[s
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="realesr-animevideov3")
-    parser.add_argument("--side", type=int, default=1024, help="the footprint image's side")
+    parser.add_argument("--side", type=int, default=1024, help="the footprint, background and sparse images' side")
     parser.add_argument("--region-side", type=int, default=2048, help="the region case's image side")
+    parser.add_argument("--cases", nargs="*", default=["footprint", "background", "sparse", "region"])
     parser.add_argument("--shade", type=Path, help="rasterio's tests/data/shade.tif")
     args = parser.parse_args()
-    from lpdask.geometry import reach
     from lpdask import load_model
+    from lpdask.geometry import reach
 
     net = load_model(args.model)
     reach_px = reach(net.stages(1)) * net.input_factor
+    makers = {"footprint": (footprint, "footprint {side}^2, nodata"),
+              "background": (background, "white background {side}^2, one colour"),
+              "sparse": (sparse, "sparse GeoTIFF {side}^2, missing tiles")}
     with tempfile.TemporaryDirectory() as temp:
         folder = Path(temp)
         print(f"model {args.model} (reach {reach_px} px), {os.cpu_count()} cores")
-        print("| input | every pixel (`--compute-all`) | default | time | output the same |")
+        print("| input (share known) | every pixel (`--compute-all`) | default | time | output the same |")
         print("|---|---|---|---|---|")
-        share = footprint(folder / "footprint.tif", args.side)
-        print(masked(folder, folder / "footprint.tif", args.model, f"footprint {args.side}^2", share), flush=True)
+        for case in args.cases:
+            if case in makers:
+                make, label = makers[case]
+                share = make(folder / f"{case}.tif", args.side)
+                print(masked(folder, folder / f"{case}.tif", args.model, label.format(side=args.side), share),
+                      flush=True)
         if args.shade:
             with rasterio.open(args.shade) as src:
                 share = float((src.read_masks(1) == 0).mean())
-            print(masked(folder, args.shade, args.model, "rasterio's shade.tif", share), flush=True)
-        print()
-        print("| run | time | vs the whole image | |")
-        print("|---|---|---|---|")
-        for line in region(folder, args.model, args.region_side, 256, reach_px):
-            print(line, flush=True)
+            print(masked(folder, args.shade, args.model, "rasterio's shade.tif, nodata", share), flush=True)
+        if "region" in args.cases:
+            print()
+            print("| run | time | vs the whole image | |")
+            print("|---|---|---|---|")
+            for line in region(folder, args.model, args.region_side, 256, reach_px):
+                print(line, flush=True)
 
 
 if __name__ == "__main__":

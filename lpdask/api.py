@@ -49,7 +49,7 @@ def upscale(
     strip: int | None = None, tile_rows: int | None = None, on_cluster: Callable[[str], None] | None = None,
     on_plan: Callable[[str], None] | None = None, cog: bool | None = None, nodata: str | float | None = None,
     kernels: Kernels = "fast", engine: str = "auto", region: str | tuple[float, ...] | None = None,
-    compute_all: bool = False,
+    compute_all: bool = False, tissue: str | None = None,
 ) -> Summary:
     """Super-resolve the image at ``src`` into ``dst``: an OME-Zarr (``.zarr``) or a tiled, pyramidal
     (OME-/Geo)TIFF (``.tif``, ``.ome.tif``), chunk by chunk. The options are those of
@@ -67,7 +67,7 @@ def upscale(
         level=level, channels=channels, alpha=alpha, value_range=value_range, workers=workers, scheduler=scheduler,
         resources=resources, compression=compression, max_memory=max_memory, wait=wait, executor=executor,
         strip=strip, tile_rows=tile_rows, cog=cog, nodata=nodata, kernels=kernels, engine=engine,
-        region=region, compute_all=compute_all)
+        region=region, compute_all=compute_all, tissue=tissue)
     return run_upscale(options, Reports(progress, on_plan, on_cluster))
 
 

@@ -127,6 +127,11 @@ def cli() -> None:
 @click.option("--kernels", type=click.Choice(KERNELS), default="fast", show_default=True,
               help="fast: lpdask's kernels. eager: the network's reference forward, for comparison.")
 @click.option("--region", metavar="X,Y,W,H[UNIT]", help=REGION_HELP)
+@click.option("--tissue", metavar="auto|FILE",
+              help="Compute only the tissue of a brightfield slide: auto finds it (Otsu on saturation, cleaned "
+                   "up, grown by 32 px); or a label image (non-zero: tissue) or GeoJSON polygons in the slide's "
+                   "pixels (as QuPath exports them). Outside it the output is the slide's background colour; the "
+                   "OME-Zarr output carries the mask as labels/tissue.")
 @click.option("--compute-all", is_flag=True,
               help="Compute every output pixel, also those the input holds no data under (they take the nodata "
                    "value either way, so the output is the same; by default they are not computed).")

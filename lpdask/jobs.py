@@ -159,10 +159,13 @@ class Identity:
     version: str
     region: list[int] | None = None
     """The region of interest asked for ([y0, y1, x0, x1] in the image's pixels), or None for all of it."""
+    tissue: dict[str, object] | None = None
+    """The tissue mask asked for ("auto", or its file's path, size and modification time), or None."""
 
     @property
     def digest(self) -> str:
-        fields = {k: v for k, v in asdict(self).items() if not (k == "region" and v is None)}  # older jobs' digests stay
+        fields = {k: v for k, v in asdict(self).items()
+                  if not (k in ("region", "tissue") and v is None)}  # older jobs' digests stay
         text = json.dumps(fields, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:32]
 
@@ -197,7 +200,10 @@ class JobSpec:
     engine: EngineChoice | None = None
     """What runs the stages' arithmetic (None: eager)."""
     compute_all: bool = False
-    """Compute output the input holds no data under too (:attr:`~lpdask.task.Job.compute_all`)."""
+    """Compute every pixel, also those known without the network (:mod:`lpdask.known`): the same bytes."""
+    tissue: str | None = None
+    """A tissue mask ("auto", or a label image or GeoJSON file: :mod:`lpdask.tissue`): only output
+    inside it is computed."""
     crop: Box | None = None
     """The region of interest in the source's pixels (the source being the window that computes it
     exactly: :mod:`lpdask.region`); None for the whole image."""
@@ -364,6 +370,10 @@ def preflight(options: UpscaleOptions) -> Preflight:
     photometric = photometric_of(source.channels, options.channels, source.photometric)
     nodata = nodata_of(source, options.nodata, photometric)
     check_compression(options.compression, source.dtype, photometric)
+    if options.tissue not in (None, "auto"):
+        from .tissue import given
+
+        given(options.tissue, (1, 1), 1, 1, 1)  # a mask file that cannot be read is refused before anything is written
     if options.dst is not None:
         tiff_kind(check_output_name(options.dst), source.ome, source.meta, options.cog, source.plane_count)
     return Preflight(options, source, photometric, nodata, value_range)
@@ -402,11 +412,22 @@ def build(pre: Preflight, device: torch.device) -> tuple[JobSpec, State]:
         fingerprint(source), model_digest(net), net.scale, o.mode, o.tile_pad if o.mode == "tile" else None,
         plan_record(plan, engine.name), pre.photometric, o.alpha, pre.value_range, o.precision, device.type, o.kernels,
         "tiff" if as_tiff else "zarr", missing.to_json() if missing else None, __version__,
-        [box.y0, box.y1, box.x0, box.x1] if box else None)
+        [box.y0, box.y1, box.x0, box.x1] if box else None, tissue_record(o.tissue))
     spec = JobSpec(source, output, work, identity, plan, executor, net, stages,
                    passes(source.channels, pre.photometric, o.alpha, net), meta, device, precision,
-                   pre.value_range, o.compression, missing, o.cog, engine, o.compute_all, crop)
+                   pre.value_range, o.compression, missing, o.cog, engine, o.compute_all, tissue=o.tissue, crop=crop)
     return spec, output_state(output, work, identity.digest, o.overwrite)
+
+
+def tissue_record(tissue: str | None) -> dict[str, object] | None:
+    """What identifies a tissue mask: "auto", or its file's path, size and modification time."""
+    if tissue is None:
+        return None
+    if tissue == "auto":
+        return {"mask": "auto"}
+    where = Location.of(tissue)
+    size, modified = where.size_and_mtime()
+    return {"mask": where.url, "size": size, "modified": modified}
 
 
 def plan_record(plan: Plan, engine: str) -> dict[str, Any]:

@@ -52,6 +52,9 @@ class Known:
     fills: np.ndarray
     colours: list[np.ndarray] = field(default_factory=list)
     origin: tuple[int, int] = (0, 0)
+    tissue: np.ndarray | None = None
+    """Where a tissue mask was asked for (:mod:`lpdask.tissue`): the cells inside it (outside, the
+    fill is the background colour, the last of :attr:`colours`)."""
     """The cell (row, column) ``fills`` starts at: a :meth:`part` holds only the cells it needs."""
 
     def part(self, box: Box) -> Known:
@@ -102,6 +105,23 @@ class Known:
                 else:
                     pixels.paint(out, self.colours[fill])
 
+    def paint_background(self, pixels: PassPixels, scale: int) -> None:
+        """Write the background colour over every cell outside the tissue mask, those a tile or chunk
+        computed along with its tissue included (run after the executor)."""
+        if self.tissue is None or not self.colours:
+            return
+        background = len(self.colours) - 1
+        height, width = pixels.sink.level0.shape[-2:]
+        c = self.cell
+        for r, row in enumerate(self.fills == background):
+            edges = np.flatnonzero(np.diff(row.astype(np.int8))) + 1
+            for start, stop in zip(np.r_[0, edges], np.r_[edges, len(row)]):
+                if row[start]:
+                    out = Box(min(height, r * c * scale), min(height, (r + 1) * c * scale),
+                              min(width, start * c * scale), min(width, stop * c * scale))
+                    if out.shape[0] > 0 and out.shape[1] > 0:
+                        pixels.paint(out, self.colours[background])
+
     def write_around(self, pixels: PassPixels, outer: Box, inner: Box | None, scale: int) -> None:
         """Write what is known over image pixels ``outer`` outside ``inner`` (all of it, for None)."""
         if inner is None:
@@ -113,15 +133,23 @@ class Known:
 
 
 def known(pixels: PassPixels, stages: list[Stage] | None, reach: int, cell: int, device: torch.device | None = None,
-          precision: torch.dtype | None = None, constants: bool = True) -> Known:
+          precision: torch.dtype | None = None, constants: bool = True, nodata: bool = True,
+          tissue: str | None = None) -> Known:
     """What of the run ``pixels`` is known without the network whose stages are ``stages`` (reach
-    ``reach`` image pixels), in cells of ``cell`` pixels; with ``constants`` False only where no data is."""
+    ``reach`` image pixels), in cells of ``cell`` pixels: where no data is (unless ``nodata`` is
+    False), where one colour is (unless ``constants`` is False), and outside the ``tissue`` mask
+    ("auto" or a file: :mod:`lpdask.tissue`), which takes the background colour."""
     height, width = pixels.source.height, pixels.source.width
     rows, cols = ceil_div(height, cell), ceil_div(width, cell)
     data = np.zeros((rows, cols), bool)
     colour_of = np.full((rows, cols), -1, np.int64)
     seen: dict[bytes, int] = {}
     values: list[np.ndarray] = []
+    if tissue and pixels.pass_.kind != "rgb":
+        from .errors import LpdaskError
+
+        raise LpdaskError(f"--tissue is for RGB brightfield slides; this image runs as {pixels.pass_.describe()}")
+    means = np.zeros((rows, cols, len(pixels.pass_.channels)), np.float32) if tissue else None
     block = max(1, READ_BLOCK // cell) * cell
     for y0 in range(0, height, block):
         for x0 in range(0, width, block):
@@ -130,7 +158,9 @@ def known(pixels: PassPixels, stages: list[Stage] | None, reach: int, cell: int,
             r0, c0 = y0 // cell, x0 // cell
             h, w = ceil_div(box.shape[0], cell), ceil_div(box.shape[1], cell)
             held = np.ones(box.shape, bool) if valid is None else valid.any(axis=-1)
-            data[r0:r0 + h, c0:c0 + w] = _cells(held, cell, np.any)
+            data[r0:r0 + h, c0:c0 + w] = _cells(held, cell, np.any) if nodata else True
+            if means is not None:
+                means[r0:r0 + h, c0:c0 + w] = _means(image, cell)
             if not constants:
                 continue
             whole = valid is None or bool(valid.all())
@@ -151,16 +181,47 @@ def known(pixels: PassPixels, stages: list[Stage] | None, reach: int, cell: int,
                     values.append(value)
                 colour_of[r0 + i, c0 + j] = seen[key]
     fills = np.where(data, COMPUTE, NODATA).astype(np.int32)
-    if not constants or not values or stages is None:
-        return Known(cell, fills)
-    r = ceil_div(reach, cell)
     colours: list[np.ndarray] = []
-    for index, value in enumerate(values):
-        inside = _eroded(colour_of == index, r)
-        if inside.any():
-            fills[inside & data] = len(colours)
-            colours.append(response(pixels, stages, value, device, precision))
-    return Known(cell, fills, colours)
+    if constants and values and stages is not None:
+        r = ceil_div(reach, cell)
+        for index, value in enumerate(values):
+            inside = _eroded(colour_of == index, r)
+            if inside.any():
+                fills[inside & data] = len(colours)
+                colours.append(response(pixels, stages, value, device, precision))
+    if means is None:
+        return Known(cell, fills, colours)
+    from . import tissue as tissues
+
+    source = pixels.source
+    mask = (tissues.found(means, cell) if tissue == "auto"
+            else tissues.given(tissue, (rows, cols), cell, height, width))  # type: ignore[arg-type]
+    outside = ~mask & (fills != NODATA)
+    if outside.any():
+        glass = np.median(means[~mask], axis=0)
+        fills[outside] = len(colours)
+        colours.append(_as(glass, pixels.output_dtype if source is not None else np.dtype(np.uint8)))
+    return Known(cell, fills, colours, tissue=mask)
+
+
+def _means(image: np.ndarray, cell: int) -> np.ndarray:
+    """Each cell's mean colour (cells cut by the edge: of the pixels they hold)."""
+    h, w = image.shape[:2]
+    rows, cols = ceil_div(h, cell), ceil_div(w, cell)
+    padded = np.zeros((rows * cell, cols * cell, image.shape[2]), np.float64)
+    padded[:h, :w] = image
+    counts = np.zeros((rows * cell, cols * cell), np.float64)
+    counts[:h, :w] = 1
+    sums = padded.reshape(rows, cell, cols, cell, -1).sum(axis=(1, 3))
+    return (sums / counts.reshape(rows, cell, cols, cell).sum(axis=(1, 3))[..., None]).astype(np.float32)
+
+
+def _as(colour: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """A colour as pixels of ``dtype`` (rounded for integers)."""
+    if np.dtype(dtype).kind == "f":
+        return colour.astype(dtype)
+    info = np.iinfo(dtype)
+    return np.clip(np.rint(colour), info.min, info.max).astype(dtype)
 
 
 def _cells(mask: np.ndarray, cell: int, reduce: object) -> np.ndarray:

@@ -270,6 +270,10 @@ class UpscaleOptions:
     compute_all: bool = False
     """Compute every output pixel, even those the input holds no data under (which take the nodata
     value whatever the network gives, and are left out otherwise): the same bytes, for comparison."""
+    tissue: str | None = None
+    """Compute only the tissue of a brightfield slide: "auto" (found as :mod:`lpdask.tissue` says) or a
+    label image or GeoJSON file; outside it the output is the slide's background colour, and the
+    OME-Zarr output carries the mask as its ``labels/tissue``."""
     region: Any = None
     """A region of interest (:mod:`lpdask.region`): ``"X,Y,W,H[unit]"``, a :class:`~lpdask.region.Region`,
     or (x, y, width, height) in pixels; None for the whole image."""
@@ -294,6 +298,15 @@ class UpscaleOptions:
         if region is not None and self.mode != "exact":
             raise OptionError("mode", self.mode, "cuts the image into tiles from its corner, so a region of it is "
                               "not the crop of the whole image's result; use {region} with {mode} exact")
+        if self.tissue is not None:
+            if region is not None:
+                raise OptionError("tissue", self.tissue, "and {region} cannot be given together yet: cut the "
+                                  "region out first, or give the tissue as a file")
+            if self.dst is not None and not str(self.dst).lower().rstrip("/").endswith(".zarr"):
+                raise OptionError("tissue", self.tissue, "writes its mask as an OME-Zarr label image: give a .zarr "
+                                  "output")
+            if self.mode != "exact":
+                raise OptionError("tissue", self.tissue, "needs {mode} exact")
         return replace(self, executor=executor, region=region)
 
     @classmethod

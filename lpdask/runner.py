@@ -26,7 +26,7 @@ from .errors import RESUMES, Fault, InputChanged, LpdaskError, MetadataWarning, 
 from .export import partial_tiff_path, publish, scratch_tiff_path, tiff_kind, write_pyramid_tiff
 from .io.locations import Location, existing_folder
 from .io.metadata import ImageMetadata
-from .io.omezarr import OmeZarrSink
+from .io.omezarr import OmeZarrSink, write_label
 from .io.sources import Source
 from .jobs import SOFTWARE_PREFIX, Identity, JobSpec, State, WorkFolder, fingerprint
 from .lease import Leases
@@ -137,8 +137,6 @@ def run(spec: JobSpec, state: State, scheduler: Threads | Cluster, leases: Lease
             reports.on_cluster(scheduler.dashboard_link)
         jobs = [_job(spec, sink, plane, p, k)
                 for k, (plane, p) in enumerate((plane, p) for plane in source.planes() for p in spec.passes)]
-        if not spec.compute_all and executor.name in KNOWING and spec.identity.mode == "exact":
-            jobs = _with_known(jobs, plan.chunk)
         chunks = executor.tasks(jobs[0])
         torch_threads = 0
         if isinstance(scheduler, Threads):  # cores split between the chunks that can run at once
@@ -171,13 +169,23 @@ def run(spec: JobSpec, state: State, scheduler: Threads | Cluster, leases: Lease
             return ticked
 
         try:
+            if (spec.tissue or not spec.compute_all) and executor.name in KNOWING and spec.identity.mode == "exact":
+                jobs = _with_known(jobs, plan.chunk, spec.compute_all, spec.tissue)
             with _threads(torch_threads or None):
                 for job in jobs:
                     bars.start(job.run, _label(job, len(jobs)))
                     computed += executor.run(job, scheduler, stage)
+                    if job.known is not None and job.known.tissue is not None:
+                        with writing(job.sink.path):
+                            job.known.paint_background(job.pixels, scale)
                 bars.close()
                 checked()
                 compute = {"scheduler": "threads", "num_workers": plan.chunks_at_once("cpu")}
+                if spec.tissue:
+                    known = jobs[0].known
+                    assert known is not None and known.tissue is not None
+                    with writing(result):
+                        write_label(result, "tissue", known.tissue, meta, known.cell * scale)
                 if crop:
                     final = work.path / "region.zarr" if as_tiff else output
                     with writing(final):
@@ -229,14 +237,15 @@ def _job(spec: JobSpec, sink: OmeZarrSink, plane: dict[str, int], pass_: Pass, r
                strip=plan.strip, nodata=spec.nodata, tile_rows=plan.tile_rows)
 
 
-def _with_known(jobs: list[Job], chunk: int) -> list[Job]:
-    """``jobs`` with what of each is known without the network (:mod:`lpdask.known`), or all as they
-    are where nothing is known in any (the streaming executor's tiles then write the first pyramid
-    levels as they go, as they cannot where they are cut down)."""
+def _with_known(jobs: list[Job], chunk: int, everything: bool, tissue: str | None) -> list[Job]:
+    """``jobs`` with what of each is known without the network (:mod:`lpdask.known`; with
+    ``everything``, only what lies outside the ``tissue`` mask), or all as they are where nothing is
+    known in any (the streaming executor's tiles then write the first pyramid levels as they go, as
+    they cannot where they are cut down)."""
     from .known import cell_for
 
-    found = [job.find_known(cell_for(chunk)) for job in jobs]
-    if all(k.computed_share == 1.0 for k in found):
+    found = [job.find_known(cell_for(chunk), everything, tissue) for job in jobs]
+    if not tissue and all(k.computed_share == 1.0 for k in found):
         return jobs
     return [replace(job, known=k) for job, k in zip(jobs, found)]
 

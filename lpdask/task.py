@@ -67,13 +67,14 @@ class Job:
     """What of this run's output is known without the network (:mod:`lpdask.known`): the executors
     compute only the rest and write it; None: compute everything."""
 
-    def find_known(self, cell: int) -> Known:
+    def find_known(self, cell: int, everything: bool = False, tissue: str | None = None) -> Known:
         """What of this run is known without the network, in cells of ``cell`` image pixels (reads the
-        run's plane once; runs each stage on a small patch per constant colour found)."""
+        run's plane once; runs each stage on a small patch per constant colour found): with
+        ``everything`` (compute every pixel) only what lies outside the ``tissue`` mask."""
         from .known import known, reach_pixels
 
         return known(self.pixels, list(self.stages), reach_pixels(list(self.stages), self.input_factor), cell,
-                     self.device, self.precision)
+                     self.device, self.precision, constants=not everything, nodata=not everything, tissue=tissue)
 
     def factor(self, index: int) -> int:
         """Resolution of stage ``index``'s input relative to the image."""

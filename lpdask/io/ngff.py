@@ -261,3 +261,22 @@ def _default_color(index: int, count: int, rgb: bool) -> str:
         return PALETTE[index]
     hue = (index * 0.618033988749895) % 1.0  # golden-ratio steps keep later hues apart
     return "".join(f"{round(v * 255):02X}" for v in colorsys.hsv_to_rgb(hue, 1.0, 1.0))
+
+
+def label_attributes(meta: ImageMetadata, name: str, factor: int, colour: str = "00FF0080") -> dict[str, Any]:
+    """The NGFF attributes of a label image ``name`` of the image ``meta`` describes, one level whose
+    pixels are ``factor`` x ``factor`` of the image's (value 1 drawn in ``colour``, RRGGBBAA)."""
+    scale = [a.scale * factor if a.name in SPATIAL else a.scale for a in meta.axes]
+    translation = [a.translation + (factor - 1) / 2 * a.scale if a.name in SPATIAL else a.translation
+                   for a in meta.axes]
+    transforms: list[dict[str, Any]] = [{"type": "scale", "scale": scale}]
+    if any(translation):
+        transforms.append({"type": "translation", "translation": translation})
+    rgba = [int(colour[k:k + 2], 16) for k in range(0, 8, 2)]
+    return {"ome": {
+        "version": NGFF_VERSION,
+        "multiscales": [{"name": name, "axes": [_axis_json(axis) for axis in meta.axes],
+                         "datasets": [{"path": "0", "coordinateTransformations": transforms}]}],
+        "image-label": {"version": NGFF_VERSION, "colors": [{"label-value": 1, "rgba": rgba}],
+                        "source": {"image": "../../"}},
+    }}

@@ -143,6 +143,25 @@ class OmeZarrSink:
         return len(shapes)
 
 
+def write_label(path: str | os.PathLike[str] | Location, name: str, mask: np.ndarray, meta: ImageMetadata,
+                factor: int) -> None:
+    """Store ``mask`` (y, x booleans, each ``factor`` x ``factor`` pixels of the image at ``path``) as
+    its NGFF label image ``labels/<name>`` (1 inside the mask, 0 outside), with the image's axes."""
+    from .ngff import NGFF_VERSION, label_attributes
+
+    group = zarr.open_group(str(Location.of(path)), mode="r+")
+    labels = group.require_group("labels")
+    shape = tuple(mask.shape[0] if a == "y" else mask.shape[1] if a == "x" else 1 for a in meta.axis_names)
+    image = labels.create_group(name, overwrite=True)
+    chunks = tuple(min(1024, n) for n in shape)
+    array = image.create_array("0", shape=shape, chunks=chunks, dtype=np.uint8, dimension_names=list(meta.axis_names),
+                               fill_value=0)
+    array[...] = mask.astype(np.uint8).reshape(shape)
+    image.attrs.update(label_attributes(meta, name, factor))
+    names = list(labels.attrs.get("ome", {}).get("labels", []))
+    labels.attrs["ome"] = {"version": NGFF_VERSION, "labels": sorted({*names, name})}
+
+
 def half(block: np.ndarray, nodata: float | None = None) -> np.ndarray:
     """2x2 mean over the last two axes (y, x); an odd last row or column is averaged with itself.
     With ``nodata``, the mean of the pixels that are not it, or ``nodata`` where all four are."""

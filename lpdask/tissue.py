@@ -1,0 +1,125 @@
+"""Tissue only: a foreground mask of a brightfield slide, found as the field finds it or given as a
+file, on the cells lpdask looks at the image in (:mod:`lpdask.known`).
+
+Found: each cell's mean colour, its saturation (HSV's S: (max - min) / max), Otsu's threshold over the
+cells (stained tissue is saturated, glass is not, as TIAToolbox and histolab threshold it), then
+clean-up: small specks removed, small holes filled, and the mask grown by a margin. Given: a label
+image (any size: non-zero is tissue, resized to the cells by nearest neighbour) or GeoJSON polygons in
+the image's pixels, as QuPath exports annotations.
+
+Output inside the mask is computed exactly (each pixel from the real image around it); outside it
+is the slide's background colour (the median colour of the cells outside the mask), and the output
+carries the mask as a label image, so nothing there pretends to be the network's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .errors import LpdaskError
+
+MARGIN = 32
+"""Image pixels the found mask is grown by, so tissue at its edge is computed, not painted."""
+SPECK = 4
+"""Cells: connected pieces of the found mask smaller than SPECK x SPECK are removed, holes smaller filled."""
+EXTRA = "lpdask[pathology]"
+
+
+def _skimage():  # type: ignore[no-untyped-def]
+    try:
+        import skimage.filters
+        import skimage.measure
+        import skimage.morphology
+        import skimage.draw
+    except ImportError:
+        raise LpdaskError(f"--tissue needs scikit-image: pip install '{EXTRA}'") from None
+    return skimage
+
+
+def found(means: np.ndarray, cell: int) -> np.ndarray:
+    """The tissue mask over cells whose mean colours (rows, columns, 3) are ``means``."""
+    skimage = _skimage()
+    rgb = means.astype(np.float32)
+    top, low = rgb.max(axis=-1), rgb.min(axis=-1)
+    saturation = np.where(top > 0, (top - low) / np.maximum(top, 1e-6), 0)
+    if np.ptp(saturation) < 1e-3:  # one colour: nothing to tell tissue from glass
+        return np.zeros(saturation.shape, bool)
+    mask = saturation > skimage.filters.threshold_otsu(saturation)
+    mask = skimage.morphology.remove_small_objects(mask, SPECK * SPECK)
+    mask = skimage.morphology.remove_small_holes(mask, SPECK * SPECK)
+    return grown(mask, -(-MARGIN // cell))
+
+
+def grown(mask: np.ndarray, cells: int) -> np.ndarray:
+    """``mask`` grown by ``cells`` cells (a square)."""
+    if cells <= 0:
+        return mask
+    side = 2 * cells + 1
+    padded = np.zeros((mask.shape[0] + side, mask.shape[1] + side), np.int64)
+    padded[cells + 1: cells + 1 + mask.shape[0], cells + 1: cells + 1 + mask.shape[1]] = mask
+    sums = padded.cumsum(0).cumsum(1)
+    return (sums[side:, side:] - sums[:-side, side:] - sums[side:, :-side] + sums[:-side, :-side]) > 0
+
+
+def given(path: str | os.PathLike[str], shape: tuple[int, int], cell: int, height: int, width: int) -> np.ndarray:
+    """The tissue mask over ``shape`` cells of ``cell`` pixels from a label image or GeoJSON file."""
+    where = Path(path)
+    if not where.is_file():
+        raise LpdaskError(f"--tissue {where}: no such file (give a label image, GeoJSON polygons, or 'auto')")
+    if where.suffix.lower() in (".geojson", ".json"):
+        return _polygons(where, shape, cell)
+    try:
+        import tifffile
+
+        labels = tifffile.imread(where) if where.suffix.lower() in (".tif", ".tiff") else _picture(where)
+    except Exception as exc:  # tifffile and Pillow raise many types for what is not an image
+        raise LpdaskError(f"--tissue {where}: cannot read it as a label image ({type(exc).__name__}: {exc})") from None
+    labels = np.asarray(labels)
+    if labels.ndim == 3:
+        labels = labels.max(axis=-1) if labels.shape[-1] <= 4 else labels.max(axis=0)
+    if labels.ndim != 2:
+        raise LpdaskError(f"--tissue {where}: a label image must be 2-D; this one is {labels.shape}")
+    rows = np.minimum((np.arange(shape[0]) * cell + cell / 2) * labels.shape[0] // height, labels.shape[0] - 1)
+    cols = np.minimum((np.arange(shape[1]) * cell + cell / 2) * labels.shape[1] // width, labels.shape[1] - 1)
+    return labels[np.ix_(rows.astype(int), cols.astype(int))] != 0
+
+
+def _picture(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as picture:
+        return np.asarray(picture)
+
+
+def _polygons(path: Path, shape: tuple[int, int], cell: int) -> np.ndarray:
+    """GeoJSON polygons (and multipolygons; holes cut out) in image pixels, drawn on the cells."""
+    skimage = _skimage()
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise LpdaskError(f"--tissue {path}: not GeoJSON ({exc})") from None
+    features = data.get("features", [data]) if isinstance(data, dict) else data if isinstance(data, list) else []
+    mask = np.zeros(shape, bool)
+    drawn = 0
+    for feature in features:
+        geometry = feature.get("geometry", feature) if isinstance(feature, dict) else None
+        if not isinstance(geometry, dict):
+            continue
+        kind, coordinates = geometry.get("type"), geometry.get("coordinates")
+        polygons = [coordinates] if kind == "Polygon" else coordinates if kind == "MultiPolygon" else []
+        for polygon in polygons or []:
+            for k, ring in enumerate(polygon):
+                points = np.asarray(ring, float)
+                if points.ndim != 2 or points.shape[1] < 2 or len(points) < 3:
+                    raise LpdaskError(f"--tissue {path}: a polygon ring is not a list of x, y points")
+                # the cells whose centres lie inside
+                rr, cc = skimage.draw.polygon(points[:, 1] / cell - 0.5, points[:, 0] / cell - 0.5, shape)
+                mask[rr, cc] = k == 0  # the first ring is the outline, the others holes
+                drawn += 1
+    if not drawn:
+        raise LpdaskError(f"--tissue {path}: no Polygon or MultiPolygon in it")
+    return mask
