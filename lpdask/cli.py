@@ -206,16 +206,17 @@ def plan_command(input: str, workdir: str | None, top: int, **given: Any) -> Non
     from .api import network_for
     from .io.locations import Location
     from .executors import executor_named
-    from .planner import known_work, measure_machine, plan_for, scratch_space
+    from .device import resolve_precision as torch_precision
+    from .jobs import known_before_planning, region_window
+    from .planner import computed_share, known_work, measure_machine, plan_for, scratch_space
     from .runner import KNOWING
-
-    from .jobs import region_window
 
     net, torch_device = network_for(options.model, options.device, options.precision, options.kernels)
     source, box, _ = region_window(pre, net)
     runs = source.plane_count * len(passes(source.channels, pre.photometric, options.alpha, net))
     work = Location.of(workdir) if workdir else Location.of(input).parent
-    best, plans = plan_for(net, source, torch_device, options, work)
+    known = known_before_planning(pre, net, source, torch_device, torch_precision(options.precision, torch_device))
+    best, plans = plan_for(net, source, torch_device, options, work, known=known)
     check_grid(best.chunk, net.input_factor, net.scale, best.strip, best.tile_rows)  # what upscale would refuse
     whole = pre.source
     click.echo(f"{input}: {whole.height} x {whole.width} px, {source.channels} channel(s), {source.plane_count} plane(s)")
@@ -227,14 +228,13 @@ def plan_command(input: str, workdir: str | None, top: int, **given: Any) -> Non
                    "the network's reach around it")
     click.echo(f"plan: {best.describe()}")
     click.echo(engine_of(net, best, torch_device, options, source.height * source.width).describe())
-    stages = executor_named(best.executor).stages(net, best, options.mode, options.tile_pad)
-    known = known_work(best, stages, source, pre.nodata, passes(source.channels, pre.photometric, options.alpha, net)[0],
-                       net.input_factor, torch_device) if best.executor in KNOWING else None
-    if known is not None:
-        empty, constant, share = known
+    if known is not None and best.executor in KNOWING:
+        empty, constant = known_work(known)
+        stages = executor_named(best.executor).stages(net, best, options.mode, options.tile_pad)
+        share = computed_share(best, stages, known, source, net.input_factor)
         click.echo(f"known without the network: {empty:.1%} of the input holds no data, {constant:.1%} is one colour "
-                   f"as far as the network reaches; this plan computes {share:.0%} of its work (predicted "
-                   f"{best.seconds * share:.1f} s; --compute-all: {best.seconds:.1f} s)")
+                   f"as far as the network reaches; this plan computes {share:.0%} of its work (the prediction "
+                   "above counts only that; --compute-all computes all of it)")
     if runs > 1:
         click.echo(f"  (per run; this input takes {runs} runs: planes x channel passes)")
     if not plans:

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from .channels import Pass
     from .chunks import Box
     from .executors import Executor
+    from .known import Known
     from .io.metadata import Photometric
     from .options import UpscaleOptions
     from .io.metadata import ImageMetadata
@@ -399,7 +400,8 @@ def build(pre: Preflight, device: torch.device) -> tuple[JobSpec, State]:
     meta = _output_meta(pre, net.scale, box)
     work = WorkFolder(held_places(output, o.workdir)[-1] if o.workdir else default_workdir(output))
     stored = None if o.overwrite else stored_plan(output, work)
-    plan, _ = plan_for(net, source, device, o, work.path, output, stored)
+    plan, _ = plan_for(net, source, device, o, work.path, output, stored,
+                       known_before_planning(pre, net, source, device, precision))
     check_grid(plan.chunk, net.input_factor, net.scale, plan.strip, plan.tile_rows)
     executor = o.executor if not isinstance(o.executor, str) else executor_named(plan.executor)
     stages = executor.stages(net, plan, o.mode, o.tile_pad)
@@ -439,6 +441,25 @@ def plan_record(plan: Plan, engine: str) -> dict[str, Any]:
 def stored_engine(stored: dict[str, Any]) -> str:
     """The engine a job whose recorded plan is ``stored`` ran (:func:`plan_record`)."""
     return str(stored.get("engine", "eager"))
+
+
+def known_before_planning(pre: Preflight, net: Network, source: Source, device: torch.device,
+                          precision: torch.dtype) -> Known | None:
+    """What of the first run of ``source`` is known without the network (:mod:`lpdask.known`), for the
+    planner to price each plan's share of the work; None where the options give the plan or tile mode
+    runs. Reads the input's first plane once."""
+    from .channels import passes
+    from .known import CELL
+    from .task import Job
+
+    o = pre.options
+    if o.mode != "exact" or (o.chunk is not None and o.blocks_per_stage is not None):
+        return None
+    first = passes(source.channels, pre.photometric, o.alpha, net)[0]
+    job = Job(source, net.stages(1), CELL, None, None, device=device, precision=precision,  # type: ignore[arg-type]
+              input_factor=net.input_factor, pass_=first, nodata=pre.nodata)
+    found = job.find_known(CELL, tissue=o.tissue)  # with --compute-all too: the same plan, every pixel computed
+    return found if found.computed_share < 1.0 else None
 
 
 def region_window(pre: Preflight, net: Network) -> tuple[Source, Box | None, Box | None]:

@@ -122,14 +122,16 @@ class Known:
                     if out.shape[0] > 0 and out.shape[1] > 0:
                         pixels.paint(out, self.colours[background])
 
-    def write_around(self, pixels: PassPixels, outer: Box, inner: Box | None, scale: int) -> None:
-        """Write what is known over image pixels ``outer`` outside ``inner`` (all of it, for None)."""
-        if inner is None:
-            self.write(pixels, outer, scale)
-            return
-        for piece in (Box(outer.y0, inner.y0, outer.x0, outer.x1), Box(inner.y1, outer.y1, outer.x0, outer.x1),
-                      Box(inner.y0, inner.y1, outer.x0, inner.x0), Box(inner.y0, inner.y1, inner.x1, outer.x1)):
-            self.write(pixels, piece, scale)
+    def write_outside(self, pixels: PassPixels, outer: Box, inner: list[Box], scale: int) -> None:
+        """Write what is known over image pixels ``outer`` outside the boxes ``inner`` (bands of rows
+        in order, one column range: what a tile computed)."""
+        row = outer.y0
+        for band in inner:
+            self.write(pixels, Box(row, band.y0, outer.x0, outer.x1), scale)
+            self.write(pixels, Box(band.y0, band.y1, outer.x0, band.x0), scale)
+            self.write(pixels, Box(band.y0, band.y1, band.x1, outer.x1), scale)
+            row = band.y1
+        self.write(pixels, Box(row, outer.y1, outer.x0, outer.x1), scale)
 
 
 def known(pixels: PassPixels, stages: list[Stage] | None, reach: int, cell: int, device: torch.device | None = None,

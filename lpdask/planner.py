@@ -45,8 +45,8 @@ from .io.locations import Location, existing_folder
 from .stages import IMAGE, Stage
 
 if TYPE_CHECKING:
-    from .channels import Pass
     from .io.sources import Source
+    from .known import Known
     from .options import UpscaleOptions
 
 CHUNKS = (64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096)
@@ -337,7 +337,7 @@ def _pick(plans: list[Plan], budget: int) -> Plan:
 
 def plan_for(net: Network, source: Source, device: torch.device, options: UpscaleOptions,
              work: Location | None = None, output: Location | None = None,
-             stored: dict[str, object] | None = None) -> tuple[Plan, list[Plan]]:
+             stored: dict[str, object] | None = None, known: Known | None = None) -> tuple[Plan, list[Plan]]:
     """The plan ``upscale`` runs (and ``lpdask plan`` prints) with the alternatives weighed (none
     where the plan was given or resumed): as ``options`` fix it, as a resumed job (``stored``)
     started, or the planner's choice for ``net`` as it will run (device, precision) and the threads or
@@ -364,6 +364,8 @@ def plan_for(net: Network, source: Source, device: torch.device, options: Upscal
     best, plans = choose(net, source.height, source.width, device, fixed, machine=machine,
                          scratch=scratch_space(work, output, source, net.scale))
     best = replace(best, workers=o.threads or (0 if o.scheduler or o.workers else best.workers))
+    if known is not None:  # output known without the network: each plan computes only its share
+        best = priced_with_known(best, plans, net, source, known, o, machine.memory_budget)
     if forced and forced not in PLANNED:  # an executor the planner cannot price runs a shape it priced
         runs = o.executor if not isinstance(o.executor, str) else executor_named(forced)
         rows, cols = unshuffled(source.height, source.width, net.input_factor)
@@ -586,33 +588,69 @@ def _time_engine(engine: object, stage: Stage, stages: Sequence[Stage], image_ch
     return min(eager) / min(compiled), built / weights
 
 
-def known_work(plan: Plan, stages: Sequence[Stage], source: Source, nodata: object, pass_: Pass,
-               input_factor: int, device: torch.device) -> tuple[float, float, float] | None:
-    """(share of the input's cells that hold no data, share known as a constant colour, share of the
-    plan's work still computed) for channel pass ``pass_`` (:mod:`lpdask.known`); None where nothing
-    is known. Reads the input's first plane once."""
+KNOWN_PRICED = 4
+"""Plans of each executor (the fastest) priced again for the output known without the network."""
+MAX_PRICED_CHUNKS = 20_000
+"""Staged plans of more chunks than this are not priced for known output (their chunk-by-chunk
+bookkeeping costs more than it tells): they are taken as computing everything."""
+
+
+def computed_share(plan: Plan, stages: Sequence[Stage], known: Known, source: Source, input_factor: int) -> float:
+    """The share of ``plan``'s work (its stages ``stages``) still computed where ``known`` (cells over
+    ``source``) is written instead: a streamed tile's columns and the rows its data's reach needs,
+    or the staged executor's chunks that some later chunk needs."""
     from .executors.staged import needed_chunks
     from .executors.stream import data_tiles, needed_rows, tiles
-    from .known import NODATA, cell_for
     from .task import Job
 
-    job = Job(source, stages, plan.chunk, None, None, input_factor=input_factor, nodata=nodata,  # type: ignore[arg-type]
-              pass_=pass_, tile_rows=plan.tile_rows, device=device)
-    known = job.find_known(cell_for(plan.chunk))
-    if known.computed_share == 1.0:
-        return None
-    job.known = known
-    empty = float((known.fills == NODATA).mean())
-    constant = float((known.fills >= 0).mean())
+    if known.computed_share == 1.0 or plan.chunk % known.cell:
+        return 1.0
+    job = Job(source, stages, plan.chunk, None, None, input_factor=input_factor,  # type: ignore[arg-type]
+              tile_rows=plan.tile_rows, known=known)
     if plan.executor != "stream":
+        if len(job.grid(0)) > MAX_PRICED_CHUNKS:
+            return 1.0
         needed = needed_chunks(job)
-        return empty, constant, sum(len(n) for n in needed) / (len(needed) * len(job.grid(0)))
+        return sum(len(n) for n in needed) / (len(needed) * len(job.grid(0)))
     every = {(t.i, t.j): t for t in tiles(job)}
     computed = total = 0
     for key, part in data_tiles(job, every).items():
         tile = every[key]
         total += (tile.y1 - tile.y0) * (tile.x1 - tile.x0)
         if part is not None:
-            lo, hi = needed_rows(stages, part.rows)[stages[0].inputs[0]]
-            computed += (min(tile.y1, hi) - max(tile.y0, lo)) * (part.tile.x1 - part.tile.x0)
-    return empty, constant, computed / total if total else 1.0
+            spans = needed_rows(stages, part.rows)[stages[0].inputs[0]]
+            rows = sum(max(0, min(tile.y1, hi) - max(tile.y0, lo)) for lo, hi in spans)
+            computed += rows * (part.tile.x1 - part.tile.x0)
+    return computed / total if total else 1.0
+
+
+def priced_with_known(best: Plan, plans: list[Plan], net: Network, source: Source, known: Known,
+                      options: UpscaleOptions, budget: int) -> Plan:
+    """The plan to run where ``known`` output is written instead of computed: ``best`` or, among the
+    fastest plans of each executor, one predicted more than ``NEAR`` faster once each computes only its
+    share; its prediction scaled by its share (not with ``compute_all``, which runs the same plan over
+    every pixel, so that its output can be compared bit for bit)."""
+    candidates = [best]
+    for name in dict.fromkeys(p.executor for p in plans):
+        candidates += [p for p in plans if p.executor == name][:KNOWN_PRICED]
+
+    def priced(plan: Plan) -> Plan:
+        stages = executor_named(plan.executor).stages(net, plan, options.mode, options.tile_pad)
+        share = computed_share(plan, stages, known, source, net.input_factor)
+        return replace(plan, seconds=plan.seconds * share, compute_seconds=plan.compute_seconds * share,
+                       io_seconds=plan.io_seconds * share)
+
+    chosen, unpriced = priced(best), best
+    for plan in candidates[1:]:
+        if plan.peak_memory <= max(budget, best.peak_memory) and plan.seconds * 0.1 < chosen.seconds:
+            other = priced(plan)
+            if other.seconds < chosen.seconds * (1 - NEAR):
+                chosen, unpriced = other, plan
+    return unpriced if options.compute_all and not options.tissue else chosen
+
+
+def known_work(known: Known) -> tuple[float, float]:
+    """(share of the input's cells that hold no data, share known as one colour)."""
+    from .known import NODATA
+
+    return float((known.fills == NODATA).mean()), float((known.fills >= 0).mean())

