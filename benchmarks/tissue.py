@@ -35,11 +35,12 @@ def upscale(folder: Path, dst: str, model: str, series: int, *extra: str) -> flo
     return time.perf_counter() - started
 
 
-def picture(label: np.ndarray, cell: int, path: Path) -> None:
+def picture(label: np.ndarray, cell: int, path: Path, series: int) -> None:
     from PIL import Image
 
     image = tifffile.imread(SLIDE, series=1).astype(np.float32)
-    scale = tifffile.TiffFile(SLIDE).series[0].shape[0] / image.shape[0]
+    with tifffile.TiffFile(SLIDE) as tif:
+        scale = tif.series[series].shape[0] / image.shape[0]  # the run's pixels per thumbnail pixel
     rows = (np.arange(image.shape[0]) * scale // cell).astype(int).clip(0, label.shape[0] - 1)
     cols = (np.arange(image.shape[1]) * scale // cell).astype(int).clip(0, label.shape[1] - 1)
     inside = label[np.ix_(rows, cols)].astype(bool)
@@ -77,7 +78,7 @@ def main() -> None:
               f"inside the mask {'bit-identical' if same else 'NOT identical'} |")
         if args.picture:
             scale = out.shape[-1] // tifffile.TiffFile(SLIDE).series[args.series].shape[1]
-            picture(label, cell_out // scale, args.picture)
+            picture(label, cell_out // scale, args.picture, args.series)
 
 
 if __name__ == "__main__":
