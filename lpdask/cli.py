@@ -133,8 +133,9 @@ def cli() -> None:
                    "pixels (as QuPath exports them). Outside it the output is the slide's background colour; the "
                    "OME-Zarr output carries the mask as labels/tissue.")
 @click.option("--compute-all", is_flag=True,
-              help="Compute every output pixel, also those the input holds no data under (they take the nodata "
-                   "value either way, so the output is the same; by default they are not computed).")
+              help="Compute every output pixel with the same plan, also those known without the network (where "
+                   "the input holds no data, or is one colour as far as the network reaches), for comparison: the "
+                   "output is the same.")
 @click.option("--wait", is_flag=True, help="If another run holds OUTPUT, wait for it to end instead of exiting.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def upscale_command(input: str, output: str, quiet: bool, **given: Any) -> None:
