@@ -208,6 +208,9 @@ class JobSpec:
     crop: Box | None = None
     """The region of interest in the source's pixels (the source being the window that computes it
     exactly: :mod:`lpdask.region`); None for the whole image."""
+    known: Known | None = None
+    """What of the first run is known without the network, as the planner saw it (the runner uses its
+    cells rather than read the input again)."""
 
     @property
     def as_tiff(self) -> bool:
@@ -400,8 +403,8 @@ def build(pre: Preflight, device: torch.device) -> tuple[JobSpec, State]:
     meta = _output_meta(pre, net.scale, box)
     work = WorkFolder(held_places(output, o.workdir)[-1] if o.workdir else default_workdir(output))
     stored = None if o.overwrite else stored_plan(output, work)
-    plan, _ = plan_for(net, source, device, o, work.path, output, stored,
-                       known_before_planning(pre, net, source, device, precision))
+    known = known_before_planning(pre, net, source, device, precision)
+    plan, _ = plan_for(net, source, device, o, work.path, output, stored, known)
     check_grid(plan.chunk, net.input_factor, net.scale, plan.strip, plan.tile_rows)
     executor = o.executor if not isinstance(o.executor, str) else executor_named(plan.executor)
     stages = executor.stages(net, plan, o.mode, o.tile_pad)
@@ -417,7 +420,8 @@ def build(pre: Preflight, device: torch.device) -> tuple[JobSpec, State]:
         [box.y0, box.y1, box.x0, box.x1] if box else None, tissue_record(o.tissue))
     spec = JobSpec(source, output, work, identity, plan, executor, net, stages,
                    passes(source.channels, pre.photometric, o.alpha, net), meta, device, precision,
-                   pre.value_range, o.compression, missing, o.cog, engine, o.compute_all, tissue=o.tissue, crop=crop)
+                   pre.value_range, o.compression, missing, o.cog, engine, o.compute_all, tissue=o.tissue, crop=crop,
+                   known=known)
     return spec, output_state(output, work, identity.digest, o.overwrite)
 
 

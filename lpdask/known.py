@@ -20,7 +20,7 @@ the known cells.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -55,6 +55,16 @@ class Known:
     tissue: np.ndarray | None = None
     """Where a tissue mask was asked for (:mod:`lpdask.tissue`): the cells inside it (outside, the
     fill is the background colour, the last of :attr:`colours`)."""
+    inputs: list[np.ndarray | None] = field(default_factory=list)
+    """The input colour whose response each of :attr:`colours` is (None: the background's, as it is)."""
+
+    def responding(self, pixels: PassPixels, stages: list[Stage], device: torch.device | None,
+                   precision: torch.dtype | None) -> Known:
+        """The same cells, each colour's response computed again by ``stages`` (those a run computes
+        with, whose arithmetic the known pixels must share)."""
+        colours = [colour if given is None else response(pixels, stages, given, device, precision)
+                   for colour, given in zip(self.colours, self.inputs)]
+        return replace(self, colours=colours)
     """The cell (row, column) ``fills`` starts at: a :meth:`part` holds only the cells it needs."""
 
     def part(self, box: Box) -> Known:
@@ -62,7 +72,7 @@ class Known:
         c = self.cell
         r0, c0 = box.y0 // c - self.origin[0], box.x0 // c - self.origin[1]
         fills = self.fills[r0: ceil_div(box.y1, c) - self.origin[0], c0: ceil_div(box.x1, c) - self.origin[1]]
-        return Known(c, fills.copy(), self.colours, (r0 + self.origin[0], c0 + self.origin[1]))
+        return replace(self, fills=fills.copy(), origin=(r0 + self.origin[0], c0 + self.origin[1]), tissue=None)
 
     def compute(self) -> np.ndarray:
         """Which cells must be computed, as (rows, columns) booleans."""
@@ -184,6 +194,7 @@ def known(pixels: PassPixels, stages: list[Stage] | None, reach: int, cell: int,
                 colour_of[r0 + i, c0 + j] = seen[key]
     fills = np.where(data, COMPUTE, NODATA).astype(np.int32)
     colours: list[np.ndarray] = []
+    inputs: list[np.ndarray | None] = []
     if constants and values and stages is not None:
         r = ceil_div(reach, cell)
         for index, value in enumerate(values):
@@ -191,8 +202,9 @@ def known(pixels: PassPixels, stages: list[Stage] | None, reach: int, cell: int,
             if inside.any():
                 fills[inside & data] = len(colours)
                 colours.append(response(pixels, stages, value, device, precision))
+                inputs.append(value)
     if means is None:
-        return Known(cell, fills, colours)
+        return Known(cell, fills, colours, inputs=inputs)
     from . import tissue as tissues
 
     source = pixels.source
@@ -203,7 +215,8 @@ def known(pixels: PassPixels, stages: list[Stage] | None, reach: int, cell: int,
         glass = np.median(means[~mask], axis=0)
         fills[outside] = len(colours)
         colours.append(_as(glass, pixels.output_dtype if source is not None else np.dtype(np.uint8)))
-    return Known(cell, fills, colours, tissue=mask)
+        inputs.append(None)
+    return Known(cell, fills, colours, tissue=mask, inputs=inputs)
 
 
 def _means(image: np.ndarray, cell: int) -> np.ndarray:

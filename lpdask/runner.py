@@ -15,6 +15,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import torch
 import zarr
@@ -37,6 +38,9 @@ from .progress import Bars
 from .schedulers import Cluster, Threads
 from .stages import Stage, resize_stages
 from .task import Job
+
+if TYPE_CHECKING:
+    from .known import Known
 
 KNOWING = ("stream", "staged", "whole")
 """The executors that compute only what is not known without the network (:mod:`lpdask.known`)."""
@@ -170,7 +174,7 @@ def run(spec: JobSpec, state: State, scheduler: Threads | Cluster, leases: Lease
 
         try:
             if (spec.tissue or not spec.compute_all) and executor.name in KNOWING and spec.identity.mode == "exact":
-                jobs = _with_known(jobs, plan.chunk, spec.compute_all, spec.tissue)
+                jobs = _with_known(jobs, plan.chunk, spec.compute_all, spec.tissue, spec.known)
             with _threads(torch_threads or None):
                 for job in jobs:
                     bars.start(job.run, _label(job, len(jobs)))
@@ -237,14 +241,23 @@ def _job(spec: JobSpec, sink: OmeZarrSink, plane: dict[str, int], pass_: Pass, r
                strip=plan.strip, nodata=spec.nodata, tile_rows=plan.tile_rows)
 
 
-def _with_known(jobs: list[Job], chunk: int, everything: bool, tissue: str | None) -> list[Job]:
+def _with_known(jobs: list[Job], chunk: int, everything: bool, tissue: str | None, first: Known | None) -> list[Job]:
     """``jobs`` with what of each is known without the network (:mod:`lpdask.known`; with
     ``everything``, only what lies outside the ``tissue`` mask), or all as they are where nothing is
     known in any (the streaming executor's tiles then write the first pyramid levels as they go, as
-    they cannot where they are cut down)."""
+    they cannot where they are cut down). ``first``: the first run's cells as the planner found them,
+    used instead of reading the input again where they fit (the colours' responses computed again by
+    the run's own stages)."""
     from .known import cell_for
 
-    found = [job.find_known(cell_for(chunk), everything, tissue) for job in jobs]
+    cell = cell_for(chunk)
+
+    def of(k: int, job: Job) -> Known:
+        if k == 0 and first is not None and first.cell == cell and not everything:
+            return first.responding(job.pixels, list(job.stages), job.device, job.precision)
+        return job.find_known(cell, everything, tissue)
+
+    found = [of(k, job) for k, job in enumerate(jobs)]
     if not tissue and all(k.computed_share == 1.0 for k in found):
         return jobs
     return [replace(job, known=k) for job, k in zip(jobs, found)]
