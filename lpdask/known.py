@@ -99,8 +99,13 @@ class Known:
         height, width = pixels.sink.level0.shape[-2:]
         c, (o0, o1) = self.cell, self.origin
         fills = self.fills[box.y0 // c - o0: ceil_div(box.y1, c) - o0, box.x0 // c - o1: ceil_div(box.x1, c) - o1]
-        for r, row in enumerate(fills):
-            y0, y1 = max(box.y0, (box.y0 // c + r) * c), min(box.y1, (box.y0 // c + r + 1) * c)
+        r = 0
+        while r < len(fills):  # rows of cells alike are written as one band: whole stored chunks at a time
+            row, last = fills[r], r
+            while last + 1 < len(fills) and np.array_equal(fills[last + 1], row):
+                last += 1
+            y0, y1 = max(box.y0, (box.y0 // c + r) * c), min(box.y1, (box.y0 // c + last + 1) * c)
+            r = last + 1
             edges = np.flatnonzero(np.diff(row)) + 1
             for start, stop in zip(np.r_[0, edges], np.r_[edges, len(row)]):
                 x0, x1 = max(box.x0, (box.x0 // c + start) * c), min(box.x1, (box.x0 // c + stop) * c)
