@@ -215,14 +215,19 @@ def _axis_json(axis: Axis) -> dict[str, str]:
 
 
 def _dataset(meta: ImageMetadata, level: int, downscale: int) -> dict[str, Any]:
-    factor = downscale**level
+    return {"path": str(level), "coordinateTransformations": _transforms(meta, downscale**level)}
+
+
+def _transforms(meta: ImageMetadata, factor: int) -> list[dict[str, Any]]:
+    """The coordinate transformations of an array whose pixels are ``factor`` x ``factor`` of the
+    image's (pixel centres kept in place)."""
     scale = [a.scale * factor if a.name in SPATIAL else a.scale for a in meta.axes]
     translation = [a.translation + (factor - 1) / 2 * a.scale if a.name in SPATIAL else a.translation
                    for a in meta.axes]
     transforms: list[dict[str, Any]] = [{"type": "scale", "scale": scale}]
     if any(translation):
         transforms.append({"type": "translation", "translation": translation})
-    return {"path": str(level), "coordinateTransformations": transforms}
+    return transforms
 
 
 def _omero(meta: ImageMetadata, name: str, dtype: np.dtype) -> dict[str, Any] | None:
@@ -266,17 +271,11 @@ def _default_color(index: int, count: int, rgb: bool) -> str:
 def label_attributes(meta: ImageMetadata, name: str, factor: int, colour: str = "00FF0080") -> dict[str, Any]:
     """The NGFF attributes of a label image ``name`` of the image ``meta`` describes, one level whose
     pixels are ``factor`` x ``factor`` of the image's (value 1 drawn in ``colour``, RRGGBBAA)."""
-    scale = [a.scale * factor if a.name in SPATIAL else a.scale for a in meta.axes]
-    translation = [a.translation + (factor - 1) / 2 * a.scale if a.name in SPATIAL else a.translation
-                   for a in meta.axes]
-    transforms: list[dict[str, Any]] = [{"type": "scale", "scale": scale}]
-    if any(translation):
-        transforms.append({"type": "translation", "translation": translation})
     rgba = [int(colour[k:k + 2], 16) for k in range(0, 8, 2)]
     return {"ome": {
         "version": NGFF_VERSION,
         "multiscales": [{"name": name, "axes": [_axis_json(axis) for axis in meta.axes],
-                         "datasets": [{"path": "0", "coordinateTransformations": transforms}]}],
+                         "datasets": [{"path": "0", "coordinateTransformations": _transforms(meta, factor)}]}],
         "image-label": {"version": NGFF_VERSION, "colors": [{"label-value": 1, "rgba": rgba}],
                         "source": {"image": "../../"}},
     }}
