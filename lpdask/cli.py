@@ -14,7 +14,9 @@ from typing import Any
 import click
 
 from . import __version__
-from .errors import INTERRUPTED, RESUMES, TERMINATED, USAGE, LeaseWarning, LpdaskError, MetadataWarning, PlanWarning
+from .errors import (INTERRUPTED, RESUMES, TERMINATED, USAGE, InputWarning, LeaseWarning, LpdaskError, MetadataWarning,
+                     PlanWarning)
+from .io.boundary import keep_warning, quiet_libraries
 from .kernels import KERNELS
 from .memory import prefer_expandable_segments
 from .engines import ENGINES, NAMES as ENGINE_NAMES
@@ -54,8 +56,10 @@ def _warning_lines() -> Iterator[None]:
     previous = warnings.showwarning
 
     def show(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
-        if issubclass(category, (MetadataWarning, PlanWarning, LeaseWarning)):
+        if issubclass(category, (MetadataWarning, PlanWarning, LeaseWarning, InputWarning)):
             click.echo(f"lpdask: warning: {message}", err=True)
+        elif keep_warning(message, str(args[0] if args else kwargs.get("filename", ""))):
+            return
         else:
             previous(message, category, *args, **kwargs)
 
@@ -368,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     main_thread = threading.current_thread() is threading.main_thread()
     before = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
-        with _warning_lines():
+        with _warning_lines(), quiet_libraries():
             cli.main(args=argv, prog_name="lpdask", standalone_mode=False)
     except OptionError as exc:
         click.echo(f"lpdask: error: {exc.for_cli()}", err=True)

@@ -53,6 +53,10 @@ class MetadataWarning(UserWarning):
     """Input metadata that the output cannot carry, named so nothing is dropped silently."""
 
 
+class InputWarning(UserWarning):
+    """An input file that its reader could read only by working around damage or oddities."""
+
+
 class PlanWarning(UserWarning):
     """No plan keeps within the memory budget; the one needing the least memory runs."""
 

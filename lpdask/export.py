@@ -15,6 +15,7 @@ import zarr
 
 from .errors import LpdaskError, MetadataWarning, fault_of
 from .options import check_compression
+from .io.boundary import reading
 from .io.locations import Location
 from .io.metadata import ImageMetadata
 
@@ -125,10 +126,8 @@ def export(src: str | os.PathLike[str] | Location, dst: str | os.PathLike[str] |
     status = group.attrs.get(STATUS_KEY)
     if isinstance(status, dict) and status.get("complete") is False:
         raise LpdaskError(f"{source} is an unfinished lpdask result; run the upscale again to finish it")
-    try:
+    with reading(source, "it as an OME-Zarr image"):
         meta, paths = read_ngff_metadata(source)
-    except (KeyError, IndexError, TypeError, ValueError) as exc:
-        raise LpdaskError(f"{source} is not an OME-Zarr image ({exc})") from None
     from .lease import hold
 
     with hold([output]):  # one writer of the output at a time, as for upscale

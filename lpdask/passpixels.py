@@ -13,7 +13,6 @@ from torch import Tensor
 
 from .channels import Pass
 from .chunks import Box, reflect
-from .errors import LpdaskError
 from .io.omezarr import OmeZarrSink
 from .io.sources import Source
 from .nodata import FILL_RADIUS, Nodata, fill, input_box, mark, read_mask, upscaled_mask, valid_of
@@ -73,12 +72,7 @@ class PassPixels:
     def _read(self, box: Box, last: int | None = None) -> np.ndarray:
         """The pass's channels of ``box`` (from its first to ``last``, default its last)."""
         first, last = min(self.pass_.channels), max(self.pass_.channels) if last is None else last
-        try:
-            return self.source.read(box, self.plane, slice(first, last + 1))
-        except Exception as exc:  # tifffile, imagecodecs and zarr raise many types for damaged files
-            plane = "".join(f" {a}={i}" for a, i in self.plane.items())
-            raise LpdaskError(f"{self.source.path}: cannot read rows {box.y0}:{box.y1} columns {box.x0}:{box.x1}"
-                              f"{plane} ({type(exc).__name__}: {exc})") from None
+        return self.source.read(box, self.plane, slice(first, last + 1))
 
     def _read_valid(self, box: Box) -> tuple[np.ndarray, np.ndarray | None]:
         """The pass's pixels of ``box`` and which of them hold data (None: all); an alpha that marks

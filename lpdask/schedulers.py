@@ -126,7 +126,9 @@ class Cluster:
         cores = os.cpu_count() or 1
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
                                resources=resources, silence_logs=40)
-        return cls(Client(cluster), resources, cluster, max(1, cores // workers))
+        client = Client(cluster)
+        client.register_plugin(_QuietReaders(), name="lpdask-quiet-readers")
+        return cls(client, resources, cluster, max(1, cores // workers))
 
     @classmethod
     def connect(cls, address: str, resources: dict[str, float] | None = None) -> Cluster:
@@ -244,6 +246,21 @@ class Cluster:
         self.client.close()
         if self.owned is not None:
             self.owned.close()
+
+
+class _QuietReaders:
+    """A worker plugin: the reader libraries' notes on lpdask's own local workers are kept, not printed
+    on the terminal (as in the command's own process, :func:`lpdask.io.boundary.quiet_libraries`)."""
+
+    idempotent = True
+
+    def setup(self, worker: Any) -> None:
+        from .io.boundary import keep_notes
+
+        keep_notes()
+
+    def teardown(self, worker: Any) -> None:
+        pass
 
 
 def _dropped(futures: Sequence[Any]) -> bool:

@@ -14,13 +14,16 @@ carries the mask as a label image, so nothing there pretends to be the network's
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from .errors import LpdaskError
+from .io.boundary import reading
 
 MARGIN = 32
 """Image pixels the found mask is grown by, so tissue at its edge is computed, not painted."""
@@ -49,9 +52,17 @@ def found(means: np.ndarray, cell: int) -> np.ndarray:
     if np.ptp(saturation) < 1e-3:  # one colour: nothing to tell tissue from glass
         return np.zeros(saturation.shape, bool)
     mask = saturation > skimage.filters.threshold_otsu(saturation)
-    mask = skimage.morphology.remove_small_objects(mask, SPECK * SPECK)
-    mask = skimage.morphology.remove_small_holes(mask, SPECK * SPECK)
+    mask = _without_specks(skimage.morphology.remove_small_objects, mask)
+    mask = _without_specks(skimage.morphology.remove_small_holes, mask)
     return grown(mask, -(-MARGIN // cell))
+
+
+def _without_specks(remove: Any, mask: np.ndarray) -> np.ndarray:
+    """``remove`` (scikit-image's small objects or holes) for specks under SPECK x SPECK cells; 0.26
+    renamed the size to ``max_size`` (at most, not under) and warns on the old name."""
+    if "max_size" in inspect.signature(remove).parameters:
+        return remove(mask, max_size=SPECK * SPECK - 1)
+    return remove(mask, SPECK * SPECK)
 
 
 def grown(mask: np.ndarray, cells: int) -> np.ndarray:
@@ -72,12 +83,10 @@ def given(path: str | os.PathLike[str], shape: tuple[int, int], cell: int, heigh
         raise LpdaskError(f"--tissue {where}: no such file (give a label image, GeoJSON polygons, or 'auto')")
     if where.suffix.lower() in (".geojson", ".json"):
         return _polygons(where, shape, cell)
-    try:
-        import tifffile
+    import tifffile
 
+    with reading(f"--tissue {where}", "it as a label image"):
         labels = tifffile.imread(where) if where.suffix.lower() in (".tif", ".tiff") else _picture(where)
-    except Exception as exc:  # tifffile and Pillow raise many types for what is not an image
-        raise LpdaskError(f"--tissue {where}: cannot read it as a label image ({type(exc).__name__}: {exc})") from None
     labels = np.asarray(labels)
     if labels.ndim == 3:
         labels = labels.max(axis=-1) if labels.shape[-1] <= 4 else labels.max(axis=0)
@@ -111,10 +120,15 @@ def _polygons(path: Path, shape: tuple[int, int], cell: int) -> np.ndarray:
             continue
         kind, coordinates = geometry.get("type"), geometry.get("coordinates")
         polygons = [coordinates] if kind == "Polygon" else coordinates if kind == "MultiPolygon" else []
-        for polygon in polygons or []:
+        if not isinstance(polygons, list) or not all(isinstance(p, list) for p in polygons):
+            raise LpdaskError(f"--tissue {path}: a {kind}'s coordinates are not lists of rings")
+        for polygon in polygons:
             for k, ring in enumerate(polygon):
-                points = np.asarray(ring, float)
-                if points.ndim != 2 or points.shape[1] < 2 or len(points) < 3:
+                try:
+                    points = np.asarray(ring, float)
+                except (TypeError, ValueError):
+                    points = np.zeros(0)
+                if points.ndim != 2 or points.shape[1] < 2 or len(points) < 3 or not np.isfinite(points).all():
                     raise LpdaskError(f"--tissue {path}: a polygon ring is not a list of x, y points")
                 # the cells whose centres lie inside
                 rr, cc = skimage.draw.polygon(points[:, 1] / cell - 0.5, points[:, 0] / cell - 0.5, shape)

@@ -178,8 +178,8 @@ NOTES = b"hello, these are notes\n"
         ("random.safetensors", NOISE, "is not a safetensors file: it begins with bytes"),
         ("notes.safetensors", NOTES, "is not a safetensors file: it begins with text"),
         ("empty.safetensors", b"", "is empty"),
-        ("broken.safetensors", (21).to_bytes(8, "little") + b'{"a": {"dtype": "F32"', "not a readable safetensors"),
-        ("cut.pth", b"PK\x03\x04" + bytes(60), "is not a readable weights-only PyTorch checkpoint"),
+        ("broken.safetensors", (21).to_bytes(8, "little") + b'{"a": {"dtype": "F32"', "is a damaged safetensors file"),
+        ("cut.pth", b"PK\x03\x04" + bytes(60), "is a damaged PyTorch checkpoint (its zip archive: File is not a zip"),
     ],
 )
 def test_not_a_checkpoint(tmp_path, name, content, fragment):

@@ -16,6 +16,7 @@ are read region by region, by the cheapest way the file allows:
 from __future__ import annotations
 
 import importlib
+import re
 import threading
 from typing import Any
 
@@ -23,6 +24,7 @@ import numpy as np
 
 from ..errors import LpdaskError
 from . import lif
+from .boundary import Unreadable, mark, notes_since
 from .locations import Location
 from .metadata import NGFF_ORDER, Axis, Channel, ImageMetadata, Photometric
 
@@ -55,12 +57,13 @@ def _image(path: Location, series: int) -> Any:
     bioio, reader = _bioio(path)
     if not path.is_local:
         raise LpdaskError(f"{path}: lpdask reads microscopy files from local disks only; copy it to one")
+    start = mark()
     try:
         image = bioio.BioImage(str(path.local_path), reader=reader)
         scenes = image.scenes
     except Exception as exc:  # plugins raise many types for files they cannot read
-        why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise LpdaskError(f"{path}: bioio cannot read it ({why})") from None
+        raise Unreadable(f"{path}: bioio cannot read it ({_why(exc, notes_since(start), path)})",
+                         noted=True) from None
     if series >= len(scenes):
         raise LpdaskError(f"{path}: --series {series} does not exist (the file has {len(scenes)} "
                           f"scene{'s' if len(scenes) > 1 else ''})")
@@ -112,6 +115,17 @@ def describe(path: Location, series: int, level: int) -> dict[str, Any]:
     return {"axes": axes, "shape": tuple(sizes[d] for d in names), "dtype": image.dtype,
             "photometric": photometric, "ome": True,
             "meta": _metadata(image, output_axes, channels, photometric, series)}
+
+
+def _why(exc: Exception, notes: list[tuple[str, str]], path: Location) -> str:
+    """What the plugin said: bioio raises "None of the specified readers were able to read this
+    image" and logs the plugin's own reason ("... error=<reason>"), which is the one to show."""
+    said = next((m.rsplit("error=", 1)[1] for _, m in reversed(notes) if "error=" in m), "")
+    said = said or next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+    for name in (str(path.local_path), path.name):
+        said = said.replace(f"'{name}'", "it").replace(name, "it")
+    said = re.sub(r"^.*?does not support the image: it\.?\s*(file is not supported:\s*)?", "", said) or said
+    return said if len(said) <= 200 else said[:197] + "..."
 
 
 def _metadata(image: Any, axes: str, channels: int, photometric: Photometric, series: int) -> ImageMetadata:

@@ -176,7 +176,22 @@ class GeoTiff:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> GeoTiff:
-        known = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in cls.TAGS}
+        """The tags as :meth:`to_json` wrote them; a value of the wrong kind raises ``ValueError``."""
+        known: dict[str, Any] = {}
+        for name, value in data.items():
+            if name not in cls.TAGS:
+                continue
+            kind = cls.TAGS[name][1]
+            if kind == "s":
+                if not isinstance(value, str):
+                    raise ValueError(f"{name} is not a string")
+                known[name] = value
+                continue
+            wanted = int if kind == "H" else (int, float)
+            if not (isinstance(value, list) and value
+                    and all(isinstance(v, wanted) and not isinstance(v, bool) for v in value)):
+                raise ValueError(f"{name} is not a list of {'integers' if kind == 'H' else 'numbers'}")
+            known[name] = tuple(value)
         return cls(**known)
 
 

@@ -79,6 +79,7 @@ def read_ngff_metadata(group_path: str | os.PathLike[str]) -> tuple[ImageMetadat
     """Level 0's metadata (axes as stored) and the dataset paths, finest first, of an OME-Zarr image."""
     group = zarr.open_group(str(group_path), mode="r")
     attrs = dict(group.attrs)
+    check_attributes(attrs, group_path)
     multiscales = ome_attributes(attrs).get("multiscales")
     if not multiscales:
         raise LpdaskError(f"{group_path}: not an OME-Zarr image (no multiscales metadata)")
@@ -87,6 +88,59 @@ def read_ngff_metadata(group_path: str | os.PathLike[str]) -> tuple[ImageMetadat
     assert isinstance(array, zarr.Array)
     axes = "".join(_axis_names(multiscales[0], array) or ())
     return zarr_metadata(attrs, array, paths[0], axes, "minisblack"), paths
+
+
+def check_attributes(attrs: Mapping[str, Any], where: object) -> None:
+    """Refuse group attributes whose NGFF parts lpdask reads are not shaped as NGFF 0.4/0.5 says:
+    multiscales (axes, datasets and their paths, coordinate transformations), omero channels and
+    lpdask's own attributes. Parts lpdask does not read are not checked."""
+    def refuse(part: str, what: str) -> None:
+        raise LpdaskError(f"{where}: invalid OME-NGFF metadata: {part} {what}")
+
+    def transforms(value: Any, part: str) -> None:
+        if value is None:
+            return
+        if not isinstance(value, list) or not all(isinstance(t, Mapping) for t in value):
+            refuse(part, "must be a list of objects")
+        for k, t in enumerate(value):
+            kind = t.get("type")
+            numbers = t.get(kind) if isinstance(kind, str) else None
+            if kind in ("scale", "translation") and numbers is not None and not (
+                    isinstance(numbers, list) and all(_finite(v) for v in numbers)):
+                refuse(f"{part}[{k}].{kind}", "must be a list of finite numbers")
+
+    ome = ome_attributes(attrs)
+    multiscales = ome.get("multiscales")
+    if multiscales is not None:
+        if not isinstance(multiscales, list) or not all(isinstance(m, Mapping) for m in multiscales):
+            refuse("multiscales", "must be a list of objects")
+        for i, multiscale in enumerate(multiscales):
+            part = f"multiscales[{i}]"
+            datasets = multiscale.get("datasets")
+            if not isinstance(datasets, list) or not datasets:
+                refuse(f"{part}.datasets", "must be a list of at least one dataset")
+            for j, dataset in enumerate(datasets):
+                if not isinstance(dataset, Mapping) or not isinstance(dataset.get("path"), str):
+                    refuse(f"{part}.datasets[{j}]", "must be an object with a string path")
+                transforms(dataset.get("coordinateTransformations"), f"{part}.datasets[{j}].coordinateTransformations")
+            transforms(multiscale.get("coordinateTransformations"), f"{part}.coordinateTransformations")
+            axes = multiscale.get("axes")
+            if axes is not None and not (isinstance(axes, list) and all(
+                    isinstance(a, str) or (isinstance(a, Mapping) and isinstance(a.get("name"), str)) for a in axes)):
+                refuse(f"{part}.axes", "must be a list of names or of objects with a string name")
+    omero = ome.get("omero")
+    if isinstance(omero, Mapping) and not isinstance(omero.get("channels", []), list):
+        refuse("omero.channels", "must be a list")
+    own = attrs.get(OWN_KEY)
+    if isinstance(own, Mapping) and isinstance(own.get("geotiff"), Mapping):
+        try:
+            GeoTiff.from_json(dict(own["geotiff"]))
+        except ValueError as exc:
+            raise LpdaskError(f"{where}: invalid {OWN_KEY}.geotiff attribute: {exc}") from None
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and bool(np.isfinite(value))
 
 
 def ome_attributes(attrs: Mapping[str, Any]) -> Mapping[str, Any]:

@@ -25,9 +25,10 @@ import zarr
 from ..chunks import Box
 from ..errors import LpdaskError
 from ..pixels import check_dtype
+from .boundary import Unreadable, reading
 from .locations import Location, find_input
 from .metadata import NGFF_ORDER, ImageMetadata, Photometric
-from .ngff import ome_attributes, zarr_metadata
+from .ngff import check_attributes, ome_attributes, zarr_metadata
 
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _TIFF_AXES = {"Y": "y", "X": "x", "S": "c", "C": "c", "Z": "z", "T": "t"}
@@ -109,14 +110,16 @@ class Source:
 
     def read(self, box: Box, plane: dict[str, int] | None = None, channels: slice = slice(None)) -> np.ndarray:
         """The pixels of ``box`` in ``plane`` as (h, w, c), channels ``channels`` only."""
-        handle = _opened(self)
         plane = plane or {}
         ys, xs = self.in_image(box).slices()
         stored = self.axes[:-1] if self.palette else self.axes
         index = tuple(ys if a == "y" else xs if a == "x" else channels if a == "c" else plane.get(a, 0)
                       for a in stored)
         kept = [a for a in stored if a in "cyx"]
-        pixels = _read_settled(handle.array, index)
+        where = "".join(f" {a}={i}" for a, i in plane.items())
+        with reading(self.path, f"rows {ys.start}:{ys.stop} columns {xs.start}:{xs.stop}{where}"):
+            handle = _opened(self)
+            pixels = _read_settled(handle.array, index)
         if "c" not in kept:
             pixels = pixels.transpose([kept.index("y"), kept.index("x")])
             return handle.table[:, channels][pixels] if self.palette else pixels[..., None]
@@ -134,15 +137,16 @@ def open_source(path: str | os.PathLike[str] | Location, series: int = 0, level:
     where = find_input(path)
     if series < 0 or level < 0:
         raise LpdaskError(f"--series {series} and --level {level} must be at least 0")
-    if where.is_dir():
-        source = _zarr_source(where, series, level)
-    elif (chosen := _reader(where, reader)) in ("openslide", "bioio"):
-        from . import bioimage, slides
+    with reading(where, "it", warn=True):
+        if where.is_dir():
+            source = _zarr_source(where, series, level)
+        elif (chosen := _reader(where, reader)) in ("openslide", "bioio"):
+            from . import bioimage, slides
 
-        fields = (slides if chosen == "openslide" else bioimage).describe(where, series, level)
-        source = _checked(Source(_stored(where), chosen, "", series=series, level=level, **fields))
-    else:
-        source = _tiff_source(where, series, level)
+            fields = (slides if chosen == "openslide" else bioimage).describe(where, series, level)
+            source = _checked(Source(_stored(where), chosen, "", series=series, level=level, **fields))
+        else:
+            source = _tiff_source(where, series, level)
     return replace(source, stamp=stamp(source))
 
 
@@ -313,12 +317,9 @@ def _check_tiff(path: Location) -> None:
         raise LpdaskError(f"cannot read input {path}: {exc.strerror or exc}") from None
     if head not in _TIFF_MAGIC:
         raise LpdaskError(f"{path} is neither a TIFF file nor a Zarr folder")
-    try:
-        with open_tiff(path) as tif:
-            if not tif.series:
-                raise LpdaskError(f"{path}: TIFF file holds no image")
-    except (tifffile.TiffFileError, ValueError, EOFError) as exc:
-        raise LpdaskError(f"{path}: unreadable TIFF ({exc})") from None
+    with reading(path, "it as a TIFF file"), open_tiff(path) as tif:
+        if not tif.series:
+            raise Unreadable(f"{path}: TIFF file holds no image")
 
 
 def _zarr_source(path: Location, series: int, level: int) -> Source:
@@ -341,6 +342,7 @@ def _zarr_source(path: Location, series: int, level: int) -> Source:
         array, array_path, names = node, "", _dimension_names(node)
     else:
         attrs = dict(node.attrs)
+        check_attributes(attrs, path)
         multiscales = ome_attributes(attrs).get("multiscales")
         if multiscales:
             datasets = multiscales[0]["datasets"]
@@ -464,7 +466,9 @@ def _open_handle(source: Source, page: int | None) -> _Handle:
 def read_tiff_page(source: Source, page: int, box: Box) -> np.ndarray:
     """The pixels of ``box`` of page ``page`` of ``source``'s TIFF file (a page no series holds,
     such as GDAL's internal mask)."""
-    return _read_settled(_opened(source, page).array, source.in_image(box).slices())
+    ys, xs = source.in_image(box).slices()
+    with reading(source.path, f"page {page} rows {ys.start}:{ys.stop} columns {xs.start}:{xs.stop}"):
+        return _read_settled(_opened(source, page).array, (ys, xs))
 
 
 _read_tasks: contextvars.ContextVar[set[asyncio.Task[Any]] | None] = contextvars.ContextVar("lpdask_read_tasks",

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import cast
@@ -66,6 +68,7 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
         raise LpdaskError(f"{path} holds no state dict of tensors: found {_found(loaded)}")
     if not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in loaded.items()):
         raise LpdaskError(f"{path} holds no state dict of tensors: {describe_keys(loaded)}")
+    _check_finite(path, loaded)
     return _strip_prefixes(dict(loaded))
 
 
@@ -85,6 +88,8 @@ _TORCH_MAGIC = (b"PK\x03\x04", b"\x80")
 
 
 def _load_torch(path: Path, head: bytes) -> object:
+    if head.startswith(_TORCH_MAGIC[0]):
+        _check_archive(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch.load on arbitrary bytes raises many kinds: all mean "unreadable"
@@ -97,12 +102,75 @@ def _load_torch(path: Path, head: bytes) -> object:
         raise LpdaskError(f"{path} is not a readable weights-only PyTorch checkpoint ({reason})") from None
 
 
+def _check_archive(path: Path) -> None:
+    """Refuse a ``torch.save`` zip archive whose members fail their CRC-32 (torch does not check
+    them, so a changed byte inside a tensor would otherwise run as a changed weight)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as exc:
+        raise LpdaskError(f"{path} is a damaged PyTorch checkpoint (its zip archive: {_first_line(exc)})") from None
+    if bad is not None:
+        raise LpdaskError(f"{path} is a damaged PyTorch checkpoint: {bad} fails its CRC-32 check (the file changed "
+                          "after it was saved; download or copy it again)")
+
+
+_SAFETENSORS_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2,
+                      "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+
+
+def _check_safetensors_header(path: Path) -> None:
+    """Refuse a ``.safetensors`` file whose header does not describe its data exactly: each tensor's
+    dtype known, its byte range as long as its shape needs, the ranges back to back from 0 to the
+    end of the file. (The format has no checksum: a changed byte inside a tensor cannot be told.)"""
+    size = path.stat().st_size
+    with open(path, "rb") as file:
+        length = int.from_bytes(file.read(8), "little")
+        text = file.read(length) if 2 <= length <= size - 8 else b""
+    try:
+        header = json.loads(text.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        header = None
+    if not isinstance(header, dict):
+        raise LpdaskError(f"{path} is a damaged safetensors file (its header is not a JSON object)")
+    ranges = []
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        dtype, shape, offsets = (entry.get(k) if isinstance(entry, dict) else None
+                                 for k in ("dtype", "shape", "data_offsets"))
+        valid = (dtype in _SAFETENSORS_BYTES and isinstance(shape, list) and isinstance(offsets, list)
+                 and all(isinstance(n, int) and n >= 0 for n in [*shape, *offsets]) and len(offsets) == 2
+                 and offsets[1] - offsets[0] == _SAFETENSORS_BYTES[dtype] * int(np.prod(shape, dtype=object)))
+        if not valid:
+            raise LpdaskError(f"{path} is a damaged safetensors file (tensor {name!r}: {_short_json(entry)})")
+        ranges.append(offsets)
+    ranges.sort()
+    ends = [0, *(end for _, end in ranges)]
+    if any(begin != end for (begin, _), end in zip(ranges, ends)) or ends[-1] != size - 8 - length:
+        raise LpdaskError(f"{path} is a damaged safetensors file (its tensors' byte ranges do not cover its "
+                          f"{size - 8 - length} data bytes back to back)")
+
+
+def _short_json(value: object) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _check_finite(path: Path, state: Mapping[str, Tensor]) -> None:
+    """Refuse weights that are NaN or infinite: a network with them outputs nothing usable."""
+    for key, value in state.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise LpdaskError(f"{path}: weight {key} holds NaN or infinite values (a damaged or diverged checkpoint)")
+
+
 def _load_safetensors(path: Path) -> dict[str, Tensor]:
     try:
         from safetensors import SafetensorError
         from safetensors.torch import load_file
     except ImportError:
         raise LpdaskError(f"{path}: reading .safetensors needs the safetensors package") from None
+    _check_safetensors_header(path)
     try:
         return load_file(path, device="cpu")
     except (SafetensorError, OSError) as exc:
