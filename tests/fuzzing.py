@@ -378,9 +378,11 @@ def drive(formats: list[str], count: int, seed: int, start: int, folder: Path) -
     seeds_folder = folder / "seeds"
     seeds_folder.mkdir(exist_ok=True)
     seeds: dict[str, Seed] = {}
-    for name in sorted({*formats, "tiff", "pth"}):
-        (seeds_folder / name).mkdir(exist_ok=True)
-        seeds[name] = SEEDS[name](seeds_folder / name)
+    with warnings.catch_warnings():  # an lpdask result among the seeds warns what it cannot carry
+        warnings.simplefilter("ignore")
+        for name in sorted({*formats, "tiff", "pth"}):
+            (seeds_folder / name).mkdir(exist_ok=True)
+            seeds[name] = SEEDS[name](seeds_folder / name)
     filters = list(warnings.filters)
     log_levels = {name: logger.level for name, logger in logging.root.manager.loggerDict.items()
                   if isinstance(logger, logging.Logger)}
