@@ -49,6 +49,12 @@ def _value_range(ctx: click.Context, param: click.Parameter, value: str | None) 
     return low, high
 
 
+def one_line(text: str) -> str:
+    """``text`` as one terminal line: what a file's metadata or a path brings in that is not printable
+    (a newline, a vertical tab, a line separator, an escape sequence) written as its escape."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 @contextmanager
 def _warning_lines() -> Iterator[None]:
     """For the command's duration, lpdask's own warnings print as one ``lpdask: warning:`` line; others
@@ -57,7 +63,7 @@ def _warning_lines() -> Iterator[None]:
 
     def show(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
         if issubclass(category, (MetadataWarning, PlanWarning, LeaseWarning, InputWarning)):
-            click.echo(f"lpdask: warning: {message}", err=True)
+            click.echo(f"lpdask: warning: {one_line(str(message))}", err=True)
         elif keep_warning(message, str(args[0] if args else kwargs.get("filename", ""))):
             return
         else:
@@ -375,15 +381,15 @@ def main(argv: list[str] | None = None) -> int:
         with _warning_lines(), quiet_libraries():
             cli.main(args=argv, prog_name="lpdask", standalone_mode=False)
     except OptionError as exc:
-        click.echo(f"lpdask: error: {exc.for_cli()}", err=True)
+        click.echo(f"lpdask: error: {one_line(exc.for_cli())}", err=True)
         return exc.exit_code
     except LpdaskError as exc:
-        click.echo(f"lpdask: error: {exc}", err=True)
+        click.echo(f"lpdask: error: {one_line(str(exc))}", err=True)
         return exc.exit_code
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.ClickException as exc:
-        click.echo(f"lpdask: error: {exc.format_message()}", err=True)
+        click.echo(f"lpdask: error: {one_line(exc.format_message())}", err=True)
         return USER_ERROR
     except (click.exceptions.Abort, KeyboardInterrupt):
         _abandon_pending_writes()

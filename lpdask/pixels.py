@@ -90,12 +90,22 @@ def to_unit(pixels: np.ndarray, value_range: ValueRange | None = None, where: st
     return np.ascontiguousarray(values.transpose(2, 0, 1), dtype=np.float32)
 
 
+class NotFinite(LpdaskError):
+    """The network gave NaN or infinite values: nothing written from them would mean anything."""
+
+
+NOT_FINITE = ("the network's output holds NaN or infinite values: the model's weights are damaged or too large for "
+              "its arithmetic (with --precision fp16 or bf16, try fp32)")
+
+
 def from_unit(values: np.ndarray, dtype: np.dtype, value_range: ValueRange | None = None, *,
               scratch: bool = False) -> np.ndarray:
     """(c, h, w) network output to pixels: clamp to [0, 1], scale (to ``value_range`` if given, in
     :func:`working_float`), round half to even and clip to :func:`integer_bounds` (integers), cast.
     ``scratch``: ``values`` may be overwritten (saves allocating, and faulting in, a copy of a large
     float array)."""
+    if not np.isfinite(values).all():
+        raise NotFinite(NOT_FINITE)
     values = np.clip(values, 0, 1, out=values if scratch and values.flags.writeable else None)
     dtype = np.dtype(dtype)
     work = working_float(dtype)
@@ -120,6 +130,8 @@ def from_unit_tensor(values: torch.Tensor, dtype: np.dtype, value_range: ValueRa
     mapped in float64 (:func:`working_float`)."""
     import torch
 
+    if not bool(torch.isfinite(values).all()):
+        raise NotFinite(NOT_FINITE)
     values = values.clamp(0, 1)
     dtype = np.dtype(dtype)
     if value_range:

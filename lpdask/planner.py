@@ -628,8 +628,8 @@ def priced_with_known(best: Plan, plans: list[Plan], net: Network, source: Sourc
                       options: UpscaleOptions, budget: int) -> Plan:
     """The plan to run where ``known`` output is written instead of computed: ``best`` or, among the
     fastest plans of each executor, one predicted more than ``NEAR`` faster once each computes only its
-    share; its prediction scaled by its share (not with ``compute_all``, which runs the same plan over
-    every pixel, so that its output can be compared bit for bit)."""
+    share; its prediction scaled by its share. ``compute_all`` runs the same plan, and so the same engine,
+    over every pixel, so that its output can be compared bit for bit."""
     candidates = [best]
     for name in dict.fromkeys(p.executor for p in plans):
         candidates += [p for p in plans if p.executor == name][:KNOWN_PRICED]
@@ -640,13 +640,13 @@ def priced_with_known(best: Plan, plans: list[Plan], net: Network, source: Sourc
         return replace(plan, seconds=plan.seconds * share, compute_seconds=plan.compute_seconds * share,
                        io_seconds=plan.io_seconds * share)
 
-    chosen, unpriced = priced(best), best
+    chosen = priced(best)
     for plan in candidates[1:]:
         if plan.peak_memory <= max(budget, best.peak_memory) and plan.seconds * 0.1 < chosen.seconds:
             other = priced(plan)
             if other.seconds < chosen.seconds * (1 - NEAR):
-                chosen, unpriced = other, plan
-    return unpriced if options.compute_all and not options.tissue else chosen
+                chosen = other
+    return chosen
 
 
 def known_work(known: Known) -> tuple[float, float]:

@@ -127,7 +127,7 @@ class Cluster:
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
                                resources=resources, silence_logs=40)
         client = Client(cluster)
-        client.register_plugin(_QuietReaders(), name="lpdask-quiet-readers")
+        client.register_plugin(_quiet_readers(), name="lpdask-quiet-readers")
         return cls(client, resources, cluster, max(1, cores // workers))
 
     @classmethod
@@ -248,19 +248,20 @@ class Cluster:
             self.owned.close()
 
 
-class _QuietReaders:
+def _quiet_readers() -> Any:
     """A worker plugin: the reader libraries' notes on lpdask's own local workers are kept, not printed
     on the terminal (as in the command's own process, :func:`lpdask.io.boundary.quiet_libraries`)."""
+    from distributed import WorkerPlugin
 
-    idempotent = True
+    class QuietReaders(WorkerPlugin):  # type: ignore[misc]
+        idempotent = True
 
-    def setup(self, worker: Any) -> None:
-        from .io.boundary import keep_notes
+        def setup(self, worker: Any) -> None:
+            from .io.boundary import keep_notes
 
-        keep_notes()
+            keep_notes()
 
-    def teardown(self, worker: Any) -> None:
-        pass
+    return QuietReaders()
 
 
 def _dropped(futures: Sequence[Any]) -> bool:

@@ -375,8 +375,9 @@ def drive(formats: list[str], count: int, seed: int, start: int, folder: Path) -
     from lpdask.cli import main
     from lpdask.io.omezarr import is_complete
 
-    seeds_folder = folder / "seeds"
-    seeds_folder.mkdir(exist_ok=True)
+    seeds_folder = folder / f"seeds-{start}"  # a driver started after a hang makes its own
+    shutil.rmtree(seeds_folder, ignore_errors=True)
+    seeds_folder.mkdir()
     seeds: dict[str, Seed] = {}
     with warnings.catch_warnings():  # an lpdask result among the seeds warns what it cannot carry
         warnings.simplefilter("ignore")

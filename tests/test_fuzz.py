@@ -85,6 +85,8 @@ REGRESSIONS = {
     "incompatible-keyframe.ome.tif": "cannot read it as a TIFF file (RuntimeError: incompatible keyframe)",
     "first-page-offset.tif": "TIFF file holds no image (tifffile: <tifffile.TiffPages @536870936> invalid offset",
     "broken-xml.lif": "bioio cannot read it (not well-formed (invalid token): line 3, column 14334)",
+    # ran 49 s and wrote a 130304 px wide output of zeros: a page 32576 px wide with 4 tiles' offsets
+    "short-tile-offsets.tif": "page 0 is 32576 x 64 px in 2036 tiles but holds the offsets of 4 (a damaged IFD)",
 }
 
 
@@ -180,3 +182,36 @@ def test_the_boundary_turns_a_library_error_into_one_line_and_lets_lpdask_bugs_t
         boundary._first_line(None)  # type: ignore[arg-type]
     except AttributeError as exc:
         assert raised_by_lpdask(exc.__traceback__)
+
+
+def test_a_message_quoting_a_file_stays_one_line(tiny: Path, tmp_path: Path) -> None:
+    """Found by the soak: an Aperio property name with a vertical tab in it (a changed byte of the
+    ImageDescription) split the metadata warning in two lines."""
+    import tifffile
+
+    description = "Aperio Image Library v12.0.15\n32x32 -> 32x32 - |AppMag = 20|Scan\x0bner = 1|MPP = 0.5"
+    tifffile.imwrite(tmp_path / "slide.svs", fuzzing._image(32, 32, 3), photometric="rgb", tile=(16, 16),
+                     description=description)
+    result = run_lpdask(tmp_path, "slide.svs", "out.zarr", "--model", tiny)
+    assert result.returncode == 0, result.stderr
+    warning, wrote = result.stderr.splitlines()
+    assert warning.startswith("lpdask: warning: input metadata not carried") and "Scan\\x0bner" in warning
+    assert wrote.startswith("wrote ")
+
+
+def test_weights_that_overflow_the_arithmetic_are_one_line_not_a_garbage_output(tmp_path: Path) -> None:
+    """Found by the soak: a .safetensors file (no checksum) with tensor bytes changed into huge finite
+    weights ran, printed NumPy's cast warning and wrote a meaningless output."""
+    from safetensors.torch import save_file
+
+    state = fuzzing._state()
+    for key in ("conv_first.weight", "conv_hr.weight"):  # 1e30 x 1e30 overflows float32
+        state[key] = state[key] * 1e30  # type: ignore[operator]
+    save_file(state, str(tmp_path / "huge.safetensors"))  # type: ignore[arg-type]
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "in.tif", fuzzing._image(16, 16, 3), photometric="rgb")
+    result = run_lpdask(tmp_path, "in.tif", "out.zarr", "--model", "huge.safetensors")
+    assert one_line(result).endswith("the network's output holds NaN or infinite values: the model's weights are "
+                                     "damaged or too large for its arithmetic (with --precision fp16 or bf16, try fp32)")
+    assert not is_complete(tmp_path / "out.zarr")

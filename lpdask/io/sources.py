@@ -199,6 +199,7 @@ def _tiff_source(path: Location, series: int, level: int) -> Source:
             raise LpdaskError(f"{path}: --level {level} does not exist (series {series} has "
                               f"{len(chosen.levels)} level{'s' if len(chosen.levels) > 1 else ''})")
         image = chosen.levels[level]
+        _check_chunk_count(path, image)
         axes, shape, dtype = _tiff_axes(path, image.axes), tuple(image.shape), image.dtype
         page = image.keyframe
         hint = _tiff_photometric(page)
@@ -211,6 +212,19 @@ def _tiff_source(path: Location, series: int, level: int) -> Source:
                                  bool(tif.is_ome), table is not None))
         meta = tiff_metadata(tif, series, level, source.output_axes, source.channels, hint, source.palette)
     return replace(source, meta=meta)
+
+
+def _check_chunk_count(path: Location, image: tifffile.TiffPageSeries) -> None:
+    """Refuse pages that hold fewer tile or strip offsets than their size needs: tifffile would read
+    the missing ones as zeros, as it reads a sparse file's empty tiles (which have offsets, of 0)."""
+    for page in image.pages:
+        if not isinstance(page, tifffile.TiffPage):
+            continue
+        need = int(np.prod(page.chunked))
+        if len(page.dataoffsets) < need:
+            kind = "tiles" if page.is_tiled else "strips"
+            raise Unreadable(f"{path}: page {page.index} is {page.imagewidth} x {page.imagelength} px in {need} {kind} "
+                             f"but holds the offsets of {len(page.dataoffsets)} (a damaged IFD)")
 
 
 def _stored(path: Location) -> str:
