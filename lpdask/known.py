@@ -120,6 +120,18 @@ class Known:
                 else:
                     pixels.paint(out, self.colours[fill])
 
+    def write_known(self, pixels: PassPixels, box: Box, scale: int) -> None:
+        """Write what is known over the cells of image pixels ``box`` that are not to be computed (box
+        on the cell grid, or ending at the image's edge)."""
+        c, (o0, o1) = self.cell, self.origin
+        compute = self.compute()[box.y0 // c - o0: ceil_div(box.y1, c) - o0, box.x0 // c - o1: ceil_div(box.x1, c) - o1]
+        for r, row in enumerate(compute):
+            edges = np.flatnonzero(np.diff(row.astype(np.int8))) + 1
+            for start, stop in zip(np.r_[0, edges], np.r_[edges, len(row)]):
+                if not row[start]:
+                    y0, x0 = box.y0 + r * c, box.x0 + start * c
+                    self.write(pixels, Box(y0, min(box.y1, y0 + c), x0, min(box.x1, box.x0 + stop * c)), scale)
+
     def paint_background(self, pixels: PassPixels, scale: int) -> None:
         """Write the background colour over every cell outside the tissue mask, those a tile or chunk
         computed along with its tissue included (run after the executor)."""

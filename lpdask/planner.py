@@ -611,7 +611,9 @@ def computed_share(plan: Plan, stages: Sequence[Stage], known: Known, source: So
         if len(job.grid(0)) > MAX_PRICED_CHUNKS:
             return 1.0
         needed = needed_chunks(job)
-        return sum(len(n) for n in needed) / (len(needed) * len(job.grid(0)))
+        grid = job.grid(0)
+        area = {key: grid.box(*key).shape[0] * grid.box(*key).shape[1] for key in grid.indices()}
+        return sum(area[key] for stage in needed for key in stage) / (len(needed) * sum(area.values()))
     every = {(t.i, t.j): t for t in tiles(job)}
     computed = total = 0
     for key, part in data_tiles(job, every).items():
@@ -627,12 +629,15 @@ def computed_share(plan: Plan, stages: Sequence[Stage], known: Known, source: So
 def priced_with_known(best: Plan, plans: list[Plan], net: Network, source: Source, known: Known,
                       options: UpscaleOptions, budget: int) -> Plan:
     """The plan to run where ``known`` output is written instead of computed: ``best`` or, among the
-    fastest plans of each executor, one predicted more than ``NEAR`` faster once each computes only its
-    share; its prediction scaled by its share. ``compute_all`` runs the same plan, and so the same engine,
+    fastest plans of each executor and the fastest of each chunk size, one predicted more than ``NEAR``
+    faster once each computes only its share; its prediction scaled by its share. ``compute_all`` runs the same plan, and so the same engine,
     over every pixel, so that its output can be compared bit for bit."""
     candidates = [best]
     for name in dict.fromkeys(p.executor for p in plans):
-        candidates += [p for p in plans if p.executor == name][:KNOWN_PRICED]
+        mine = [p for p in plans if p.executor == name]
+        fastest_per_chunk = {p.chunk: p for p in reversed(mine)}  # smaller chunks leave more out
+        candidates += [p for p in dict.fromkeys([*mine[:KNOWN_PRICED], *fastest_per_chunk.values()])
+                       if p is not best]
 
     def priced(plan: Plan) -> Plan:
         stages = executor_named(plan.executor).stages(net, plan, options.mode, options.tile_pad)

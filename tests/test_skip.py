@@ -127,3 +127,29 @@ def test_known_output_is_left_out_on_a_cluster_too(tmp_path, small_checkpoint) -
                       executor="stream", workers=2)
     assert np.array_equal(levels(tmp_path / "all.zarr")[0], levels(tmp_path / "out.zarr")[0])
     assert summary.computed_chunks < 4
+
+
+def test_staged_chunks_follow_the_reach_in_cells_not_in_whole_chunks(tmp_path, small_net) -> None:
+    """One cell to compute in the middle of a 1024^2 image: each stage computes the chunks its cell's
+    reach touches (in 16-pixel cells), not a ring of whole chunks more per stage."""
+    import tifffile
+
+    from lpdask.executors.staged import needed_chunks
+    from lpdask.geometry import reach
+    from lpdask.io.sources import open_source
+    from lpdask.known import COMPUTE, NODATA, Known
+    from lpdask.task import Job
+
+    tifffile.imwrite(tmp_path / "in.tif", np.zeros((1024, 1024, 3), np.uint8), photometric="rgb", tile=(256, 256))
+    fills = np.full((64, 64), NODATA, np.int32)
+    fills[32, 32] = COMPUTE  # image pixels 512:528
+    stages = small_net.stages(1)
+    job = Job(open_source(tmp_path / "in.tif"), stages, 64, None, None, known=Known(16, fills))  # type: ignore[arg-type]
+    needed = needed_chunks(job)
+    assert needed[-1] == {(8, 8)} and (8, 8) in needed[0]
+    for index in range(len(stages)):
+        later = reach(stages[index + 1:]) if index + 1 < len(stages) else 0
+        slack = 16 * (len(stages) - index)  # each stage's halo rounded up to whole cells
+        lo, hi = (512 - later - slack) // 64, (528 + later + slack - 1) // 64
+        assert needed[index] <= {(i, j) for i in range(lo, hi + 1) for j in range(lo, hi + 1)}, index
+    assert len(needed[0]) < (2 * len(stages) + 1) ** 2  # what whole chunks per stage would take

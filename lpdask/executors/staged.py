@@ -9,6 +9,7 @@ lists: :func:`stages_for`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from functools import partial
@@ -162,6 +163,8 @@ def run_job(job: Job, scheduler: Scheduler, progress: Progress | None = None) ->
                           job.stages, todo,
                           lambda chunk: tick(), job.torch_threads)
             computed += len(todo)
+        if needed is not None and index == len(job.stages) - 1 and not job.work.stage_done(job.run, stage.name):
+            _paint_known(job, sorted(needed[index]))  # every computed chunk, before the stage is marked: resumable
         with writing(job.work.path):
             job.work.mark_stage(job.run, stage.name)
             for name in deletable.get(index, []):
@@ -171,26 +174,58 @@ def run_job(job: Job, scheduler: Scheduler, progress: Progress | None = None) ->
 
 
 def needed_chunks(job: Job) -> list[set[tuple[int, int]]]:
-    """The chunks each stage must compute: the last stage's that hold a cell whose output is not known
-    without the network (:mod:`lpdask.known`), and before them those their halos reach (chunk (i, j)
-    covers the same part of the image at every stage)."""
+    """The chunks each stage must compute: those holding a cell (:mod:`lpdask.known`) whose output at
+    that stage some cell to compute needs, followed back from the last stage through each stage's
+    halo in cells (chunk (i, j) covers the same part of the image at every stage). A chunk computes all
+    its cells; those no later cell needs may read uncomputed neighbours and come out wrong, which
+    nothing reads: the last stage's are written over with what is known (:func:`_paint_known`)."""
     assert job.known is not None
-    cells = job.known.chunks(job.chunk)
-    last = len(job.stages) - 1
-    needed: list[set[tuple[int, int]]] = [set() for _ in job.stages]
-    needed[last] = {(int(i), int(j)) for i, j in zip(*np.nonzero(cells))}
+    known = job.known
+    cell, d = known.cell, job.input_factor
+    per_chunk = job.chunk // cell
+    f = factors(job.stages)
+    need: dict[str, np.ndarray] = {job.stages[-1].name: known.compute()}
     producer = {stage.name: k for k, stage in enumerate(job.stages)}
-    rows, cols = job.grid(0).shape
-    for index in range(last, -1, -1):
+    needed: list[set[tuple[int, int]]] = [set() for _ in job.stages]
+    for index in range(len(job.stages) - 1, -1, -1):
         stage = job.stages[index]
-        reach_chunks = ceil_div(stage.halo, job.grid(index).chunk)
-        grown = {(a, b) for i, j in needed[index]
-                 for a in range(max(0, i - reach_chunks), min(rows, i + reach_chunks + 1))
-                 for b in range(max(0, j - reach_chunks), min(cols, j + reach_chunks + 1))}
+        cells = need.pop(stage.name)
+        rows, cols = ceil_div(cells.shape[0], per_chunk), ceil_div(cells.shape[1], per_chunk)
+        padded = np.zeros((rows * per_chunk, cols * per_chunk), bool)
+        padded[: cells.shape[0], : cells.shape[1]] = cells
+        chunks = padded.reshape(rows, per_chunk, cols, per_chunk).any(axis=(1, 3))
+        needed[index] = {(int(i), int(j)) for i, j in zip(*np.nonzero(chunks))}
+        grown = dilated(cells, ceil_div(math.ceil(stage.halo * d / f[index]), cell))
         for name in stage.inputs:
             if name != IMAGE:
-                needed[producer[name]] |= grown
+                need[name] = need[name] | grown if name in need else grown
+        assert all(producer[name] < index for name in need)
     return needed
+
+
+def dilated(mask: np.ndarray, r: int) -> np.ndarray:
+    """``mask`` grown by ``r`` cells each way (a square), within its own bounds."""
+    if r <= 0 or not mask.any():
+        return mask.copy()
+    side = 2 * r + 1
+    padded = np.zeros((mask.shape[0] + side, mask.shape[1] + side), np.int64)
+    padded[r + 1: r + 1 + mask.shape[0], r + 1: r + 1 + mask.shape[1]] = mask
+    sums = padded.cumsum(0).cumsum(1)
+    box = sums[side:, side:] - sums[:-side, side:] - sums[side:, :-side] + sums[:-side, :-side]
+    return box > 0
+
+
+def _paint_known(job: Job, chunks: Sequence[tuple[int, int]]) -> None:
+    """Write what is known over the cells of the last stage's computed ``chunks`` that are not to be
+    computed (they may have read neighbours no cell needed, left uncomputed)."""
+    assert job.known is not None
+    grid, d = job.grid(0), job.input_factor
+    height, width = job.source.height, job.source.width
+    scale = job.sink.level0.shape[-1] // width
+    with writing(job.sink.path):
+        for i, j in chunks:
+            box = grid.box(i, j).scaled(d)
+            job.known.write_known(job.pixels, Box(box.y0, min(box.y1, height), box.x0, min(box.x1, width)), scale)
 
 
 def _skip(job: Job, index: int, chunks: Sequence[tuple[int, int]], tick: Callable[[], None]) -> None:
