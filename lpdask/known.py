@@ -125,12 +125,17 @@ class Known:
         on the cell grid, or ending at the image's edge)."""
         c, (o0, o1) = self.cell, self.origin
         compute = self.compute()[box.y0 // c - o0: ceil_div(box.y1, c) - o0, box.x0 // c - o1: ceil_div(box.x1, c) - o1]
-        for r, row in enumerate(compute):
+        r = 0
+        while r < len(compute):  # rows of cells alike as one band
+            row, last = compute[r], r
+            while last + 1 < len(compute) and np.array_equal(compute[last + 1], row):
+                last += 1
+            y0, y1 = box.y0 + r * c, min(box.y1, box.y0 + (last + 1) * c)
+            r = last + 1
             edges = np.flatnonzero(np.diff(row.astype(np.int8))) + 1
             for start, stop in zip(np.r_[0, edges], np.r_[edges, len(row)]):
                 if not row[start]:
-                    y0, x0 = box.y0 + r * c, box.x0 + start * c
-                    self.write(pixels, Box(y0, min(box.y1, y0 + c), x0, min(box.x1, box.x0 + stop * c)), scale)
+                    self.write(pixels, Box(y0, y1, box.x0 + start * c, min(box.x1, box.x0 + stop * c)), scale)
 
     def paint_background(self, pixels: PassPixels, scale: int) -> None:
         """Write the background colour over every cell outside the tissue mask, those a tile or chunk

@@ -26,7 +26,7 @@ from . import fuzzing
 pytestmark = pytest.mark.slow  # the real command, hundreds of times
 
 FUZZ = Path(__file__).parent / "data" / "fuzz"
-CASES_PER_FORMAT = 30
+CASES_PER_FORMAT = 25
 
 
 def test_mutated_files_of_every_format_end_in_one_line_or_a_complete_output(tmp_path: Path) -> None:
