@@ -46,7 +46,8 @@ READ_BLOCK = 2048
 class Known:
     """What each ``cell`` x ``cell`` square of one run's output (from the image's corner, in image
     pixels) gets: :data:`COMPUTE`, :data:`NODATA`, or the index of a constant colour whose output
-    pixels are ``colours[index]`` ((channels,) of the output's dtype)."""
+    pixels are ``colours[index]``: (channels,) of the output's dtype, or (channels, P, P), the block
+    that repeats every P output pixels from the output's corner."""
 
     cell: int
     fills: np.ndarray
@@ -64,7 +65,8 @@ class Known:
         with, whose arithmetic the known pixels must share)."""
         colours = [colour if given is None else response(pixels, stages, given, device, precision)
                    for colour, given in zip(self.colours, self.inputs)]
-        return replace(self, colours=colours)
+        assert all(c is not None for c in colours), "the run's stages answer a constant as the planner's did"
+        return replace(self, colours=colours)  # type: ignore[arg-type]
     """The cell (row, column) ``fills`` starts at: a :meth:`part` holds only the cells it needs."""
 
     def part(self, box: Box) -> Known:
@@ -222,8 +224,11 @@ def known(pixels: PassPixels, stages: list[Stage] | None, reach: int, cell: int,
         for index, value in enumerate(values):
             inside = _eroded(colour_of == index, r)
             if inside.any():
+                answer = response(pixels, stages, value, device, precision)
+                if answer is None:
+                    break
                 fills[inside & data] = len(colours)
-                colours.append(response(pixels, stages, value, device, precision))
+                colours.append(answer)
                 inputs.append(value)
     if means is None:
         return Known(cell, fills, colours, inputs=inputs)
@@ -281,31 +286,41 @@ def _eroded(mask: np.ndarray, r: int) -> np.ndarray:
 
 
 def response(pixels: PassPixels, stages: list[Stage], value: np.ndarray, device: torch.device | None,
-             precision: torch.dtype | None) -> np.ndarray:
-    """The output pixels ((channels,) of the output's dtype) of the network's stages over an endless
-    image of the pass's colour ``value``: each stage run on a constant patch 8 wider than twice its
-    halo, its centre taken as the next stage's constant."""
+             precision: torch.dtype | None) -> np.ndarray | None:
+    """The output pixels of the network's stages over an endless image of the pass's colour ``value``:
+    (channels, P, P) of the output's dtype, the block that repeats every P output pixels from the
+    image's corner (P: output pixels per pixel of the stages' grid; a pixel shuffle makes the blocks'
+    pixels differ, nearest upsampling keeps them one colour). Each stage runs on a constant patch a
+    little wider than twice its halo; its centre is the next stage's constant. None where a stage
+    before the last does not keep a constant input constant (that network's response is not one
+    colour per stage)."""
     import torch
 
     from .device import activation_layout, ieee_fp32
+    from .geometry import factors
     from .stages import IMAGE
 
     device = device or torch.device("cpu")
     precision = precision or torch.float32
     layout = activation_layout(device)
+    period = factors(stages)[-1]
     constant: dict[str, torch.Tensor] = {IMAGE: torch.from_numpy(pixels.network_vector(value))}
-    out = None
+    block = None
     with torch.inference_mode(), ieee_fp32(device):
-        for stage in stages:
-            side = 2 * stage.halo + 8
+        for index, stage in enumerate(stages):
+            side = 2 * stage.halo + 8 + 2 * period
             patches = [constant[name].reshape(1, -1, 1, 1).expand(1, -1, side, side).to(
                 device, precision, memory_format=layout) for name in stage.inputs]
-            out = stage.module(*patches)
-            middle = out.shape[-1] // 2
-            constant[stage.name] = out[0, :, middle, middle].float().cpu()
-    assert out is not None
-    values = constant[stages[-1].name].numpy()[:, None, None].copy()
-    return pixels.to_pixels(values)[:, 0, 0]
+            out = stage.module(*patches)[0].float().cpu()
+            start = out.shape[-1] // 2 // period * period  # on the block grid, away from the patch's edges
+            block = out[:, start: start + period, start: start + period]
+            flat = block[:, :1, :1]
+            if index < len(stages) - 1:
+                if not torch.allclose(block, flat.expand_as(block), rtol=1e-5, atol=1e-6):
+                    return None
+                constant[stage.name] = flat[:, 0, 0]
+    assert block is not None
+    return pixels.to_pixels(block.numpy().copy())
 
 
 def reach_pixels(stages: list[Stage], input_factor: int) -> int:

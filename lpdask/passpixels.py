@@ -109,12 +109,17 @@ class PassPixels:
         return self._unit(pixels, Box(0, d, 0, d))[:, 0, 0].copy()
 
     def paint(self, box: Box, colour: np.ndarray) -> None:
-        """Output pixels of one ``colour`` ((channels,) of the output's dtype) over output ``box``, marked
-        where the input lacks data as :meth:`write` marks them, a block of rows at a time."""
+        """Output pixels of one ``colour`` over output ``box``: (channels,) of the output's dtype, or
+        (channels, P, P), a block repeated every P pixels from the output's corner; marked where the
+        input lacks data as :meth:`write` marks them, a block of rows at a time."""
+        block = colour if colour.ndim == 3 else colour[:, None, None]
+        period = block.shape[1]
         rows = max(1, READ_BLOCK * READ_BLOCK // max(1, box.shape[1]))
+        columns = np.arange(box.x0, box.x1) % period
         for y0 in range(box.y0, box.y1, rows):
             part = Box(y0, min(box.y1, y0 + rows), box.x0, box.x1)
-            self.write(part, np.broadcast_to(colour[:, None, None], (len(colour), *part.shape)).copy())
+            lines = np.arange(part.y0, part.y1) % period
+            self.write(part, block[:, lines[:, None], columns[None, :]])
 
     def blank(self, box: Box) -> None:
         """The nodata value over output ``box`` of the pass's channels (output no input pixel under it
