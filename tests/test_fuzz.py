@@ -215,3 +215,15 @@ def test_weights_that_overflow_the_arithmetic_are_one_line_not_a_garbage_output(
     assert one_line(result).endswith("the network's output holds NaN or infinite values: the model's weights are "
                                      "damaged or too large for its arithmetic (with --precision fp16 or bf16, try fp32)")
     assert not is_complete(tmp_path / "out.zarr")
+
+
+def test_geotiff_tags_lpdask_cannot_place_pixels_with_are_one_line(tiny: Path, tmp_path: Path) -> None:
+    """Found by a soak (seed 2, case 1405): an lpdask result whose lpdask.geotiff ModelPixelScale held one
+    value ended in an IndexError; a TIFF's own tags are read the same way."""
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "in.tif", fuzzing._image(16, 16, 3), photometric="rgb",
+                     extratags=[(33550, "d", 1, (10.0,), True), (33922, "d", 6, (0, 0, 0, 5e5, 4e6, 0), True)])
+    result = run_lpdask(tmp_path, "in.tif", "out.zarr", "--model", tiny)
+    assert one_line(result).endswith("in.tif: malformed GeoTIFF tags: ModelPixelScale holds 1 value(s), not 3")
+    assert not (tmp_path / "out.zarr").exists()

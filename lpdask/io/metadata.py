@@ -6,6 +6,7 @@ output writers (``omezarr``, ``tiff``) take an :class:`ImageMetadata` already re
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
@@ -192,7 +193,20 @@ class GeoTiff:
                     and all(isinstance(v, wanted) and not isinstance(v, bool) for v in value)):
                 raise ValueError(f"{name} is not a list of {'integers' if kind == 'H' else 'numbers'}")
             known[name] = tuple(value)
-        return cls(**known)
+        return cls(**known).checked()
+
+    def checked(self) -> GeoTiff:
+        """This, or ``ValueError`` naming a tag lpdask cannot place pixels with: a ModelPixelScale of
+        fewer than 2 values, ModelTiepoints not in sixes, numbers that are not finite."""
+        if self.model_pixel_scale is not None and len(self.model_pixel_scale) < 2:
+            raise ValueError(f"ModelPixelScale holds {len(self.model_pixel_scale)} value(s), not 3")
+        if self.model_tiepoint is not None and (not self.model_tiepoint or len(self.model_tiepoint) % 6):
+            raise ValueError(f"ModelTiepoint holds {len(self.model_tiepoint)} values, not a multiple of 6")
+        for name in ("model_pixel_scale", "model_tiepoint", "model_transformation", "rpc_coefficients"):
+            value = getattr(self, name)
+            if value is not None and not all(math.isfinite(v) for v in value):
+                raise ValueError(f"{name} holds values that are not finite numbers")
+        return self
 
 
 @dataclass(frozen=True)

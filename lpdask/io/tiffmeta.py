@@ -14,6 +14,7 @@ from xml.etree import ElementTree
 import numpy as np
 import tifffile
 
+from ..errors import LpdaskError
 from .metadata import Axis, Channel, GeoTiff, ImageMetadata, Photometric
 
 LENGTH_UNITS: dict[str, str] = {
@@ -334,4 +335,9 @@ def _geotiff_tags(page: tifffile.TiffPage) -> GeoTiff | None:
         else:
             cast = int if name == "geo_key_directory" else float
             values[name] = tuple(cast(v) for v in np.ravel(value))
-    return GeoTiff(**values) if values else None
+    if not values:
+        return None
+    try:
+        return GeoTiff(**values).checked()
+    except ValueError as exc:
+        raise LpdaskError(f"{page.parent.filename}: malformed GeoTIFF tags: {exc}") from None
