@@ -143,7 +143,7 @@ def cli() -> None:
                    "pixels (as QuPath exports them). Outside it the output is the slide's background colour; the "
                    "OME-Zarr output carries the mask as labels/tissue.")
 @click.option("--compute-all", is_flag=True,
-              help="Compute every output pixel with the same plan, also those known without the network (where "
+              help="Compute every output pixel with the same plan and engine, also those known without the network (where "
                    "the input holds no data, or is one colour as far as the network reaches), for comparison: the "
                    "output is the same.")
 @click.option("--wait", is_flag=True, help="If another run holds OUTPUT, wait for it to end instead of exiting.")
