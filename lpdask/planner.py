@@ -361,11 +361,12 @@ def plan_for(net: Network, source: Source, device: torch.device, options: Upscal
     fixed = Fixed(chunk, blocks, local if not o.scheduler else None, strip, tile_rows, weighed)
     machine = measure_machine(device.type, work.url if work is not None and work.is_local else None,
                               int(o.max_memory) if o.max_memory else None)
-    best, plans = choose(net, source.height, source.width, device, fixed, machine=machine,
-                         scratch=scratch_space(work, output, source, net.scale))
+    scratch = scratch_space(work, output, source, net.scale)
+    best, plans = choose(net, source.height, source.width, device, fixed, machine=machine, scratch=scratch)
     best = replace(best, workers=o.threads or (0 if o.scheduler or o.workers else best.workers))
     if known is not None:  # output known without the network: each plan computes only its share
-        best = priced_with_known(best, plans, net, source, known, o, machine.memory_budget)
+        fits = [p for p in plans if scratch is None or p.scratch_bytes <= max(scratch, best.scratch_bytes)]
+        best = priced_with_known(best, fits, net, source, known, o, machine.memory_budget)
     if forced and forced not in PLANNED:  # an executor the planner cannot price runs a shape it priced
         runs = o.executor if not isinstance(o.executor, str) else executor_named(forced)
         rows, cols = unshuffled(source.height, source.width, net.input_factor)
