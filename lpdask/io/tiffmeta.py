@@ -340,4 +340,5 @@ def _geotiff_tags(page: tifffile.TiffPage) -> GeoTiff | None:
     try:
         return GeoTiff(**values).checked()
     except ValueError as exc:
-        raise LpdaskError(f"{page.parent.filename}: malformed GeoTIFF tags: {exc}") from None
+        where = page.parent.filehandle.path or page.parent.filename
+        raise LpdaskError(f"{where}: malformed GeoTIFF tags: {exc}") from None
