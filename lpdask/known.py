@@ -277,12 +277,21 @@ def _cells(mask: np.ndarray, cell: int, reduce: object) -> np.ndarray:
 
 def _eroded(mask: np.ndarray, r: int) -> np.ndarray:
     """Cells whose every cell within ``r`` (a square) is in ``mask``, outside the map counting as not."""
+    return _square_counts(mask, r) == (2 * r + 1) ** 2
+
+
+def dilated(mask: np.ndarray, r: int) -> np.ndarray:
+    """``mask`` grown by ``r`` cells each way (a square), within its own bounds."""
+    return _square_counts(mask, r) > 0 if r > 0 else mask.copy()
+
+
+def _square_counts(mask: np.ndarray, r: int) -> np.ndarray:
+    """How many cells of ``mask`` are set in the (2r + 1)^2 square around each (none outside the map)."""
     side = 2 * r + 1
-    padded = np.zeros((mask.shape[0] + 2 * r + 1, mask.shape[1] + 2 * r + 1), np.int64)
+    padded = np.zeros((mask.shape[0] + side, mask.shape[1] + side), np.int64)
     padded[r + 1: r + 1 + mask.shape[0], r + 1: r + 1 + mask.shape[1]] = mask
     sums = padded.cumsum(0).cumsum(1)
-    box = sums[side:, side:] - sums[:-side, side:] - sums[side:, :-side] + sums[:-side, :-side]
-    return box == side * side
+    return sums[side:, side:] - sums[:-side, side:] - sums[side:, :-side] + sums[:-side, :-side]
 
 
 def response(pixels: PassPixels, stages: list[Stage], value: np.ndarray, device: torch.device | None,

@@ -24,6 +24,7 @@ import numpy as np
 
 from .errors import LpdaskError
 from .io.boundary import reading
+from .known import dilated
 
 MARGIN = 32
 """Image pixels the found mask is grown by, so tissue at its edge is computed, not painted."""
@@ -54,7 +55,7 @@ def found(means: np.ndarray, cell: int) -> np.ndarray:
     mask = saturation > skimage.filters.threshold_otsu(saturation)
     mask = _without_specks(skimage.morphology.remove_small_objects, mask)
     mask = _without_specks(skimage.morphology.remove_small_holes, mask)
-    return grown(mask, -(-MARGIN // cell))
+    return dilated(mask, -(-MARGIN // cell))
 
 
 def _without_specks(remove: Any, mask: np.ndarray) -> np.ndarray:
@@ -63,17 +64,6 @@ def _without_specks(remove: Any, mask: np.ndarray) -> np.ndarray:
     if "max_size" in inspect.signature(remove).parameters:
         return remove(mask, max_size=SPECK * SPECK - 1)
     return remove(mask, SPECK * SPECK)
-
-
-def grown(mask: np.ndarray, cells: int) -> np.ndarray:
-    """``mask`` grown by ``cells`` cells (a square)."""
-    if cells <= 0:
-        return mask
-    side = 2 * cells + 1
-    padded = np.zeros((mask.shape[0] + side, mask.shape[1] + side), np.int64)
-    padded[cells + 1: cells + 1 + mask.shape[0], cells + 1: cells + 1 + mask.shape[1]] = mask
-    sums = padded.cumsum(0).cumsum(1)
-    return (sums[side:, side:] - sums[:-side, side:] - sums[side:, :-side] + sums[:-side, :-side]) > 0
 
 
 def given(path: str | os.PathLike[str], shape: tuple[int, int], cell: int, height: int, width: int) -> np.ndarray:

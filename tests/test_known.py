@@ -138,9 +138,9 @@ def test_a_pixel_unshuffle_model_over_a_background(tmp_path) -> None:
 
 def test_a_pixel_shuffle_answers_a_colour_with_a_repeating_block(tmp_path) -> None:
     """SRVGGNetCompact ends in a pixel shuffle: its response to one colour is a 4 x 4 block whose pixels
-    differ (found by the soak of a 2048^2 background: painting one colour was 1 level off on 20% of the
+    differ (benchmarks/only_what_matters.py found one colour 1 level off on 20% of a 2048^2 background's
     values). The block, repeated from the output's corner, is the output bit for bit."""
-    from lpdask.models.srvgg import SRVGGConfig, SRVGGNetCompact
+    from lpdask.models.srvgg import SRVGGConfig
 
     from .test_srvgg import lively_srvgg
 

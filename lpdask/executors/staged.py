@@ -22,6 +22,7 @@ from ..chunks import Box, Grid
 from ..device import storage_dtype
 from ..errors import LpdaskError, writing
 from ..costs import TASK_SECONDS, Pricing, Space, StageCost
+from ..known import dilated
 from ..geometry import activation_bytes, ceil_div, extent_sum, factors, reach, unshuffled
 from ..options import check_tile_pad
 from ..models.network import Network
@@ -201,18 +202,6 @@ def needed_chunks(job: Job) -> list[set[tuple[int, int]]]:
                 need[name] = need[name] | grown if name in need else grown
         assert all(producer[name] < index for name in need)
     return needed
-
-
-def dilated(mask: np.ndarray, r: int) -> np.ndarray:
-    """``mask`` grown by ``r`` cells each way (a square), within its own bounds."""
-    if r <= 0 or not mask.any():
-        return mask.copy()
-    side = 2 * r + 1
-    padded = np.zeros((mask.shape[0] + side, mask.shape[1] + side), np.int64)
-    padded[r + 1: r + 1 + mask.shape[0], r + 1: r + 1 + mask.shape[1]] = mask
-    sums = padded.cumsum(0).cumsum(1)
-    box = sums[side:, side:] - sums[:-side, side:] - sums[side:, :-side] + sums[:-side, :-side]
-    return box > 0
 
 
 def _paint_known(job: Job, chunks: Sequence[tuple[int, int]]) -> None:
