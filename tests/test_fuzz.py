@@ -87,6 +87,8 @@ REGRESSIONS = {
     "broken-xml.lif": "bioio cannot read it (not well-formed (invalid token): line 3, column 14334)",
     # ran 49 s and wrote a 130304 px wide output of zeros: a page 32576 px wide with 4 tiles' offsets
     "short-tile-offsets.tif": "page 0 is 32576 x 64 px in 2036 tiles but holds the offsets of 4 (a damaged IFD)",
+    # a ValueError traceback in lpdask's colour table code
+    "colormap-one-value.tif": "its ColorMap holds 1 values, not three equal parts (a damaged tag)",
 }
 
 
@@ -95,6 +97,17 @@ def test_each_damaged_file_the_fuzzing_found_is_one_line(name: str, tiny: Path, 
     result = run_lpdask(tmp_path, FUZZ / name, "out.zarr", "--model", tiny)
     assert REGRESSIONS[name] in one_line(result)
     assert not (tmp_path / "out.zarr").exists()
+
+
+def test_a_zarr_size_beyond_any_image_is_one_line(tiny: Path, tmp_path: Path) -> None:
+    """Found by a soak (seed 3): a shape of 2^63 rows was an OverflowError traceback, and one of 2^31
+    columns of missing chunks ran on as if it were an image."""
+    import zarr
+
+    zarr.create_array(str(tmp_path / "huge.zarr"), shape=(3, 64, 2**31), chunks=(3, 64, 64), dtype="uint8")
+    line = one_line(run_lpdask(tmp_path, "huge.zarr", "out.zarr", "--model", tiny))
+    assert line.endswith("huge.zarr: shape (3, 64, 2147483648) has a side beyond the 2,147,483,647 pixels lpdask "
+                         "handles (a damaged size?)")
 
 
 def test_a_checkpoint_with_nan_weights_is_refused_in_one_line(tmp_path: Path) -> None:

@@ -288,6 +288,10 @@ def colour_table(page: Any) -> np.ndarray | None:
     colormap = page.colormap
     if colormap is None or page.samplesperpixel != 1:
         return None
+    colormap = np.asarray(colormap)
+    if colormap.size < 3 or colormap.size % 3:
+        raise Unreadable(f"{page.parent.filehandle.path or page.parent.filename}: its ColorMap holds "
+                         f"{colormap.size} values, not three equal parts (a damaged tag)")
     values = np.asarray(colormap, np.uint16).reshape(3, -1).T
     if values.max(initial=0) <= 255:
         table = values.astype(np.uint8)
@@ -316,6 +320,9 @@ def _checked(source: Source) -> Source:
         raise LpdaskError(f"{path}: axes {axes!r} of shape {shape} need one y and one x axis")
     if min(source.height, source.width) < 1 or source.channels < 1:
         raise LpdaskError(f"{path}: empty image of shape {shape}")
+    if max(shape) > MAX_SIDE:
+        raise LpdaskError(f"{path}: shape {shape} has a side beyond the {MAX_SIDE:,} pixels lpdask handles "
+                          "(a damaged size?)")
     try:
         check_dtype(source.dtype)
     except LpdaskError as exc:
@@ -411,6 +418,8 @@ def _zarr_photometric(attrs: dict[str, Any] | None, axes: str, shape: tuple[int,
     return {3: "rgb", 4: "rgba"}.get(channels, "minisblack")  # type: ignore[return-value]
 
 
+MAX_SIDE = 2**31 - 1
+"""The longest axis lpdask reads (2 gigapixels a side); longer is a damaged size, not an image."""
 OPEN_HANDLES = 8
 """How many inputs a process keeps open; the least recently read is closed beyond that."""
 
