@@ -126,3 +126,22 @@ def overlapped_block(shape: tuple[int, int], halo: int, index: tuple[int, int], 
     top, left = (halo if i > 0 else 0), (halo if j > 0 else 0)
     bottom, right = (halo if i < blocks[0] - 1 else 0), (halo if j < blocks[1] - 1 else 0)
     return Box(top, h - bottom, left, w - right)
+
+
+def dilated(mask: np.ndarray, r: int) -> np.ndarray:
+    """A map of cells grown by ``r`` cells each way (a square), within its own bounds."""
+    return _square_counts(mask, r) > 0 if r > 0 else mask.copy()
+
+
+def eroded(mask: np.ndarray, r: int) -> np.ndarray:
+    """The cells whose every cell within ``r`` (a square) is in ``mask``, outside the map counting as not."""
+    return _square_counts(mask, r) == (2 * r + 1) ** 2
+
+
+def _square_counts(mask: np.ndarray, r: int) -> np.ndarray:
+    """How many cells of ``mask`` are set in the (2r + 1)^2 square around each (none outside the map)."""
+    side = 2 * r + 1
+    padded = np.zeros((mask.shape[0] + side, mask.shape[1] + side), np.int64)
+    padded[r + 1: r + 1 + mask.shape[0], r + 1: r + 1 + mask.shape[1]] = mask
+    sums = padded.cumsum(0).cumsum(1)
+    return sums[side:, side:] - sums[:-side, side:] - sums[side:, :-side] + sums[:-side, :-side]

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .chunks import Box
-from .geometry import ceil_div
+from .geometry import ceil_div, eroded
 
 if TYPE_CHECKING:
     import torch
@@ -222,7 +222,7 @@ def known(pixels: PassPixels, stages: list[Stage] | None, reach: int, cell: int,
     if constants and values and stages is not None:
         r = ceil_div(reach, cell)
         for index, value in enumerate(values):
-            inside = _eroded(colour_of == index, r)
+            inside = eroded(colour_of == index, r)
             if inside.any():
                 answer = response(pixels, stages, value, device, precision)
                 if answer is None:
@@ -273,25 +273,6 @@ def _cells(mask: np.ndarray, cell: int, reduce: object) -> np.ndarray:
     padded = np.full((h * cell, w * cell), reduce is np.all, bool)
     padded[: mask.shape[0], : mask.shape[1]] = mask
     return reduce(padded.reshape(h, cell, w, cell), axis=(1, 3))  # type: ignore[operator]
-
-
-def _eroded(mask: np.ndarray, r: int) -> np.ndarray:
-    """Cells whose every cell within ``r`` (a square) is in ``mask``, outside the map counting as not."""
-    return _square_counts(mask, r) == (2 * r + 1) ** 2
-
-
-def dilated(mask: np.ndarray, r: int) -> np.ndarray:
-    """``mask`` grown by ``r`` cells each way (a square), within its own bounds."""
-    return _square_counts(mask, r) > 0 if r > 0 else mask.copy()
-
-
-def _square_counts(mask: np.ndarray, r: int) -> np.ndarray:
-    """How many cells of ``mask`` are set in the (2r + 1)^2 square around each (none outside the map)."""
-    side = 2 * r + 1
-    padded = np.zeros((mask.shape[0] + side, mask.shape[1] + side), np.int64)
-    padded[r + 1: r + 1 + mask.shape[0], r + 1: r + 1 + mask.shape[1]] = mask
-    sums = padded.cumsum(0).cumsum(1)
-    return sums[side:, side:] - sums[:-side, side:] - sums[side:, :-side] + sums[:-side, :-side]
 
 
 def response(pixels: PassPixels, stages: list[Stage], value: np.ndarray, device: torch.device | None,

@@ -24,7 +24,7 @@ import numpy as np
 
 from .errors import LpdaskError
 from .io.boundary import reading
-from .known import dilated
+from .geometry import dilated
 
 MARGIN = 32
 """Image pixels the found mask is grown by, so tissue at its edge is computed, not painted."""

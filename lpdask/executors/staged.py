@@ -22,8 +22,7 @@ from ..chunks import Box, Grid
 from ..device import storage_dtype
 from ..errors import LpdaskError, writing
 from ..costs import TASK_SECONDS, Pricing, Space, StageCost
-from ..known import dilated
-from ..geometry import activation_bytes, ceil_div, extent_sum, factors, reach, unshuffled
+from ..geometry import activation_bytes, ceil_div, dilated, extent_sum, factors, reach, unshuffled
 from ..options import check_tile_pad
 from ..models.network import Network
 from ..options import DEFAULT_TILE_PAD
