@@ -240,3 +240,23 @@ def test_geotiff_tags_lpdask_cannot_place_pixels_with_are_one_line(tiny: Path, t
     result = run_lpdask(tmp_path, "in.tif", "out.zarr", "--model", tiny)
     assert one_line(result).endswith("in.tif: malformed GeoTIFF tags: ModelPixelScale holds 1 value(s), not 3")
     assert not (tmp_path / "out.zarr").exists()
+
+
+def test_ngff_metadata_lpdask_reads_is_checked_before_use() -> None:
+    """Found by the soaks (seed 7 case 375, seed 1 case 5442): a dataset that is a string, a
+    transformation whose type is an object, were tracebacks in lpdask's NGFF reader."""
+    from lpdask.io.ngff import check_attributes
+
+    def multiscales(datasets: object) -> dict[str, object]:
+        return {"ome": {"multiscales": [{"axes": ["y", "x"], "datasets": datasets}]}}
+
+    check_attributes(multiscales([{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1, 1]}]}]),
+                     "ok.zarr")
+    with pytest.raises(LpdaskError, match=r"bad\.zarr: invalid OME-NGFF metadata: multiscales\[0\]\.datasets\[0\] must "
+                                          "be an object with a string path"):
+        check_attributes(multiscales([""]), "bad.zarr")
+    with pytest.raises(LpdaskError, match=r"coordinateTransformations\[0\]\.type must be a string"):
+        check_attributes(multiscales([{"path": "0", "coordinateTransformations": [{"type": {}}]}]), "bad.zarr")
+    with pytest.raises(LpdaskError, match=r"\.scale must be a list of finite numbers"):
+        check_attributes(multiscales([{"path": "0", "coordinateTransformations": [{"type": "scale",
+                                                                                   "scale": [1, "x"]}]}]), "bad.zarr")

@@ -104,7 +104,9 @@ def check_attributes(attrs: Mapping[str, Any], where: object) -> None:
             refuse(part, "must be a list of objects")
         for k, t in enumerate(value):
             kind = t.get("type")
-            numbers = t.get(kind) if isinstance(kind, str) else None
+            if not isinstance(kind, str):
+                refuse(f"{part}[{k}].type", "must be a string")
+            numbers = t.get(kind)
             if kind in ("scale", "translation") and numbers is not None and not (
                     isinstance(numbers, list) and all(_finite(v) for v in numbers)):
                 refuse(f"{part}[{k}].{kind}", "must be a list of finite numbers")
