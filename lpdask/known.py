@@ -93,9 +93,9 @@ class Known:
         padded[: need.shape[0], : need.shape[1]] = need
         return padded.reshape(rows, k, cols, k).any(axis=(1, 3))
 
-    def write(self, pixels: PassPixels, box: Box, scale: int) -> None:
-        """Write what is known over image pixels ``box`` (all of it known) as output pixels, a run of
-        cells of one fill at a time."""
+    def write(self, pixels: PassPixels, box: Box, scale: int, computed: bool = False) -> None:
+        """Write what is known over image pixels ``box`` (all of it known, or with ``computed`` the cells
+        to compute left as they are) as output pixels, a run of cells of one fill at a time."""
         if box.y1 <= box.y0 or box.x1 <= box.x0:
             return
         height, width = pixels.sink.level0.shape[-2:]
@@ -112,7 +112,9 @@ class Known:
             for start, stop in zip(np.r_[0, edges], np.r_[edges, len(row)]):
                 x0, x1 = max(box.x0, (box.x0 // c + start) * c), min(box.x1, (box.x0 // c + stop) * c)
                 fill = int(row[start])
-                assert fill != COMPUTE, "a cell to compute was written as known"
+                if fill == COMPUTE:
+                    assert computed, "a cell to compute was written as known"
+                    continue
                 out = Box(min(height, y0 * scale), min(height, y1 * scale), min(width, x0 * scale),
                           min(width, x1 * scale))
                 if out.shape[0] <= 0 or out.shape[1] <= 0:
@@ -121,23 +123,6 @@ class Known:
                     pixels.blank(out)
                 else:
                     pixels.paint(out, self.colours[fill])
-
-    def write_known(self, pixels: PassPixels, box: Box, scale: int) -> None:
-        """Write what is known over the cells of image pixels ``box`` that are not to be computed (box
-        on the cell grid, or ending at the image's edge)."""
-        c, (o0, o1) = self.cell, self.origin
-        compute = self.compute()[box.y0 // c - o0: ceil_div(box.y1, c) - o0, box.x0 // c - o1: ceil_div(box.x1, c) - o1]
-        r = 0
-        while r < len(compute):  # rows of cells alike as one band
-            row, last = compute[r], r
-            while last + 1 < len(compute) and np.array_equal(compute[last + 1], row):
-                last += 1
-            y0, y1 = box.y0 + r * c, min(box.y1, box.y0 + (last + 1) * c)
-            r = last + 1
-            edges = np.flatnonzero(np.diff(row.astype(np.int8))) + 1
-            for start, stop in zip(np.r_[0, edges], np.r_[edges, len(row)]):
-                if not row[start]:
-                    self.write(pixels, Box(y0, y1, box.x0 + start * c, min(box.x1, box.x0 + stop * c)), scale)
 
     def paint_background(self, pixels: PassPixels, scale: int) -> None:
         """Write the background colour over every cell outside the tissue mask, those a tile or chunk

@@ -104,7 +104,7 @@ def from_unit(values: np.ndarray, dtype: np.dtype, value_range: ValueRange | Non
     :func:`working_float`), round half to even and clip to :func:`integer_bounds` (integers), cast.
     ``scratch``: ``values`` may be overwritten (saves allocating, and faulting in, a copy of a large
     float array)."""
-    if not np.isfinite(values).all():
+    if not np.isfinite(values.sum(dtype=np.float64)):  # one pass, no mask the size of the output
         raise NotFinite(NOT_FINITE)
     values = np.clip(values, 0, 1, out=values if scratch and values.flags.writeable else None)
     dtype = np.dtype(dtype)
@@ -130,7 +130,7 @@ def from_unit_tensor(values: torch.Tensor, dtype: np.dtype, value_range: ValueRa
     mapped in float64 (:func:`working_float`)."""
     import torch
 
-    if not bool(torch.isfinite(values).all()):
+    if not bool(torch.isfinite(values.sum(dtype=torch.float64))):
         raise NotFinite(NOT_FINITE)
     values = values.clamp(0, 1)
     dtype = np.dtype(dtype)

@@ -213,7 +213,8 @@ def _paint_known(job: Job, chunks: Sequence[tuple[int, int]]) -> None:
     with writing(job.sink.path):
         for i, j in chunks:
             box = grid.box(i, j).scaled(d)
-            job.known.write_known(job.pixels, Box(box.y0, min(box.y1, height), box.x0, min(box.x1, width)), scale)
+            job.known.write(job.pixels, Box(box.y0, min(box.y1, height), box.x0, min(box.x1, width)), scale,
+                            computed=True)
 
 
 def _skip(job: Job, index: int, chunks: Sequence[tuple[int, int]], tick: Callable[[], None]) -> None:
